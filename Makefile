@@ -1,0 +1,33 @@
+# pairgraph — two commands set everything up on a fresh machine: `make demo` and `make test`.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SPEC ?= specs/rnn_from_transformer.yaml
+# The torch build these machines hold offline; pyproject.toml states the compatible ranges.
+TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-all lint bench clean
+
+$(BIN)/pairgraph: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet $(TORCH_PINS)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(BIN)/pairgraph
+
+install: $(BIN)/pairgraph
+
+demo: install
+	$(BIN)/pairgraph compile $(SPEC)
+	$(BIN)/pairgraph train $(SPEC) --set train.steps=60 --set train.eval_every=30 --set task.size=4000 --run-id demo-$$(date +%s)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-all: install
+	$(BIN)/python -m pytest -q -m ""
+
+lint: install
+	$(BIN)/ruff check pairgraph zoo cli tests scripts
+
+clean:
+	rm -rf build runs .pytest_cache

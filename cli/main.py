@@ -1,0 +1,159 @@
+"""The ``pairgraph`` command: a thin Typer layer over the Python API."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from pairgraph.errors import PairgraphError
+
+app = typer.Typer(
+    name="pairgraph",
+    help="Compile and train guide→target pairs: an 'untrainable' network aligned layer by layer with a frozen guide.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+SetOpt = Annotated[
+    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
+    typer.Option("--set", "-s", help="Override a spec field, e.g. --set train.lr=3e-4 (repeatable)."),
+]
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="A spec YAML file.")], set_: SetOpt = None) -> None:
+    """Check a spec and print it resolved (every default filled in)."""
+    from pairgraph.spec import load_spec
+
+    s = load_spec(spec, set_)
+    console.print(f"[green]ok[/green] {spec}: pair {s.name!r}: {s.guide.model} → {s.target.model} on {s.task['kind']}")
+
+
+
+
+@app.command()
+def schema(output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to a file.")] = None) -> None:  # noqa: UP045
+    """Print the JSON Schema of specs (point your editor's YAML plugin at it)."""
+    from pairgraph.spec import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if output:
+        output.write_text(text + "\n")
+        console.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def zoo() -> None:
+    """List the zoo's models with their presets."""
+    from rich.table import Table
+
+    from pairgraph.zoo import MODELS, _load_builtin
+
+    _load_builtin()
+    table = Table(title="pairgraph zoo (also: torchvision:<name>, package.module:factory)")
+    for col in ("model", "input", "presets", "description"):
+        table.add_column(col)
+    for name, entry in MODELS.items():
+        presets = ", ".join(f"{k}" for k in entry.presets)
+        table.add_row(name, entry.input, presets, entry.description)
+    console.print(table)
+
+
+@app.command("compile")
+def compile_cmd(
+    spec: Annotated[Path, typer.Argument(help="A spec YAML file.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Output folder (default build/<name>).")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+    render: Annotated[bool, typer.Option(help="Render mapping.png/svg.")] = True,
+    all_rows: Annotated[bool, typer.Option("--all", help="Show every pair in the terminal view.")] = False,
+) -> None:
+    """Trace guide and target, build the layer mapping, generate guided_pair.py and the renders."""
+    import pairgraph
+    from pairgraph.render import print_mapping
+
+    cp = pairgraph.compile(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
+    print_mapping(cp.guide, cp.target, cp.correspondence, console, None if all_rows else 40)
+    console.print(f"[green]compiled[/green] {cp.spec.name} → {cp.out_dir}/ (guided_pair.py, mapping.json"
+                  + (", mapping.png, mapping.svg)" if render else ")"))
+
+
+@app.command()
+def train(
+    spec: Annotated[Optional[Path], typer.Argument(help="A spec YAML, or a compiled folder (build/<name>).")] = None,  # noqa: UP045
+    set_: SetOpt = None,
+    resume: Annotated[Optional[Path], typer.Option(help="Continue a killed run: runs/<name>/<id>.")] = None,  # noqa: UP045
+    runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
+    run_id: Annotated[Optional[str], typer.Option(help="Run folder name (default: time-mode-seed).")] = None,  # noqa: UP045
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train a pair (compiling the spec on the fly) and print the run's summary."""
+    import pairgraph
+    from pairgraph.train import resume_run
+
+    if resume is not None:
+        summary = resume_run(resume, progress=progress)
+    else:
+        if spec is None:
+            raise PairgraphError("no spec given", "pass a spec file: pairgraph train specs/rnn_from_transformer.yaml")
+        if spec.is_dir():
+            spec = spec / "spec.yaml"
+        compiled = pairgraph.compile(spec, None, set_, render=False,
+                                     notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
+        summary = compiled.train(runs_dir=runs_dir, run_id=run_id, progress=progress)
+    _print_summary(summary)
+
+
+def _print_summary(summary: dict) -> None:
+    test = summary.get("test") or {}
+    shown = "  ".join(f"{k} {v:.4g}" for k, v in test.items())
+    console.print(f"[green]done[/green] {summary['run_dir']}: best val loss {summary['best_val_loss']:.4f} "
+                  f"at step {summary['best_step']}; test {shown}")
+
+
+@app.command()
+def plot(
+    runs: Annotated[list[Path], typer.Argument(help="Run folders (runs/<name>/<id>) to draw on one figure.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")] = Path("runs/plot.png"),
+) -> None:
+    """Train/validation loss and per-pair dissimilarity curves of several runs (paper Fig. 2 and 3)."""
+    from pairgraph.analysis import plot_runs
+
+    plot_runs(runs, output)
+    console.print(f"wrote {output}")
+
+
+def main() -> None:
+    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    try:
+        app(standalone_mode=False)
+    except PairgraphError as e:
+        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors come through here with standalone_mode=False
+        import click
+
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

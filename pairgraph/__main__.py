@@ -1,0 +1,3 @@
+from pairgraph.cli.main import main
+
+main()

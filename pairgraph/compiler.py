@@ -1,0 +1,115 @@
+"""``pairgraph.compile``: spec → traced layer graphs → correspondence → generated module + renders."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from pairgraph.codegen import generate
+from pairgraph.errors import PairgraphError
+from pairgraph.mapping import Correspondence, build_mapping
+from pairgraph.render import render_mapping
+from pairgraph.spec import PairSpec, as_spec
+from pairgraph.trace import LayerGraph, trace
+
+
+@dataclass
+class CompiledPair:
+    """The compiler's product: layer graphs, correspondence and the generated module on disk."""
+
+    spec: PairSpec
+    guide: LayerGraph
+    target: LayerGraph
+    correspondence: Correspondence
+    out_dir: Path
+    module: ModuleType
+
+    def build(self, device: str | torch.device = "cpu", guide_weights: str | None = None) -> Any:
+        """A fresh :class:`pairgraph.runtime.GuidedPair` (seeded init) on ``device``."""
+        return self.module.build(device=device, guide_weights=guide_weights)
+
+    def train(self, **kwargs: Any) -> Any:
+        """Train this pair (see :func:`pairgraph.train.train`); returns the run's summary."""
+        from pairgraph.train import train
+
+        return train(self, **kwargs)
+
+
+def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "meta") -> nn.Module:
+    from pairgraph.zoo import build_model
+
+    net = getattr(spec, side)
+    try:
+        with torch.device(device):
+            return build_model(net.model, net.args, defaults)
+    except PairgraphError as e:
+        raise PairgraphError(f"{side}: {e.message}", e.hint) from None
+    except Exception as e:
+        raise PairgraphError(
+            f"{side}: building {net.model!r} with args {net.args} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
+            f"fix {side}.args (see `pairgraph zoo` for presets)",
+        ) from None
+
+
+def import_generated(path: Path) -> ModuleType:
+    name = f"pairgraph_generated_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def compile(
+    spec: PairSpec | str | Path | dict[str, Any],
+    out_dir: str | Path | None = None,
+    overrides: list[str] | None = None,
+    render: bool = True,
+    notify: Callable[[str], None] | None = print,
+) -> CompiledPair:
+    """Compile a spec: trace both networks on the meta device, map them, write ``out_dir``.
+
+    ``out_dir`` (default ``build/<name>``) receives ``guided_pair.py``, ``mapping.json``,
+    ``spec.yaml`` (resolved) and, with ``render``, ``mapping.png``/``mapping.svg``.
+    """
+    from pairgraph.tasks import get_task
+
+    source = str(spec) if isinstance(spec, str | Path) else "<python>"
+    spec = as_spec(spec, overrides)
+    task = get_task(spec.task)
+    defaults = task.model_kwargs()
+    example = task.example_input(2, device="meta")
+    graphs = {}
+    for side in ("guide", "target"):
+        model = _model(spec, side, defaults)
+        real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))  # noqa: E731
+        graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
+    corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], **spec.mapping.options())
+    out = Path(out_dir) if out_dir is not None else Path("build") / spec.name
+    out.mkdir(parents=True, exist_ok=True)
+    resolved = spec.resolved()
+    (out / "guided_pair.py").write_text(generate(resolved, graphs["guide"], graphs["target"], corr, source))
+    (out / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    mapping = {
+        "name": spec.name,
+        **corr.to_json(),
+        "guide": graphs["guide"].to_json(),
+        "target": graphs["target"].to_json(),
+    }
+    (out / "mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
+    if render:
+        render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
+                       title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")
+    module = import_generated(out / "guided_pair.py")
+    return CompiledPair(spec, graphs["guide"], graphs["target"], corr, out, module)

@@ -1,0 +1,99 @@
+"""Rendering a correspondence: guide column, target column, one edge per pair.
+
+``mapping.png``/``mapping.svg`` (matplotlib) label each node with its name, type and shape;
+:func:`print_mapping` is the terminal view (rich).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from pairgraph.mapping import Correspondence
+from pairgraph.trace import LayerGraph
+
+TYPE_COLOURS = {
+    "Conv2d": "#4c78a8", "Conv1d": "#4c78a8", "Linear": "#f58518", "BatchNorm1d": "#72b7b2",
+    "BatchNorm2d": "#72b7b2", "LayerNorm": "#54a24b", "RNN": "#e45756", "LSTM": "#e45756", "GRU": "#e45756",
+    "TransformerEncoderLayer": "#b279a2", "TransformerDecoderLayer": "#b279a2", "EncoderBlock": "#b279a2",
+    "MultiheadAttention": "#9d755d",
+}
+
+
+def _shape(t_shape: tuple[int, ...]) -> str:
+    return "×".join(str(s) for s in t_shape[1:]) or "scalar"
+
+
+def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, path: str | Path,
+                   title: str = "") -> list[Path]:
+    """Draw the mapping; writes ``<path>.png`` and ``<path>.svg``; returns the files written."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(guide), len(target))
+    row = 0.22
+    height = max(3.0, n * row + 1.2)
+    fig, ax = plt.subplots(figsize=(11, height))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(-0.5, n - 0.5)
+    ax.invert_yaxis()
+    ax.axis("off")
+
+    def ys(k: int) -> list[float]:  # spread the shorter column over the full height
+        return [i * (n - 1) / max(k - 1, 1) for i in range(k)] if k > 1 else [(n - 1) / 2]
+
+    gy, ty = ys(len(guide)), ys(len(target))
+    xg, xt = 0.30, 0.70
+    fs = 7 if n <= 60 else 5.5
+    for x, graph, yy, ha, side in ((xg, guide, gy, "right", "guide"), (xt, target, ty, "left", "target")):
+        for t, y in zip(graph.taps, yy):
+            colour = TYPE_COLOURS.get(t.type, "#888888")
+            ax.plot([x], [y], "o", color=colour, ms=4, zorder=3)
+            label = f"{t.name}  ·  {t.type}  ·  {_shape(t.shape)}"
+            dx = -0.012 if ha == "right" else 0.012
+            ax.text(x + dx, y, label, ha=ha, va="center", fontsize=fs, family="monospace")
+        ax.text(x, -0.5 - 0.02 * n, f"{side} ({graph.method}, {len(graph)} taps)", ha="center", va="bottom",
+                fontsize=9, weight="bold")
+    gpos = {t.name: y for t, y in zip(guide.taps, gy)}
+    tpos = {t.name: y for t, y in zip(target.taps, ty)}
+    for g, t, w in corr.pairs:
+        ax.plot([xg, xt], [gpos[g], tpos[t]], "-", color="#555555", lw=0.6 + 0.6 * w, alpha=0.7, zorder=1)
+    ax.set_title(title or f"{corr.kind} mapping: {len(corr)} pairs", fontsize=10, pad=18)
+    fig.tight_layout()
+    base = Path(path)
+    written = []
+    for ext in ("png", "svg"):
+        out = base.with_suffix(f".{ext}")
+        fig.savefig(out, dpi=130 if ext == "png" else None)
+        written.append(out)
+    plt.close(fig)
+    return written
+
+
+def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:
+    """Rows of ``#  guide tap (type, shape) → target tap (type, shape)``; long mappings elided."""
+    table = Table(title=f"{corr.kind} mapping: {len(corr)} pairs (guide {len(guide)} taps → target {len(target)} taps)")
+    table.add_column("#", justify="right")
+    table.add_column("guide tap")
+    table.add_column("")
+    table.add_column("target tap")
+    shown = list(enumerate(corr.pairs))
+    if limit is not None and len(shown) > limit:
+        shown = shown[: limit // 2] + [(-1, None)] + shown[-(limit // 2):]
+    for i, p in shown:
+        if p is None:
+            table.add_row("…", f"[dim]{len(corr.pairs) - 2 * (limit // 2)} more pairs (--all shows them)[/dim]", "", "")
+            continue
+        g, t = guide[p[0]], target[p[1]]
+        table.add_row(str(i), f"{g.name} [dim]{g.type} {_shape(g.shape)}[/dim]", "→",
+                      f"{t.name} [dim]{t.type} {_shape(t.shape)}[/dim]")
+    return table
+
+
+def print_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, console: Console | None = None,
+                  limit: int | None = 40) -> None:
+    (console or Console()).print(mapping_table(guide, target, corr, limit))

@@ -1,0 +1,373 @@
+"""Tracing: a network → a ``LayerGraph`` of tap points (torch.fx, forward hooks as fallback).
+
+Node names are module qualified names (``layer1.0.conv1``), the names torch.fx and
+``named_modules`` use. Shapes come from shape propagation of a task-built example input on the
+meta device, so a paper-size model costs no memory. Which modules fx treats as leaves is
+pairgraph's policy (:func:`register_leaf_module`), like timm's ``_fx.py``; which leaves become
+tap points, what element of a tuple output is the activation and where its batch axis lies is
+said explicitly per type (:func:`register_tap_type`) — never guessed from tensor sizes.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import networkx as nx
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from pairgraph.errors import PairgraphError
+
+# ---------------------------------------------------------------- policy registries
+
+
+@dataclass(frozen=True)
+class TapRule:
+    """How to read a module's output as an activation: tuple element and batch axis."""
+
+    output_index: int | None = None
+    batch_axis: Callable[[nn.Module], int] = lambda m: 0
+
+
+def _batch_first_axis(m: nn.Module) -> int:
+    return 0 if getattr(m, "batch_first", False) else 1
+
+
+TAP_RULES: dict[type, TapRule] = {}
+DEFAULT_TAP_TYPES: set[str] = set()
+LEAF_MODULES: set[type] = set()
+
+
+def register_tap_type(
+    cls: type, *, output_index: int | None = None, batch_axis: Callable[[nn.Module], int] | None = None, default: bool = True
+) -> type:
+    """Declare how ``cls`` outputs are tapped; ``default`` adds it to the default tap types."""
+    TAP_RULES[cls] = TapRule(output_index, batch_axis or (lambda m: 0))
+    if default:
+        DEFAULT_TAP_TYPES.add(cls.__name__)
+    return cls
+
+
+def register_leaf_module(cls: type) -> type:
+    """Keep torch.fx from tracing into ``cls`` (it becomes one node, and can be a tap point)."""
+    LEAF_MODULES.add(cls)
+    return cls
+
+
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+             nn.LayerNorm, nn.GroupNorm):
+    register_tap_type(_cls)
+for _cls in (nn.RNN, nn.LSTM, nn.GRU, nn.MultiheadAttention):
+    register_tap_type(_cls, output_index=0, batch_axis=_batch_first_axis)
+def _attention_batch_axis(m: nn.Module) -> int:
+    return _batch_first_axis(m.self_attn)
+
+
+for _cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
+    register_tap_type(_cls, batch_axis=_attention_batch_axis)
+for _cls in (nn.Embedding, nn.ConvTranspose2d, nn.InstanceNorm2d):
+    register_tap_type(_cls, default=False)
+
+
+# Registered by qualified class name, so that importing pairgraph does not import torchvision.
+LAZY_TAP_RULES: dict[str, TapRule] = {"torchvision.models.vision_transformer.EncoderBlock": TapRule()}
+LAZY_LEAVES: set[str] = {"torchvision.models.vision_transformer.EncoderBlock"}
+DEFAULT_TAP_TYPES.add("EncoderBlock")
+
+
+def _qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def rule_for(module: nn.Module) -> TapRule:
+    for cls in type(module).__mro__:
+        if cls in TAP_RULES:
+            return TAP_RULES[cls]
+        if _qualname(cls) in LAZY_TAP_RULES:
+            return LAZY_TAP_RULES[_qualname(cls)]
+    return TapRule()
+
+
+def is_leaf(module: nn.Module) -> bool:
+    """A registered leaf module (fx will not trace into it)."""
+    return isinstance(module, tuple(LEAF_MODULES)) or _qualname(type(module)) in LAZY_LEAVES
+
+
+class LeafTracer(fx.Tracer):
+    """fx tracer whose leaves are torch.nn's own modules plus the registered leaf modules."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_leaf(m) or super().is_leaf_module(m, qualname)
+
+
+# ---------------------------------------------------------------- the layer graph
+
+
+@dataclass
+class TapPoint:
+    """One place whose activation can be compared: a module output, batch on axis 0."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...]
+    depth: int = 0
+    index: int = 0
+    output_index: int | None = None
+    batch_axis: int = 0
+    fx_node: str = ""
+    is_output: bool = False
+
+    def label(self) -> str:
+        return f"{self.name} · {self.type} · {'×'.join(map(str, self.shape))}"
+
+    def features(self) -> int:
+        n = 1
+        for s in self.shape[1:]:
+            n *= s
+        return n
+
+
+@dataclass
+class LayerGraph:
+    """The tap points of a network and the data flow between them (a networkx DiGraph)."""
+
+    taps: list[TapPoint]
+    graph: nx.DiGraph
+    method: str  # "fx" or "hooks"
+    gm: fx.GraphModule | None = None
+    candidates: list[TapPoint] = field(default_factory=list)
+
+    @property
+    def names(self) -> list[str]:
+        return [t.name for t in self.taps]
+
+    def __len__(self) -> int:
+        return len(self.taps)
+
+    def __getitem__(self, name: str) -> TapPoint:
+        for t in self.taps:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def max_depth(self) -> int:
+        return max((t.depth for t in self.taps), default=0)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "taps": [
+                {"name": t.name, "type": t.type, "shape": list(t.shape), "depth": t.depth,
+                 "output_index": t.output_index, "batch_axis": t.batch_axis}
+                for t in self.taps
+            ],
+            "edges": [list(e) for e in self.graph.edges],
+        }
+
+
+# ---------------------------------------------------------------- tracing
+
+
+def _meta_shape(meta: Any, output_index: int | None) -> tuple[int, ...] | None:
+    if output_index is not None and isinstance(meta, list | tuple):
+        meta = meta[output_index]
+    shape = getattr(meta, "shape", None)
+    return tuple(int(s) for s in shape) if shape is not None else None
+
+
+def _batch_first(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    if axis == 0 or len(shape) <= axis:
+        return shape
+    rest = list(shape)
+    b = rest.pop(axis)
+    return (b, *rest)
+
+
+def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPoint]:
+    include = list(getattr(selection, "include", ["*"]))
+    exclude = list(getattr(selection, "exclude", []))
+    types = getattr(selection, "types", None)
+    types = set(types) if types is not None else DEFAULT_TAP_TYPES
+    exclude_types = set(getattr(selection, "exclude_types", []))
+    drop_output = getattr(selection, "drop_output", True)
+    chosen = [
+        c for c in candidates
+        if c.type in types and c.type not in exclude_types
+        and any(fnmatch.fnmatchcase(c.name, p) for p in include)
+        and not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)
+    ]
+    if drop_output and chosen and chosen[-1].is_output:
+        chosen = chosen[:-1]
+    if not chosen:
+        raise PairgraphError(
+            f"{side}.layers selects no tap points (include={include}, exclude={exclude}, types={sorted(types)})",
+            f"widen {side}.layers; candidate modules start with: " + ", ".join(c.name for c in candidates[:6]),
+        )
+    for c in chosen:
+        if c.shape is None:
+            raise PairgraphError(
+                f"{side} tap {c.name!r} ({c.type}) returns a tuple and no rule says which element is the activation",
+                f"call pairgraph.trace.register_tap_type({c.type}, output_index=0) or exclude it in {side}.layers",
+            )
+    return chosen
+
+
+def _candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node: str) -> TapPoint:
+    rule = rule_for(module)
+    raw = _meta_shape(meta, rule.output_index)
+    axis = rule.batch_axis(module)
+    shape = _batch_first(raw, axis) if raw is not None else None
+    return TapPoint(name, type(module).__name__, shape, index=order, output_index=rule.output_index,
+                    batch_axis=axis, fx_node=fx_node)  # type: ignore[arg-type]
+
+
+def _finish(chosen: list[TapPoint], edges: list[tuple[str, str]], method: str, gm: fx.GraphModule | None,
+            candidates: list[TapPoint]) -> LayerGraph:
+    g = nx.DiGraph()
+    for i, t in enumerate(chosen):
+        t.index = i
+        g.add_node(t.name, type=t.type, shape=t.shape)
+    g.add_edges_from(edges)
+    for name in nx.topological_sort(g):
+        preds = list(g.predecessors(name))
+        g.nodes[name]["depth"] = 1 + max(g.nodes[p]["depth"] for p in preds) if preds else 0
+    for t in chosen:
+        t.depth = g.nodes[t.name]["depth"]
+    return LayerGraph(chosen, g, method, gm, candidates)
+
+
+def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
+    """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
+    gm = fx.GraphModule(model, LeafTracer().trace(model), type(model).__name__)
+    ShapeProp(gm).propagate(example)
+    modules = dict(model.named_modules())
+    output_node = next(n for n in gm.graph.nodes if n.op == "output")
+    feeds_output = set(output_node.all_input_nodes)
+    candidates: list[TapPoint] = []
+    by_node: dict[fx.Node, TapPoint] = {}
+    seen: set[str] = set()
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target in seen:
+            continue  # a module called twice is tapped at its first call
+        seen.add(node.target)
+        cand = _candidate(node.target, modules[node.target], node.meta.get("tensor_meta"), len(candidates), node.name)
+        cand.is_output = node in feeds_output or _only_reshapes_to_output(node, output_node)
+        candidates.append(cand)
+        by_node[node] = cand
+    chosen = _select(candidates, selection, side)
+    chosen_nodes = {n: c for n, c in by_node.items() if c in chosen}
+    edges = _tap_edges(gm, chosen_nodes)
+    return _finish(chosen, edges, "fx", gm, candidates)
+
+
+def _only_reshapes_to_output(node: fx.Node, output_node: fx.Node) -> bool:
+    """True when ``node`` reaches the output through reshaping/indexing only (e.g. ``out[0]``)."""
+    passthrough = {"getitem", "view", "reshape", "flatten", "squeeze", "contiguous", "float"}
+    frontier = [node]
+    while frontier:
+        n = frontier.pop()
+        for u in n.users:
+            if u is output_node:
+                return True
+            name = u.target if isinstance(u.target, str) else getattr(u.target, "__name__", "")
+            if name in passthrough:
+                frontier.append(u)
+    return False
+
+
+def _tap_edges(gm: fx.GraphModule, taps: dict[fx.Node, TapPoint]) -> list[tuple[str, str]]:
+    """Edges from each tap to the nearest taps it feeds (through non-tap nodes)."""
+    nearest: dict[fx.Node, set[str]] = {}
+    edges: list[tuple[str, str]] = []
+    for node in gm.graph.nodes:
+        srcs: set[str] = set()
+        for inp in node.all_input_nodes:
+            srcs |= {taps[inp].name} if inp in taps else nearest.get(inp, set())
+        if node in taps:
+            edges.extend((s, taps[node].name) for s in sorted(srcs))
+            nearest[node] = {taps[node].name}
+        else:
+            nearest[node] = srcs
+    return edges
+
+
+def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
+    """Fallback for models fx cannot trace: forward hooks on leaf modules, in call order.
+
+    Data flow is unknown here, so edges follow call order (a chain) and depth is the call index.
+    """
+    records: list[tuple[str, nn.Module, Any]] = []
+    seen: set[str] = set()
+    handles = []
+
+    def make_hook(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, args: Any, out: Any) -> None:
+            if name not in seen:
+                seen.add(name)
+                records.append((name, mod, out))
+        return hook
+
+    tap_types = tuple(t for t in TAP_RULES if t.__name__ in DEFAULT_TAP_TYPES)
+    leaf_prefixes: list[str] = []
+    for name, mod in model.named_modules():  # parents come before children
+        if not name or any(name.startswith(p) for p in leaf_prefixes):
+            continue
+        if is_leaf(mod) or isinstance(mod, tap_types) or not list(mod.children()):
+            leaf_prefixes.append(name + ".")
+            handles.append(mod.register_forward_hook(make_hook(name)))
+    try:
+        with torch.no_grad():
+            out = model(example)
+    finally:
+        for h in handles:
+            h.remove()
+    candidates: list[TapPoint] = []
+    for i, (name, mod, o) in enumerate(records):
+        cand = _candidate(name, mod, o, i, "")
+        cand.is_output = o is out or (isinstance(o, tuple) and any(x is out for x in o))
+        candidates.append(cand)
+    chosen = _select(candidates, selection, side)
+    edges = [(a.name, b.name) for a, b in zip(chosen, chosen[1:])]
+    return _finish(chosen, edges, "hooks", None, candidates)
+
+
+def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model",
+          notify: Callable[[str], None] | None = print,
+          materialize: Callable[[], tuple[nn.Module, torch.Tensor]] | None = None) -> LayerGraph:
+    """Trace ``model`` on ``example`` (meta tensors welcome); hooks when fx cannot trace it.
+
+    ``materialize`` builds a real (CPU) model and example for the hook fallback when the model
+    cannot even run on the meta device (e.g. it reads tensor values to decide what to do).
+    """
+    try:
+        return trace_fx(model, example, selection, side)
+    except PairgraphError:
+        raise
+    except Exception as e:  # fx raises many kinds (TraceError, TypeError on Proxy bools, …)
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if notify:
+            notify(f"notice: torch.fx cannot trace the {side} ({type(model).__name__}: {reason[:160]}); "
+                   "falling back to forward hooks — taps are module outputs in call order")
+    attempts = [(model, example)]
+    if example.device.type == "meta" and materialize is not None:
+        attempts.append(None)  # build a real model only if the meta run fails
+    error: Exception | None = None
+    for attempt in attempts:
+        m, x = attempt if attempt is not None else materialize()  # type: ignore[misc]
+        try:
+            return trace_hooks(m, x, selection, side)
+        except PairgraphError:
+            raise
+        except Exception as e:
+            error = e
+    assert error is not None
+    raise PairgraphError(
+        f"the {side} ({type(model).__name__}) fails on the example input of shape {tuple(example.shape)}: "
+        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        f"check {side}.args match the task (input size, channels, vocabulary)",
+    ) from None

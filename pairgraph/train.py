@@ -1,0 +1,418 @@
+"""``pairgraph train``: the training loop, run directories, checkpoints and exact resume.
+
+A run lives in ``runs/<name>/<id>/``: ``spec.yaml`` (resolved), ``env.json``, ``metrics.jsonl``,
+``tb/`` (TensorBoard), ``checkpoints/{last,best}`` and ``summary.json``. Data order is a
+function of (seed, epoch) and the RNG state is checkpointed, so a resumed run continues exactly
+where the last checkpoint stopped; metrics logged after that checkpoint are dropped on resume.
+The protocol is the paper's: evaluate on the validation split every ``eval_every`` steps and
+report test metrics of the checkpoint with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from pairgraph.errors import PairgraphError
+from pairgraph.spec import PairSpec, as_spec
+
+# ---------------------------------------------------------------- files, written atomically
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (never half a file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        raise PairgraphError(f"cannot write {path}: {e.strerror or e}", "free disk space or fix the folder's permissions") from None
+
+
+def save_torch(path: Path, obj: Any) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def save_weights(path: Path, module: nn.Module) -> None:
+    from safetensors.torch import save
+
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    atomic_write(path, save(state))
+
+
+def environment(device: torch.device, seed: int) -> dict[str, Any]:
+    import torchvision
+
+    from pairgraph import __version__
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    info = {
+        "pairgraph": __version__, "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "python": platform.python_version(), "platform": platform.platform(), "processor": platform.machine(),
+        "cpu_count": os.cpu_count(), "threads": torch.get_num_threads(), "device": str(device), "seed": seed,
+        "git_commit": commit,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PairgraphError(f"train.device is {name!r} but CUDA is not available", "use train.device=auto or cpu")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------- data order
+
+
+class EpochBatches:
+    """Batches of a seeded permutation per epoch, starting at any global step (for resume)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0):
+        if n < batch_size:
+            raise PairgraphError(f"the training split has {n} examples, fewer than train.batch_size={batch_size}",
+                                 "lower train.batch_size or enlarge the dataset (task size)")
+        self.n, self.bs, self.seed, self.start = n, batch_size, seed, start_step
+        self.per_epoch = n // batch_size  # drop_last: CKA wants the same batch size every step
+
+    def __iter__(self) -> Iterator[list[int]]:
+        step = self.start
+        while True:
+            epoch, pos = divmod(step, self.per_epoch)
+            g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
+            perm = torch.randperm(self.n, generator=g)
+            for p in range(pos, self.per_epoch):
+                yield perm[p * self.bs:(p + 1) * self.bs].tolist()
+                step += 1
+
+
+def _to(batch: Any, device: torch.device) -> Any:
+    return [b.to(device, non_blocking=True) for b in batch]
+
+
+# ---------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """Trains a compiled pair; ``run()`` returns the summary dict also written to summary.json."""
+
+    def __init__(self, compiled: Any, runs_dir: str | Path = "runs", run_id: str | None = None,
+                 resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None):
+        from pairgraph.tasks import get_task
+
+        self.compiled = compiled
+        self.spec: PairSpec = compiled.spec
+        s = self.spec
+        self.cfg = s.train
+        self.device = pick_device(self.cfg.device)
+        self.task = get_task(s.task)
+        self.progress = progress
+        self.stop_after = stop_after
+        if resume is not None:
+            self.run_dir = Path(resume)
+        else:
+            rid = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{s.guidance.mode}-s{self.cfg.seed}"
+            self.run_dir = Path(runs_dir) / s.name / rid
+        self.ckpt_dir = self.run_dir / "checkpoints"
+
+    # -- setup ------------------------------------------------------------------------------
+    def _guide_weights(self) -> str | None:
+        w = self.spec.guide.weights
+        if w == "untrained" or self.spec.guidance.mode == "baseline":
+            return None
+        if w == "train":
+            return str(train_guide(self.spec, progress=self.progress))
+        return w
+
+    def _datasets(self) -> dict[str, Any]:
+        data = self.task.datasets(self.cfg.seed)
+        for split in ("train", "val", "test"):
+            if split not in data:
+                raise PairgraphError(f"task {self.spec.task['kind']!r} gave no {split!r} split", "check the task options")
+        return data
+
+    def _optimizer(self, params: Any) -> torch.optim.Optimizer:
+        c = self.cfg
+        if c.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+    def _autocast(self) -> Any:
+        p = self.cfg.precision
+        if p == "fp32":
+            return nullcontext()
+        dtype = torch.bfloat16 if p == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    # -- evaluation -------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, target: nn.Module, dataset: Any) -> dict[str, float]:
+        target.eval()
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
+                                             num_workers=self.cfg.num_workers)
+        loss_sum, n = 0.0, 0
+        sums: dict[str, list[float]] = {}
+        for i, batch in enumerate(loader):
+            if self.cfg.eval_batches is not None and i >= self.cfg.eval_batches:
+                break
+            x, y = _to(batch, self.device)
+            with self._autocast():
+                out, _ = target(x)
+            out = out.float()
+            loss_sum += float(self.task.loss(out, y)) * len(x)
+            n += len(x)
+            for k, (v, c) in self.task.metrics(out, y).items():
+                acc = sums.setdefault(k, [0.0, 0])
+                acc[0] += float(v)
+                acc[1] += int(c)
+        target.train()
+        result = {"loss": loss_sum / max(n, 1)}
+        result.update({k: v / max(c, 1) for k, (v, c) in sums.items()})
+        return self.task.derived_metrics(result)
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def _save(self, tag: str, pair: Any, opt: torch.optim.Optimizer, scaler: Any, step: int,
+              state: dict[str, Any]) -> None:
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        save_weights(self.ckpt_dir / f"{tag}.safetensors", pair.target)
+        if tag == "last":
+            rng = {"cpu": torch.get_rng_state()}
+            if torch.cuda.is_available():
+                rng["cuda"] = torch.cuda.get_rng_state_all()
+            save_torch(self.ckpt_dir / "last_state.pt", {
+                "step": step, "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                "rng": rng, "state": json.dumps(state), "guide_calls": pair.guide_calls,
+            })
+
+    def _load(self, pair: Any, opt: torch.optim.Optimizer, scaler: Any) -> tuple[int, dict[str, Any]]:
+        from pairgraph.runtime import load_weights
+
+        wpath, spath = self.ckpt_dir / "last.safetensors", self.ckpt_dir / "last_state.pt"
+        if not (wpath.exists() and spath.exists()):
+            raise PairgraphError(f"{self.run_dir} has no checkpoint to resume from",
+                                 "start a new run (the run stopped before its first checkpoint)")
+        load_weights(pair.target, wpath, "target")
+        st = torch.load(spath, map_location="cpu", weights_only=True)
+        opt.load_state_dict(st["optimizer"])
+        if scaler is not None and st.get("scaler"):
+            scaler.load_state_dict(st["scaler"])
+        torch.set_rng_state(st["rng"]["cpu"])
+        if "cuda" in st["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(st["rng"]["cuda"])
+        pair.guide_calls = int(st.get("guide_calls", 0))
+        return int(st["step"]), json.loads(st["state"])
+
+    def _truncate_metrics(self, step: int) -> None:
+        """Drop metric lines logged after the checkpoint we resume from (no duplicated steps)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = []
+        for line in path.read_text().splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut by the kill
+            if rec.get("step", 0) <= step:
+                keep.append(line)
+        atomic_write(path, ("\n".join(keep) + "\n").encode() if keep else b"")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        from torch.utils.tensorboard import SummaryWriter
+
+        cfg, spec = self.cfg, self.spec
+        resuming = (self.run_dir / "checkpoints" / "last_state.pt").exists()
+        if not resuming and (self.run_dir / "summary.json").exists():
+            raise PairgraphError(f"run {self.run_dir} already finished", "pick another --run-id or delete the folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(cfg.seed)
+        data = self._datasets()
+        guide_weights = self._guide_weights()
+        pair = self.compiled.build(self.device, guide_weights=guide_weights)
+        opt = self._optimizer([p for p in pair.target.parameters() if p.requires_grad])
+        scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        per_epoch = len(data["train"]) // cfg.batch_size
+        total = cfg.steps or (cfg.epochs or 1) * max(per_epoch, 1)
+        state: dict[str, Any] = {"best_val_loss": math.inf, "best_step": None, "best_val": None}
+        step = 0
+        if resuming:
+            step, state = self._load(pair, opt, scaler)
+            self._truncate_metrics(step)
+        else:
+            atomic_write(self.run_dir / "spec.yaml", yaml.safe_dump(spec.resolved(), sort_keys=False).encode())
+            env = environment(self.device, cfg.seed)
+            env["guide_weights"] = guide_weights
+            atomic_write(self.run_dir / "env.json", (json.dumps(env, indent=2) + "\n").encode())
+        batches = EpochBatches(len(data["train"]), cfg.batch_size, cfg.seed, start_step=step)
+        loader = torch.utils.data.DataLoader(data["train"], batch_sampler=batches, num_workers=cfg.num_workers)
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=step if resuming else None)
+        metrics_f = open(self.run_dir / "metrics.jsonl", "a")
+        t0 = time.time()
+        prog, task_id = self._progress(total, step)
+        it = iter(loader)
+        try:
+            while step < total:
+                x, y = _to(next(it), self.device)
+                with self._autocast():
+                    out = pair(x, y, step)
+                loss = out.loss
+                if not torch.isfinite(loss):
+                    raise PairgraphError(
+                        f"loss became {float(loss)} at step {step} (task {float(out.task_loss):.4g}, "
+                        f"guidance {float(out.guidance_loss):.4g}); the last good checkpoint is kept in {self.ckpt_dir}",
+                        "lower train.lr, set train.grad_clip, or use precision fp32",
+                    )
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(pair.target.parameters(), cfg.grad_clip)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                step += 1
+                rec = {"step": step, "loss": loss.item(), "task_loss": out.task_loss.item(),
+                       "guidance_loss": out.guidance_loss.item(), "guided": out.guided,
+                       "terms": {k: v.item() for k, v in out.terms.items()}}
+                metrics_f.write(json.dumps(rec) + "\n")
+                writer.add_scalar("train/loss", rec["loss"], step)
+                writer.add_scalar("train/task_loss", rec["task_loss"], step)
+                if out.guided:
+                    writer.add_scalar("train/guidance_loss", rec["guidance_loss"], step)
+                if prog is not None:
+                    prog.update(task_id, advance=1, loss=rec["task_loss"], dis=rec["guidance_loss"])
+                if step % cfg.eval_every == 0 or step == total:
+                    val = self.evaluate(pair.target, data["val"])
+                    metrics_f.write(json.dumps({"step": step, "split": "val", **val}) + "\n")
+                    for k, v in val.items():
+                        writer.add_scalar(f"val/{k}", v, step)
+                    if val["loss"] < state["best_val_loss"]:
+                        state.update(best_val_loss=val["loss"], best_step=step, best_val=val)
+                        self._save("best", pair, opt, scaler, step, state)
+                    metrics_f.flush()
+                    os.fsync(metrics_f.fileno())
+                    self._save("last", pair, opt, scaler, step, state)
+                    if prog is None and self.progress:
+                        print(f"step {step}/{total} train {rec['task_loss']:.4f} val {val['loss']:.4f} "
+                              + " ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"), flush=True)
+                elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+                    metrics_f.flush()
+                    self._save("last", pair, opt, scaler, step, state)
+                if self.stop_after is not None and step >= self.stop_after:
+                    return {"stopped_at": step, "run_dir": str(self.run_dir)}
+        finally:
+            metrics_f.close()
+            writer.close()
+            if prog is not None:
+                prog.stop()
+        return self._finish(pair, data, state, step, time.time() - t0)
+
+    def _progress(self, total: int, start: int) -> tuple[Any, Any]:
+        import sys
+
+        if not (self.progress and sys.stderr.isatty()):
+            return None, None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("task {task.fields[loss]:.4f}  dissim {task.fields[dis]:.3f}"),
+                        TimeRemainingColumn())
+        prog.start()
+        return prog, prog.add_task("train", total=total, completed=start, loss=float("nan"), dis=0.0)
+
+    def _finish(self, pair: Any, data: dict[str, Any], state: dict[str, Any], step: int, wall: float) -> dict[str, Any]:
+        from pairgraph.runtime import load_weights
+
+        best = self.ckpt_dir / "best.safetensors"
+        if best.exists():
+            load_weights(pair.target, best, "target")
+        test = self.evaluate(pair.target, data["test"])
+        summary = {
+            "name": self.spec.name, "run_dir": str(self.run_dir), "mode": self.spec.guidance.mode,
+            "guide_weights": self.spec.guide.weights, "seed": self.cfg.seed, "lr": self.cfg.lr, "steps": step,
+            "best_step": state["best_step"], "best_val_loss": state["best_val_loss"], "val": state["best_val"],
+            "test": test, "primary_metric": self.task.primary_metric, "guide_calls": pair.guide_calls,
+            "wall_seconds_this_session": round(wall, 2), "device": str(self.device),
+        }
+        atomic_write(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+        return summary
+
+
+def train(compiled: Any, *, runs_dir: str | Path = "runs", run_id: str | None = None, resume: str | Path | None = None,
+          progress: bool = True, stop_after: int | None = None) -> dict[str, Any]:
+    """Train a :class:`pairgraph.CompiledPair` (or a spec, compiled on the fly)."""
+    from pairgraph.compiler import CompiledPair, compile
+
+    if not isinstance(compiled, CompiledPair):
+        compiled = compile(compiled, render=False)
+    return Trainer(compiled, runs_dir, run_id, resume, progress, stop_after).run()
+
+
+def resume_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Continue a killed run from its last checkpoint, with the spec it was started with."""
+    from pairgraph.compiler import compile
+
+    run = Path(run_dir)
+    spec_file = run / "spec.yaml"
+    if not spec_file.exists():
+        raise PairgraphError(f"{run} is not a run folder (no spec.yaml)", "pass runs/<name>/<id>")
+    compiled = compile(spec_file, out_dir=run / "build", render=False, notify=None)
+    return Trainer(compiled, resume=run, progress=progress).run()
+
+
+def train_guide(spec: PairSpec, progress: bool = True) -> Path:
+    """Train the guide on the task first (weights: train); cached by a hash of what determines it."""
+    from pairgraph.compiler import compile
+    from pairgraph.tasks import cache_dir
+
+    data = spec.resolved()
+    key = spec.digest("task", "guide", "train")
+    out = cache_dir() / "guides" / f"{spec.guide.model.replace(':', '_')}-{key}.safetensors"
+    if out.exists():
+        return out
+    guide_spec = {
+        **data, "name": f"{spec.name}-guide",
+        "target": {"model": data["guide"]["model"], "args": data["guide"]["args"], "layers": data["guide"]["layers"]},
+        "guide": {**data["guide"], "weights": "untrained"},
+        "guidance": {**data["guidance"], "mode": "baseline"},
+    }
+    compiled = compile(as_spec(guide_spec), out_dir=out.parent / f"build-{key}", render=False, notify=None)
+    summary = Trainer(compiled, runs_dir=out.parent / "runs", run_id=key, progress=progress).run()
+    best = Path(summary["run_dir"]) / "checkpoints" / "best.safetensors"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, best.read_bytes())
+    return out

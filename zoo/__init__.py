@@ -1,0 +1,160 @@
+"""pairgraph.zoo — every architecture of the paper, behind one registry.
+
+A model is a factory registered with :func:`register_model`; its named presets are keyword
+arguments (``paper`` sizes and CPU sizes). :func:`build_model` resolves a spec's ``model:``
+reference: a zoo name, ``torchvision:<name>``, or ``package.module:factory``.
+
+Contract for every zoo model (what tasks, tracing and training rely on):
+
+* ``forward`` takes ONE tensor: images ``(B, C, H, W)`` float, or tokens ``(B, T)`` long.
+* Classifiers return logits ``(B, num_classes)``; sequence models return ``(B, T, vocab)``.
+* Token models that see padding know their ``pad_id`` and derive masks from the input.
+* torch.fx ``symbolic_trace`` works with pairgraph's leaf set, on CPU and on the meta device.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from torch import nn
+
+from pairgraph.errors import PairgraphError
+from pairgraph.registry import Registry
+
+
+@dataclass
+class ModelEntry:
+    """A registered model: its factory, named presets and what it consumes."""
+
+    name: str
+    factory: Callable[..., nn.Module]
+    input: Literal["image", "tokens"]
+    presets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    description: str = ""
+    default_keys: set[str] | None = None
+
+    def accepts(self) -> set[str] | None:
+        """Keyword arguments the factory takes (None when it takes ``**kwargs``)."""
+        params = inspect.signature(self.factory).parameters.values()
+        if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            return None
+        return {p.name for p in params}
+
+    def named_params(self) -> set[str]:
+        """Keyword arguments the factory names explicitly (task defaults go only to these)."""
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name for p in inspect.signature(self.factory).parameters.values() if p.kind in kinds}
+
+
+MODELS: Registry[ModelEntry] = Registry("model")
+
+
+def register_model(
+    name: str,
+    *,
+    input: Literal["image", "tokens"],
+    presets: dict[str, dict[str, Any]] | None = None,
+    description: str = "",
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register a model factory under ``name`` with its presets (``@register_model("rnn", ...)``)."""
+
+    def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
+        MODELS.add(name, ModelEntry(name, factory, input, dict(presets or {}), doc))
+        return factory
+
+    return deco
+
+
+def list_models(include: str = "*", exclude: str | list[str] = ()) -> list[str]:
+    return MODELS.names(include, exclude)
+
+
+def resolve(ref: str) -> ModelEntry:
+    """Find the factory a spec's ``model:`` names."""
+    if ref.startswith("torchvision:"):
+        import torchvision.models as tvm
+
+        name = ref.split(":", 1)[1]
+        available = tvm.list_models()
+        if name not in available:
+            close = difflib.get_close_matches(name, available, n=3)
+            hint = ("did you mean " + " or ".join(f"'torchvision:{c}'" for c in close) + "?") if close else (
+                "run `python -c 'import torchvision; print(torchvision.models.list_models())'`"
+            )
+            raise PairgraphError(f"unknown torchvision model {name!r}", hint)
+
+        def tv_factory(**kwargs: Any) -> nn.Module:
+            kwargs.setdefault("weights", None)
+            size = kwargs.get("image_size")
+            if isinstance(size, list | tuple):  # torchvision's ViT takes one int
+                kwargs["image_size"] = size[0]
+            return tvm.get_model(name, **kwargs)
+
+        keys = {"num_classes", "image_size"} if name.startswith(("vit", "swin", "maxvit")) else {"num_classes"}
+        return ModelEntry(ref, tv_factory, "image", {}, f"torchvision {name}", default_keys=keys)
+    if ":" in ref:
+        mod_name, _, attr = ref.partition(":")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as e:
+            raise PairgraphError(
+                f"cannot import module {mod_name!r} for model {ref!r} ({e})",
+                "check the module is installed or on PYTHONPATH",
+            ) from None
+        factory = getattr(module, attr, None)
+        if not callable(factory):
+            raise PairgraphError(f"module {mod_name!r} has no callable {attr!r}", "name a factory as 'package.module:function'")
+        return ModelEntry(ref, factory, "image", {}, f"user factory {ref}")
+    _load_builtin()
+    return MODELS.get(ref)
+
+
+def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> nn.Module:
+    """Build the model ``ref`` from ``args`` (may hold ``preset``), filling ``defaults`` it accepts.
+
+    ``defaults`` come from the task (``vocab_size``, ``num_classes``, …); they are passed only
+    when the factory takes them and the user did not set them.
+    """
+    entry = resolve(ref)
+    kwargs = dict(args or {})
+    preset = kwargs.pop("preset", None)
+    if preset is not None:
+        if preset not in entry.presets:
+            raise PairgraphError(
+                f"model {ref!r} has no preset {preset!r}",
+                "choose one of " + ", ".join(sorted(entry.presets)) if entry.presets else "remove 'preset'",
+            )
+        kwargs = {**entry.presets[preset], **kwargs}
+    accepted = entry.accepts()
+    default_keys = entry.default_keys if entry.default_keys is not None else entry.named_params()
+    for key, value in (defaults or {}).items():
+        if key not in kwargs and key in default_keys:
+            kwargs[key] = value
+    if accepted is not None:
+        unknown = sorted(set(kwargs) - accepted)
+        if unknown:
+            raise PairgraphError(
+                f"model {ref!r} does not take argument(s) {', '.join(unknown)}",
+                "valid arguments: " + ", ".join(sorted(accepted)),
+            )
+    try:
+        return entry.factory(**kwargs)
+    except TypeError as e:
+        raise PairgraphError(f"model {ref!r} rejected its arguments: {e}", "check the model's args in the spec") from None
+
+
+_LOADED = False
+
+
+def _load_builtin() -> None:
+    """Import the zoo's model modules so their ``@register_model`` decorators run."""
+    global _LOADED
+    if not _LOADED:
+        _LOADED = True
+        from pairgraph.zoo import models  # noqa: F401
