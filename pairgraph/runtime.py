@@ -24,6 +24,15 @@ from pairgraph.errors import PairgraphError
 from pairgraph.similarity import get_measure
 
 
+def disable_inplace(module: nn.Module) -> nn.Module:
+    """Turn off in-place activations (e.g. torchvision's ``ReLU(inplace=True)``): they would
+    overwrite a tapped BatchNorm output after it was captured."""
+    for m in module.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    return module
+
+
 def tap_key(guide: str, target: str) -> str:
     """The name of a pair's loss term in logs: ``guide->target``."""
     return f"{guide}->{target}"
@@ -40,6 +49,7 @@ class TappedNetwork(nn.Module):
 
     def __init__(self, root: nn.Module):
         super().__init__()
+        disable_inplace(root)
         for name, child in root.named_children():
             self.add_module(name, child)
         for name, p in root.named_parameters(recurse=False):
@@ -56,7 +66,7 @@ class HookedNetwork(nn.Module):
 
     def __init__(self, root: nn.Module, taps: Sequence[tuple[str, int | None, int]]):
         super().__init__()
-        self.root = root
+        self.root = disable_inplace(root)
         self.TAPS = tuple(t[0] for t in taps)
         self._captured: dict[str, Tensor] = {}
         modules = dict(root.named_modules())
@@ -254,6 +264,8 @@ class GuidanceLoss(nn.Module):
             return LayerSelection.model_validate(s) if isinstance(s, dict) else (s or LayerSelection())
 
         example = example_input[:2]
+        disable_inplace(guide)
+        disable_inplace(target)  # a captured activation must not be modified in place afterwards
         with torch.no_grad():
             was = target.training
             gg = trace(guide, example, selection(guide_layers), "guide")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pairgraph.errors import SpecError
 
@@ -59,6 +59,13 @@ class GuideSpec(NetworkSpec):
         default="untrained",
         description="'untrained' (seeded init), 'train' (train the guide on the task first, cached), or a checkpoint path.",
     )
+
+    @field_validator("weights")
+    @classmethod
+    def _checkpoint_exists(cls, v: str) -> str:
+        if v not in ("untrained", "train") and not Path(v).expanduser().exists():
+            raise ValueError(f"checkpoint file {v!r} not found")
+        return v
 
 
 class TargetSpec(NetworkSpec):
@@ -151,13 +158,6 @@ class PairSpec(_Strict):
         task_cls = TASKS.get(kind)
         return task_cls.Options.model_validate({**v, "kind": kind}).model_dump(mode="json")
 
-    @model_validator(mode="after")
-    def _guide_checkpoint_exists(self) -> PairSpec:
-        w = self.guide.weights
-        if w not in ("untrained", "train") and not Path(w).expanduser().exists():
-            raise ValueError(f"guide.weights: checkpoint file {w!r} not found")
-        return self
-
     def resolved(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -237,8 +237,13 @@ def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
     return line
 
 
-def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> list[str]:
     """Valid field names at ``loc`` (for 'did you mean' on unknown keys)."""
+    if loc and loc[0] == "task" and len(loc) == 2:
+        from pairgraph.tasks import TASKS
+
+        kind = data.get("task", {}).get("kind", "copy_paste") if isinstance(data, dict) else "copy_paste"
+        return list(TASKS.get(kind).Options.model_fields) if kind in TASKS else []
     cur: Any = model
     for key in loc[:-1]:
         fields = getattr(cur, "model_fields", None)
@@ -251,12 +256,12 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(cur, "model_fields", {}) or [])
 
 
-def _describe(err: dict[str, Any], model: type[BaseModel]) -> tuple[str, str]:
+def _describe(err: dict[str, Any], model: type[BaseModel], data: Any = None) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
     field = ".".join(str(p) for p in loc) or "(spec)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        names = _field_names(model, loc)
+        names = _field_names(model, loc, data)
         close = difflib.get_close_matches(str(loc[-1]), names, n=1)
         hint = f"did you mean {close[0]!r}?" if close else ("valid fields: " + ", ".join(names) if names else "remove it")
         return f"{field}: unknown field", hint
@@ -308,7 +313,7 @@ def parse_spec(
     except ValidationError as e:
         errors = e.errors()
         first = errors[0]
-        text, hint = _describe(first, PairSpec)
+        text, hint = _describe(first, PairSpec, data)
         line = _node_line(root_node, tuple(first["loc"])) if root_node is not None else None
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         where = f"{source}:{line}" if line else source

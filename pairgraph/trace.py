@@ -13,13 +13,13 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import networkx as nx
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from pairgraph.errors import PairgraphError
 
@@ -241,10 +241,42 @@ def _finish(chosen: list[TapPoint], edges: list[tuple[str, str]], method: str, g
     return LayerGraph(chosen, g, method, gm, candidates)
 
 
+def _shapes(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return SimpleNamespace(shape=tuple(value.shape))
+    if isinstance(value, list | tuple):
+        return type(value)(_shapes(v) for v in value) if isinstance(value, list) else tuple(_shapes(v) for v in value)
+    return None
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Shape propagation that records ``node.meta['tensor_meta']`` (shapes only) and stays quiet."""
+
+    def __init__(self, gm: fx.GraphModule):
+        super().__init__(gm)
+        self.extra_traceback = False
+
+    def run_node(self, n: fx.Node) -> Any:
+        result = super().run_node(n)
+        n.meta["tensor_meta"] = _shapes(result)
+        return result
+
+
+class ShapePropError(Exception):
+    """The graph traced, but running it on the example input failed (``cause`` says why)."""
+
+    def __init__(self, cause: BaseException):
+        self.cause = cause
+        super().__init__(str(cause))
+
+
 def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
     """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
     gm = fx.GraphModule(model, LeafTracer().trace(model), type(model).__name__)
-    ShapeProp(gm).propagate(example)
+    try:
+        _ShapeRecorder(gm).run(example)
+    except Exception as e:  # traced fine, but the model does not run on this input
+        raise ShapePropError(e) from None
     modules = dict(model.named_modules())
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     feeds_output = set(output_node.all_input_nodes)
@@ -344,30 +376,36 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
     ``materialize`` builds a real (CPU) model and example for the hook fallback when the model
     cannot even run on the meta device (e.g. it reads tensor values to decide what to do).
     """
-    try:
-        return trace_fx(model, example, selection, side)
-    except PairgraphError:
-        raise
-    except Exception as e:  # fx raises many kinds (TraceError, TypeError on Proxy bools, …)
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if notify:
-            notify(f"notice: torch.fx cannot trace the {side} ({type(model).__name__}: {reason[:160]}); "
-                   "falling back to forward hooks — taps are module outputs in call order")
-    attempts = [(model, example)]
+    attempts: list[Callable[[], tuple[nn.Module, torch.Tensor]]] = [lambda: (model, example)]
     if example.device.type == "meta" and materialize is not None:
-        attempts.append(None)  # build a real model only if the meta run fails
-    error: Exception | None = None
+        attempts.append(materialize)  # build a real model only if the meta run fails
+    error: BaseException | None = None
+    use_hooks = False
     for attempt in attempts:
-        m, x = attempt if attempt is not None else materialize()  # type: ignore[misc]
+        m, x = attempt()
         try:
+            if not use_hooks:
+                try:
+                    return trace_fx(m, x, selection, side)
+                except (PairgraphError, ShapePropError):
+                    raise
+                except Exception as e:  # fx raises many kinds (TraceError, TypeError on Proxy bools, …)
+                    use_hooks = True
+                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    if notify:
+                        notify(f"notice: torch.fx cannot trace the {side} ({type(model).__name__}: {reason[:160]}); "
+                               "falling back to forward hooks — taps are module outputs in call order")
             return trace_hooks(m, x, selection, side)
         except PairgraphError:
             raise
+        except ShapePropError as e:
+            error = e.cause
         except Exception as e:
             error = e
     assert error is not None
+    msg = str(error).strip().splitlines()[0] if str(error).strip() else ""
     raise PairgraphError(
         f"the {side} ({type(model).__name__}) fails on the example input of shape {tuple(example.shape)}: "
-        f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}",
+        f"{type(error).__name__}: {msg[:300]}",
         f"check {side}.args match the task (input size, channels, vocabulary)",
     ) from None

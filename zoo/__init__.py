@@ -72,6 +72,8 @@ def register_model(
 
 
 def list_models(include: str = "*", exclude: str | list[str] = ()) -> list[str]:
+    """Registered zoo model names matching the fnmatch ``include``/``exclude`` patterns."""
+    _load_builtin()
     return MODELS.names(include, exclude)
 
 

@@ -1,0 +1,91 @@
+"""The spec language: defaults, overrides, schema, and one-line errors for bad specs."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pairgraph
+from pairgraph.cli.main import main
+from pairgraph.errors import SpecError
+from pairgraph.spec import PairSpec, json_schema, load_spec, parse_spec
+
+BAD = Path(__file__).parent / "bad_specs"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "argv", ["pairgraph", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_short_spec_gets_defaults():
+    spec = parse_spec({"name": "tiny"})
+    assert spec.train.batch_size == 256 and spec.mapping.kind == "uniform" and spec.similarity.measure == "cka"
+    assert spec.guidance.mode == "guidance" and spec.guide.weights == "untrained"
+
+
+def test_overrides_parse_yaml_values():
+    spec = parse_spec({"name": "x"}, overrides=["train.lr=3e-4", "guidance.mode=baseline", "task.length=[2, 4]"])
+    assert spec.train.lr == 3e-4 and spec.guidance.mode == "baseline" and spec.task["length"] == [2, 4]
+    with pytest.raises(SpecError, match="has no '='"):
+        parse_spec({"name": "x"}, overrides=["train.lr"])
+
+
+def test_schema_covers_tasks_and_fields():
+    schema = json_schema()
+    kinds = {s["properties"]["kind"].get("const") or s["properties"]["kind"].get("default")
+             for s in schema["properties"]["task"]["oneOf"]}
+    assert {"copy_paste", "parity", "language_modeling", "image_classification"} <= kinds
+    assert "guidance" in schema["properties"] and "train" in schema["properties"]
+
+
+def test_every_shipped_spec_validates():
+    for p in (ROOT / "specs").rglob("*.yaml"):
+        assert isinstance(load_spec(p), PairSpec)
+
+
+def test_resolved_spec_round_trips():
+    spec = load_spec(ROOT / "specs" / "rnn_from_transformer.yaml")
+    again = parse_spec(yaml.safe_load(yaml.safe_dump(spec.resolved())))
+    assert again.resolved() == spec.resolved()
+
+
+def test_yaml_tags_are_not_executed(tmp_path):
+    p = tmp_path / "evil.yaml"
+    p.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="YAML syntax error"):
+        load_spec(p)
+
+
+@pytest.mark.parametrize("path", sorted(BAD.glob("*.yaml")), ids=lambda p: p.stem)
+def test_bad_spec_gives_one_line_error(path, tmp_path, capsys, monkeypatch):
+    expect = path.read_text().splitlines()[0].removeprefix("# expect: ")
+    code, out, err = run_cli(["compile", str(path), "-o", str(tmp_path), "--no-render"], capsys, monkeypatch)
+    assert code == 2
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    text = " ".join(err.split())
+    assert lines[-1].startswith("error:") or "error:" in text
+    assert "Traceback" not in err
+    assert expect in text, f"{expect!r} not in {text!r}"
+    assert "fix:" in text
+
+
+def test_validate_and_zoo_commands(capsys, monkeypatch):
+    code, out, _ = run_cli(["validate", str(ROOT / "specs" / "rnn_from_transformer.yaml")], capsys, monkeypatch)
+    assert code == 0 and "ok" in out
+    code, out, _ = run_cli(["zoo"], capsys, monkeypatch)
+    assert "deep_fcn" in out and "transformer_decoder" in out
+
+
+def test_compile_api_accepts_dicts():
+    assert hasattr(pairgraph, "compile") and hasattr(pairgraph, "GuidanceLoss")
