@@ -99,11 +99,15 @@ def select_output(value: Any, index: int | None, batch_axis: int) -> Tensor:
 def _capture_hook(
     store: dict[str, Tensor], name: str, index: int | None, axis: int, first_only: bool = True
 ) -> Callable[..., None]:
-    """Record a module's output; ``first_only`` keeps the first call of a module used twice."""
+    """Record a module's output; ``first_only`` keeps the first call of a module used twice.
+
+    The activation is cloned: eager code may modify a module's output in place after the hook
+    ran (torchvision's ``out += identity`` after ``bn2``), which would corrupt the tap.
+    """
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
         if not (first_only and name in store):
-            store[name] = select_output(output, index, axis)
+            store[name] = select_output(output, index, axis).clone()
 
     return hook
 

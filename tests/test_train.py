@@ -1,0 +1,125 @@
+"""Training: guidance lowers the alignment loss, schedules and modes do what they say, resume is exact."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import pairgraph
+from pairgraph.runtime import distill_loss
+from pairgraph.tasks import get_task
+from pairgraph.train import resume_run
+
+
+def tiny(mode: str = "guidance", **train) -> dict:
+    return {
+        "name": "tiny",
+        "task": {"kind": "copy_paste", "length": [2, 4], "size": 400},
+        "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 2, "d_model": 32},
+                  "layers": {"include": ["blocks.*"]}},
+        "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 32}},
+        "guidance": {"mode": mode},
+        "train": {"batch_size": 16, "steps": 8, "eval_every": 4, "lr": 3e-3, "seed": 1, **train},
+    }
+
+
+@pytest.fixture
+def batch():
+    task = get_task({"kind": "copy_paste", "length": [2, 4], "size": 400})
+    x, y = task.datasets(0)["train"][:32]
+    return x, y
+
+
+def test_guided_steps_lower_guidance_loss(tmp_path, batch):
+    pair = pairgraph.compile(tiny(), tmp_path, render=False).build()
+    opt = torch.optim.Adam(pair.target.parameters(), lr=3e-3)
+    x, y = batch
+    first = None
+    for step in range(25):
+        out = pair(x, y, step)
+        first = first if first is not None else out.guidance_loss.item()
+        opt.zero_grad()
+        out.loss.backward()
+        opt.step()
+    assert pair(x, y, 25).guidance_loss.item() < 0.7 * first
+
+
+def test_until_step_stops_calling_the_guide(tmp_path, batch):
+    pair = pairgraph.compile(tiny(), tmp_path, overrides=["guidance.until_step=3"], render=False).build()
+    calls = []
+    pair.guide.register_forward_hook(lambda m, i, o: calls.append(1))
+    x, y = batch
+    for step in range(6):
+        out = pair(x, y, step)
+        assert out.guided == (step < 3)
+        assert (out.guidance_loss.item() > 0) == (step < 3)
+    assert len(calls) == 3
+
+
+def test_baseline_never_calls_the_guide(tmp_path, batch):
+    pair = pairgraph.compile(tiny("baseline"), tmp_path, render=False).build()
+    pair.guide.register_forward_hook(lambda m, i, o: pytest.fail("guide called in baseline mode"))
+    out = pair(*batch, 0)
+    assert torch.equal(out.loss, out.task_loss)
+
+
+def test_noise_mode_feeds_the_guide_noise(tmp_path, batch):
+    pair = pairgraph.compile(tiny(), tmp_path, overrides=["guidance.guide_input=noise"], render=False).build()
+    seen = []
+    pair.guide.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    x, y = batch
+    pair(x, y, 0)
+    (gx,) = seen
+    assert gx.shape == x.shape and not torch.equal(gx, x)
+    assert torch.equal(gx == 0, x == 0)  # padding stays padding; the tokens are random
+
+
+def test_distill_mode_uses_guide_logits(tmp_path, batch):
+    pair = pairgraph.compile(tiny("distill"), tmp_path, render=False).build()
+    x, y = batch
+    out = pair(x, y, 0)
+    with torch.no_grad():
+        g_logits, _ = pair.guide(x)
+        s_logits, _ = pair.target(x)
+    mask = get_task(tiny()["task"]).valid_mask(x)
+    assert set(out.terms) == {"distill"}
+    expected = distill_loss(s_logits, g_logits, 4.0, mask)
+    torch.testing.assert_close(out.guidance_loss.detach(), expected)
+    with torch.no_grad():  # other guide weights → other distillation loss
+        for p in pair.guide.parameters():
+            p.mul_(1.5)
+    assert not torch.allclose(pair(x, y, 0).guidance_loss, out.guidance_loss)
+
+
+def test_run_directory_and_summary(tmp_path):
+    summary = pairgraph.compile(tiny(), tmp_path / "b", render=False).train(runs_dir=tmp_path / "runs", run_id="r",
+                                                                            progress=False)
+    run = tmp_path / "runs" / "tiny" / "r"
+    for f in ("spec.yaml", "env.json", "metrics.jsonl", "summary.json", "checkpoints/best.safetensors",
+              "checkpoints/last.safetensors", "checkpoints/last_state.pt"):
+        assert (run / f).exists(), f
+    assert any(p.name.startswith("events") for p in (run / "tb").iterdir())
+    lines = [json.loads(ln) for ln in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in lines if "split" not in r]
+    assert steps == list(range(1, 9))
+    assert all(r["terms"] for r in lines if "split" not in r)
+    assert [r["step"] for r in lines if r.get("split") == "val"] == [4, 8]
+    assert summary["best_step"] in (4, 8) and "accuracy" in summary["test"]
+    env = json.loads((run / "env.json").read_text())
+    assert env["seed"] == 1 and env["torch"] == torch.__version__
+
+
+def test_resume_matches_uninterrupted_run(tmp_path):
+    full = pairgraph.compile(tiny(), tmp_path / "b1", render=False).train(runs_dir=tmp_path, run_id="full",
+                                                                          progress=False)
+    cp = pairgraph.compile(tiny(), tmp_path / "b2", render=False)
+    stopped = cp.train(runs_dir=tmp_path, run_id="cut", progress=False, stop_after=6)  # killed after step 6
+    assert stopped["stopped_at"] == 6
+    resumed = resume_run(tmp_path / "tiny" / "cut", progress=False)
+    assert resumed["test"] == full["test"] and resumed["best_val_loss"] == full["best_val_loss"]
+    cut = [json.loads(ln) for ln in (tmp_path / "tiny" / "cut" / "metrics.jsonl").read_text().splitlines()]
+    ref = [json.loads(ln) for ln in (tmp_path / "tiny" / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in cut] == [r["step"] for r in ref]  # no lost or duplicated steps
+    assert [r.get("loss") for r in cut] == [r.get("loss") for r in ref]
