@@ -135,13 +135,15 @@ def plot(
 @app.command()
 def similarity(
     spec_or_run: Annotated[Path, typer.Argument(help="A spec YAML, or a run folder (runs/<name>/<id>).")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Target weights: a run folder or a .safetensors/.pt file (default for a run: its best checkpoint).")] = None,  # noqa: UP045,E501
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write (default build/<name>/similarity.png, or <run>/similarity.png).")] = None,  # noqa: UP045,E501
+    checkpoint: Annotated[Optional[Path], typer.Option(help="Target weights: a run folder or a .safetensors/.pt file (default for a run: its best checkpoint).")] = None,  # noqa: UP045
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write (default build/<name>/similarity.png, or <run>/similarity.png).")] = None,  # noqa: UP045
     set_: SetOpt = None,
     measure: Annotated[Optional[str], typer.Option(help="Similarity measure (default: the spec's similarity.measure).")] = None,  # noqa: UP045
     batch_size: Annotated[int, typer.Option(help="Validation examples in the batch.")] = 256,
 ) -> None:
     """Heatmap of the similarity of every guide layer with every target layer on one validation batch."""
+    import torch
+
     import pairgraph
     from pairgraph.analysis import similarity_heatmap
 
@@ -158,7 +160,7 @@ def similarity(
         spec_file = src
     else:
         raise PairgraphError(f"{src} not found", "pass a spec YAML or a run folder runs/<name>/<id>")
-    notify = lambda m: err_console.print(f"[yellow]{m}[/yellow]")  # noqa: E731
+    notify = lambda m: err_console.print(f"[yellow]{m}[/yellow]")
     if run_dir is not None:
         cp = pairgraph.compile(spec_file, run_dir / "build", set_, render=False, notify=notify)
         checkpoint = checkpoint if checkpoint is not None else run_dir
@@ -169,12 +171,16 @@ def similarity(
     matrix, g_names, t_names = similarity_heatmap(cp, output, checkpoint=checkpoint, batch_size=batch_size,
                                                   measure=measure)
     m = measure or cp.spec.similarity.measure
-    i, j = divmod(int(matrix.argmin()), matrix.shape[1])
-    k, l = divmod(int(matrix.argmax()), matrix.shape[1])
     console.print(f"wrote {output}: {m} of {len(g_names)} guide × {len(t_names)} target taps"
                   + (f" (target weights: {checkpoint})" if checkpoint is not None else " (at init)"), soft_wrap=True)
-    console.print(f"min {float(matrix.min()):.3f} ({g_names[i]} × {t_names[j]}), "
-                  f"max {float(matrix.max()):.3f} ({g_names[k]} × {t_names[l]})", highlight=False, soft_wrap=True)
+    finite = matrix.isfinite()
+    if not finite.any():
+        raise PairgraphError(f"every {m} value is NaN", "check the taps: constant activations have no similarity")
+    i, j = divmod(int(torch.where(finite, matrix, float("inf")).argmin()), matrix.shape[1])
+    k, n = divmod(int(torch.where(finite, matrix, float("-inf")).argmax()), matrix.shape[1])
+    console.print(f"min {float(matrix[i, j]):.3f} ({g_names[i]} × {t_names[j]}), "
+                  f"max {float(matrix[k, n]):.3f} ({g_names[k]} × {t_names[n]})"
+                  + (f"; {int((~finite).sum())} NaN" if not finite.all() else ""), highlight=False, soft_wrap=True)
 
 
 def main() -> None:

@@ -15,7 +15,6 @@ pyplot state of a notebook is left alone.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -528,8 +527,7 @@ def plot_matrix(names: Sequence[str], matrix: Any, path: str | Path, title: str 
     side = max(4.5, 0.75 * n + 2.5)
     fig = _figure((side + 1.2, side), layout="constrained")
     ax = fig.subplots()
-    cm = colormaps[cmap].copy()
-    cm.set_bad("0.85")
+    cm = colormaps[cmap].with_extremes(bad="0.85")
     norm = Normalize(vmin, vmax)
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, norm=norm)
     if n <= 40:
@@ -661,14 +659,13 @@ def similarity_heatmap(
     label_in = 0.075 * longest + 0.5
     fig = _figure((max(9.0, cell_w * nt + label_in + 2.2), max(4.5, cell_h * ng + label_in + 1.4)), layout="constrained")
     ax = fig.subplots()
-    cm = colormaps["viridis"].copy()
-    cm.set_bad("0.85")
+    cm = colormaps["viridis"].with_extremes(bad="0.85")
     finite = m[np.isfinite(m)]
     norm = Normalize(min(0.0, float(finite.min())) if finite.size else 0.0, 1.0)
     im = ax.imshow(np.ma.masked_invalid(m), cmap=cm, norm=norm, aspect="auto", interpolation="nearest")
     if max(ng, nt) <= 40:
         spread = float(finite.max() - finite.min()) if finite.size else 1.0
-        _annotate(ax, m, cm, norm, fontsize=6.5 if max(ng, nt) > 12 else 9,
+        _annotate(ax, m, cm, norm, fontsize=7 if max(ng, nt) > 12 else 9,
                   fmt="{:.3f}" if spread < 0.1 else "{:.2f}")  # near-equal values: one more digit
     index_g = {n: i for i, n in enumerate(g_names)}
     index_t = {n: j for j, n in enumerate(t_names)}

@@ -36,10 +36,10 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
 
     n = max(len(guide), len(target))
     row = 0.22
-    height = max(3.0, n * row + 1.2)
+    height = max(3.0, n * row + 1.6)
     fig, ax = plt.subplots(figsize=(11, height))
     ax.set_xlim(0, 1)
-    ax.set_ylim(-0.5, n - 0.5)
+    ax.set_ylim(-1.8, n - 0.5)  # the top 1.3 rows hold the column headers
     ax.invert_yaxis()
     ax.axis("off")
 
@@ -56,13 +56,13 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
             label = f"{t.name}  ·  {t.type}  ·  {_shape(t.shape)}"
             dx = -0.012 if ha == "right" else 0.012
             ax.text(x + dx, y, label, ha=ha, va="center", fontsize=fs, family="monospace")
-        ax.text(x, -0.5 - 0.02 * n, f"{side} ({graph.method}, {len(graph)} taps)", ha="center", va="bottom",
+        ax.text(x, -1.2, f"{side} ({graph.method}, {len(graph)} taps)", ha="center", va="center",
                 fontsize=9, weight="bold")
     gpos = {t.name: y for t, y in zip(guide.taps, gy)}
     tpos = {t.name: y for t, y in zip(target.taps, ty)}
     for g, t, w in corr.pairs:
         ax.plot([xg, xt], [gpos[g], tpos[t]], "-", color="#555555", lw=0.6 + 0.6 * w, alpha=0.7, zorder=1)
-    ax.set_title(title or f"{corr.kind} mapping: {len(corr)} pairs", fontsize=10, pad=18)
+    ax.set_title(title or f"{corr.kind} mapping: {len(corr)} pairs", fontsize=10, pad=4)
     fig.tight_layout()
     base = Path(path)
     written = []

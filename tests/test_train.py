@@ -123,3 +123,26 @@ def test_resume_matches_uninterrupted_run(tmp_path):
     ref = [json.loads(ln) for ln in (tmp_path / "tiny" / "full" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in cut] == [r["step"] for r in ref]  # no lost or duplicated steps
     assert [r.get("loss") for r in cut] == [r.get("loss") for r in ref]
+
+
+def test_train_first_guide_is_trained_once_and_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "cache"))
+    spec = tiny()
+    spec["guide"]["weights"] = "train"
+    spec["train"]["steps"] = 4
+    cp = pairgraph.compile(spec, tmp_path / "b", render=False)
+    s1 = cp.train(runs_dir=tmp_path / "runs", run_id="a", progress=False)
+    cached = list((tmp_path / "cache" / "guides").glob("*.safetensors"))
+    assert len(cached) == 1
+    env = json.loads((tmp_path / "runs" / "tiny" / "a" / "env.json").read_text())
+    assert env["guide_weights"] == str(cached[0])
+    mtime = cached[0].stat().st_mtime_ns
+    s2 = cp.train(runs_dir=tmp_path / "runs", run_id="b", progress=False)
+    assert cached[0].stat().st_mtime_ns == mtime  # reused, not retrained
+    assert s1["test"] == s2["test"]
+    # the trained guide differs from the untrained one the pair would otherwise build
+    from safetensors.torch import load_file
+
+    trained = load_file(str(cached[0]))
+    untrained = cp.build().guide.state_dict()
+    assert any(not torch.equal(trained[k], untrained[k]) for k in trained if k.endswith("weight"))
