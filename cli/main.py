@@ -183,6 +183,42 @@ def similarity(
                   + (f"; {int((~finite).sum())} NaN" if not finite.all() else ""), highlight=False, soft_wrap=True)
 
 
+@app.command()
+def bench(
+    spec: Annotated[Path, typer.Argument(help="A spec YAML file.")],
+    set_: SetOpt = None,
+    batch_size: Annotated[int, typer.Option(help="Batch size of the main measurement.")] = 256,
+    steps: Annotated[int, typer.Option(help="Timed rounds (median reported) after warm-up.")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed rounds first.")] = 3,
+    device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
+    memory: Annotated[bool, typer.Option(help="Measure peak memory (one subprocess per variant).")] = True,
+    batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes for the overhead table.")] = "",
+    pairs: Annotated[str, typer.Option(help="Comma-separated numbers of mapped pairs for the overhead table.")] = "",
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
+) -> None:
+    """Time the guided step against its floor (target step + guide forward) and a naive implementation."""
+    from pairgraph.bench import bench as run_bench
+
+    def ints(text: str) -> tuple[int, ...]:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+
+    rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs))
+    sec = rec["seconds"]
+    console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps")
+    console.print(f"  (a) target step {sec['target'] * 1e3:.1f} ms   (b) guide forward {sec['guide'] * 1e3:.1f} ms   "
+                  f"(c) guided step {sec['guided'] * 1e3:.1f} ms   (d) naive step {sec['naive'] * 1e3:.1f} ms")
+    console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}   speedup d/c = {rec['speedup']:.2f}"
+                  + (f"   peak memory c/(a+b) = {rec['memory_ratio']:.3f}" if "memory_ratio" in rec else ""))
+    for row in rec["by_batch_size"]:
+        console.print(f"  batch {row['batch_size']:>5}: overhead {row['overhead']:.3f}")
+    for row in rec["by_pairs"]:
+        console.print(f"  {row['pairs']:>3} pairs: overhead {row['overhead']:.3f}")
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(rec, indent=2) + "\n")
+        console.print(f"wrote {output}")
+
+
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     try:

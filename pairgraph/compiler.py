@@ -15,6 +15,7 @@ import torch
 import yaml
 from torch import nn
 
+from pairgraph.calibration import CompileContext
 from pairgraph.codegen import generate
 from pairgraph.errors import PairgraphError
 from pairgraph.mapping import Correspondence, build_mapping
@@ -80,6 +81,9 @@ def compile(
 ) -> CompiledPair:
     """Compile a spec: trace both networks on the meta device, map them, write ``out_dir``.
 
+    Only a data-driven mapper (``learned``) builds the real models, to measure similarities on
+    calibration batches of the task's training data.
+
     ``out_dir`` (default ``build/<name>``) receives ``guided_pair.py``, ``mapping.json``,
     ``spec.yaml`` (resolved) and, with ``render``, ``mapping.png``/``mapping.svg``.
     """
@@ -95,7 +99,8 @@ def compile(
         model = _model(spec, side, defaults)
         real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))  # noqa: E731
         graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
-    corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], **spec.mapping.options())
+    context = CompileContext(spec, graphs["guide"], graphs["target"], notify)  # builds models only if a mapper asks
+    corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], context, **spec.mapping.options())
     out = Path(out_dir) if out_dir is not None else Path("build") / spec.name
     out.mkdir(parents=True, exist_ok=True)
     resolved = spec.resolved()

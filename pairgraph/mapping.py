@@ -2,19 +2,32 @@
 
 Every guide tap is mapped (none is dropped); several guide taps may share a target tap, each
 pair its own loss term. Register a mapper with ``@MAPPERS.register("name")`` on a function
-``(guide, target, **options) -> Correspondence``.
+``(guide, target, **options) -> Correspondence``. A mapper that also names a ``context``
+parameter receives a :class:`MappingContext` (the spec and calibration activations, see
+``pairgraph.calibration``); the others never see it, so they stay on the meta device.
+See docs/mapping.md for what each mapper does and why.
 """
 
 from __future__ import annotations
 
+import inspect
 import json
+import math
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
 
 from pairgraph.errors import PairgraphError
 from pairgraph.registry import Registry
+from pairgraph.similarity import get_measure, similarity_matrix
 from pairgraph.trace import LayerGraph
+
+if TYPE_CHECKING:
+    from pairgraph.calibration import TapActivations
+    from pairgraph.spec import PairSpec
 
 
 @dataclass
@@ -50,6 +63,19 @@ class Correspondence:
 
 class Mapper(Protocol):
     def __call__(self, guide: LayerGraph, target: LayerGraph, **options: Any) -> Correspondence: ...
+
+
+class MappingContext(Protocol):
+    """What :func:`pairgraph.compile` hands to mappers that take a ``context`` argument.
+
+    ``spec`` is the validated spec. ``activations`` yields calibration batches — the guide's and
+    the target's tap activations (batch first) on the same inputs, and the padding mask — building
+    the real models only when first called (:class:`pairgraph.calibration.CompileContext`).
+    """
+
+    spec: PairSpec
+
+    def activations(self, batches: int, batch_size: int, warmup_steps: int = 0) -> Iterator[TapActivations]: ...
 
 
 MAPPERS: Registry[Mapper] = Registry("mapper")
@@ -91,10 +117,119 @@ def depth(guide: LayerGraph, target: LayerGraph) -> Correspondence:
     return Correspondence(pairs, "depth", guide.names, target.names)
 
 
-def build_mapping(kind: str, guide: LayerGraph, target: LayerGraph, **options: Any) -> Correspondence:
+def monotone_assignment(scores: Sequence[Sequence[float]]) -> list[int]:
+    """Columns ``j_0 ≤ j_1 ≤ … ≤ j_{l−1}`` maximising ``Σ_i scores[i][j_i]`` (one per row).
+
+    Dynamic programming in O(l·t): ``best_i(j) = scores[i][j] + max_{k ≤ j} best_{i−1}(k)``, the
+    inner max a running maximum over j. Ties go to the earlier column.
+    """
+    if not scores or not scores[0]:
+        raise PairgraphError("cannot map an empty layer list", "select at least one tap point on each side")
+    t = len(scores[0])
+    best = [float(v) for v in scores[0]]
+    back: list[list[int]] = []
+    for row in scores[1:]:
+        run, arg = -math.inf, 0
+        nxt, ptr = [0.0] * t, [0] * t
+        for j in range(t):
+            if best[j] > run:
+                run, arg = best[j], j
+            nxt[j], ptr[j] = run + float(row[j]), arg
+        best = nxt
+        back.append(ptr)
+    j = max(range(t), key=lambda k: (best[k], -k))
+    out = [j]
+    for ptr in reversed(back):
+        j = ptr[j]
+        out.append(j)
+    return out[::-1]
+
+
+def _count(value: Any, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise PairgraphError(f"mapping option {name} must be a whole number ≥ {minimum} (got {value!r})",
+                             f"set mapping.{name} to an integer ≥ {minimum}")
+    return value
+
+
+@MAPPERS.register("learned")
+def learned(
+    guide: LayerGraph,
+    target: LayerGraph,
+    *,
+    context: MappingContext | None = None,
+    batches: int = 2,
+    batch_size: int | None = None,
+    warmup_steps: int = 0,
+    monotone: bool = True,
+    measure: str | None = None,
+) -> Correspondence:
+    """Choose the correspondence from data: the order-preserving assignment of highest summed similarity.
+
+    Measures every guide tap against every target tap (``measure``, default the spec's) on
+    ``batches`` calibration batches of the task's training split — guide with the spec's weights,
+    target at initialisation or after ``warmup_steps`` task-loss steps — averages the matrices, then
+    maps each guide tap to a target tap so that the order is kept (:func:`monotone_assignment`) or,
+    with ``monotone: false``, to its most similar target tap. ``info`` keeps the matrix.
+    """
+    if context is None:
+        raise PairgraphError("mapping 'learned' measures similarities on data and needs the spec's models and task",
+                             "compile it from a spec (pairgraph.compile or `pairgraph compile`), or use uniform/depth")
+    spec = context.spec
+    batches = _count(batches, "batches", 1)
+    warmup_steps = _count(warmup_steps, "warmup_steps", 0)
+    batch_size = _count(batch_size if batch_size is not None else min(spec.train.batch_size, 256), "batch_size", 2)
+    if not isinstance(monotone, bool):
+        raise PairgraphError(f"mapping option monotone must be true or false (got {monotone!r})",
+                             "set mapping.monotone to true (keep layer order) or false (argmax per guide tap)")
+    measure = measure or spec.similarity.measure
+    get_measure(measure)  # an unknown name fails before any model is built
+    total: torch.Tensor | None = None
+    used = rows = 0
+    for act in context.activations(batches, batch_size, warmup_steps):
+        g = {n: act.guide[n].float() for n in guide.names}
+        t = {n: act.target[n].float() for n in target.names}
+        s = similarity_matrix(g, t, measure, act.mask, spec.similarity.sequence).double().cpu()
+        total = s if total is None else total + s
+        used, rows = used + 1, next(iter(g.values())).shape[0]
+    assert total is not None, "calibration yielded no batch"
+    matrix = total / used
+    finite = torch.nan_to_num(matrix, nan=-math.inf)  # a NaN similarity never wins a tap
+    if monotone:
+        idx = monotone_assignment(finite.tolist())
+    else:
+        idx = [int(j) for j in finite.argmax(dim=1)]
+    pairs = [(g.name, target.taps[j].name, 1.0) for g, j in zip(guide.taps, idx)]
+
+    def num(v: float) -> float | None:  # JSON has no NaN/inf
+        return round(float(v), 6) if math.isfinite(v) else None
+
+    info = {
+        "matrix": [[num(v) for v in r] for r in matrix.tolist()],
+        "measure": measure,
+        "sequence": spec.similarity.sequence,
+        "batches": used,
+        "batch_size": rows,
+        "warmup_steps": warmup_steps,
+        "monotone": monotone,
+        "guide_weights": spec.guide.weights,
+        "chosen": idx,
+        "mean_similarity": num(sum(float(finite[i, j]) for i, j in enumerate(idx)) / len(idx)),
+    }
+    return Correspondence(pairs, "learned", guide.names, target.names, info)
+
+
+def build_mapping(kind: str, guide: LayerGraph, target: LayerGraph, context: MappingContext | None = None,
+                  **options: Any) -> Correspondence:
+    """Run mapper ``kind`` with the spec's ``options``; ``context`` goes only to mappers that take one."""
     mapper = MAPPERS.get(kind)
+    signature = inspect.signature(mapper)
+    kwargs = dict(options)
+    if "context" in signature.parameters:
+        kwargs["context"] = context
     try:
-        return mapper(guide, target, **options)
+        signature.bind(guide, target, **kwargs)
     except TypeError as e:
         raise PairgraphError(f"mapping {kind!r} rejected its options {sorted(options)}: {e}",
                              "remove the unknown mapping options") from None
+    return mapper(guide, target, **kwargs)

@@ -1,12 +1,15 @@
 """Rendering a correspondence: guide column, target column, one edge per pair.
 
-``mapping.png``/``mapping.svg`` (matplotlib) label each node with its name, type and shape;
+``mapping.png``/``mapping.svg`` (matplotlib) label each node with its name, type and shape; a
+mapping chosen from data (``info["matrix"]``, the ``learned`` mapper) gets its similarity matrix
+drawn beside the columns with the chosen cells boxed.
 :func:`print_mapping` is the terminal view (rich).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -37,7 +40,13 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
     n = max(len(guide), len(target))
     row = 0.22
     height = max(3.0, n * row + 1.6)
-    fig, ax = plt.subplots(figsize=(11, height))
+    matrix = corr.info.get("matrix")
+    if matrix:  # a data-driven mapping: the similarity matrix that justified it goes beside the columns
+        width = min(max(4.5, 0.28 * len(target) + 2.5), 14.0)
+        fig, (ax, ax_m) = plt.subplots(1, 2, figsize=(11 + width, height), gridspec_kw={"width_ratios": [11, width]})
+        _matrix_panel(ax_m, guide, target, corr, matrix)
+    else:
+        fig, ax = plt.subplots(figsize=(11, height))
     ax.set_xlim(0, 1)
     ax.set_ylim(-1.8, n - 0.5)  # the top 1.3 rows hold the column headers
     ax.invert_yaxis()
@@ -72,6 +81,33 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
         written.append(out)
     plt.close(fig)
     return written
+
+
+def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspondence, matrix: list[list[Any]]) -> None:
+    """Heatmap of ``corr.info['matrix']`` (rows guide taps, columns target taps), chosen cells boxed."""
+    import numpy as np
+    from matplotlib.patches import Rectangle
+
+    m = np.array([[np.nan if v is None else v for v in r] for r in matrix], dtype=float)
+    finite = m[np.isfinite(m)]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto", interpolation="nearest")
+    gi = {name: i for i, name in enumerate(guide.names)}
+    tj = {name: j for j, name in enumerate(target.names)}
+    for g, t, _ in corr.pairs:
+        ax.add_patch(Rectangle((tj[t] - 0.5, gi[g] - 0.5), 1, 1, fill=False, edgecolor="#ff1f1f", lw=1.8, zorder=3))
+    fs = 7 if max(m.shape) <= 30 else 5
+    names = max(m.shape) <= 40  # tick labels with tap names while they fit, indices beyond
+    ax.set_yticks(range(m.shape[0]), guide.names if names else range(m.shape[0]), fontsize=fs, family="monospace")
+    ax.set_xticks(range(m.shape[1]), target.names if names else range(m.shape[1]), fontsize=fs, family="monospace",
+                  rotation=60, ha="right", rotation_mode="anchor")
+    ax.set_ylabel("guide taps", fontsize=8)
+    ax.set_xlabel("target taps", fontsize=8)
+    info = corr.info
+    order = "order-preserving (monotone)" if info.get("monotone", True) else "argmax per guide tap"
+    ax.set_title(f"{info.get('measure', 'similarity')} on {info.get('batches', '?')}×{info.get('batch_size', '?')} "
+                 f"calibration examples\nred: chosen, {order}", fontsize=9)
+    ax.figure.colorbar(im, ax=ax, shrink=0.7, pad=0.02)
 
 
 def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:

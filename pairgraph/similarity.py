@@ -22,9 +22,12 @@ How it is computed (see docs/similarity.md for the derivations and measured cost
 * ``Measure.prepare(act)`` does all per-tap work once per step; ``Measure.score(a, b)`` only the
   per-pair work, so a tap mapped to several layers is prepared once.
 * Centring subtracts the column mean (never a b×b H); the first row is subtracted before the mean so a
-  constant activation centres to exactly zero.  Centred features are divided by their Frobenius norm
-  (after a detached max-abs rescale) before any product: CKA is scale-invariant, and this keeps
-  fp16/bf16-range activations from overflowing.
+  constant activation centres to exactly zero.  Inputs are cast to fp32 (autocast off) first, so
+  fp16/bf16 activations cannot overflow.  Small taps (d < b) divide their centred features by the
+  Frobenius norm (after a detached max-abs rescale); wide taps (d ≥ b) instead divide the b×b gram by
+  its detached trace (= ‖F‖²_F), which costs O(b²) rather than several passes over b×d features and
+  their gradients; only when that gram overflows fp32 do they fall back to scaling the features.
+  CKA is scale-invariant, so either rescale is exact.
 * CKA keeps, per tap, the centred features ``F`` (b×d) when d < b or the centred gram ``K = FFᵀ``
   (b×b) when d ≥ b.  tr(K̃L̃) is then ‖FᵀG‖²_F (cost b·d1·d2), Σ K⊙L (cost b²) or, mixed,
   Σ F⊙(L F) (cost b²·d1).
@@ -130,21 +133,29 @@ def _first_valid(valid: Tensor) -> Tensor:
     return valid.to(torch.uint8).argmax(dim=1)
 
 
+def _centre(x: Tensor, valid: Tensor | None) -> Tensor:
+    """Column-centre each group of ``x`` (G, n, d) over its real rows; padded rows come out as 0.
+
+    Subtracting a real row first makes a constant tap centre to exactly 0 (the mean of equal floats
+    need not round back to the same float).
+    """
+    if valid is None:
+        xs = x - x[:, :1]
+        return xs - xs.mean(dim=1, keepdim=True)
+    vf = valid.to(x.dtype).unsqueeze(-1)
+    cnt = vf.sum(dim=1, keepdim=True).clamp_min(1.0)
+    ref = x.gather(1, _first_valid(valid)[:, None, None].expand(-1, 1, x.shape[-1]))
+    xs = (x - ref) * vf
+    return (xs - xs.sum(dim=1, keepdim=True) / cnt) * vf
+
+
 def _centre_scale(x: Tensor, valid: Tensor | None) -> Tensor:
     """Column-centre each group of ``x`` (G, n, d) over its real rows and scale it to unit Frobenius norm.
 
     Subtracting a real row first makes a constant tap centre to exactly 0 (the mean of equal floats
     need not round back to the same float).  Padded rows come out as 0.
     """
-    if valid is None:
-        xs = x - x[:, :1]
-        xc = xs - xs.mean(dim=1, keepdim=True)
-    else:
-        vf = valid.to(x.dtype).unsqueeze(-1)
-        cnt = vf.sum(dim=1, keepdim=True).clamp_min(1.0)
-        ref = x.gather(1, _first_valid(valid)[:, None, None].expand(-1, 1, x.shape[-1]))
-        xs = (x - ref) * vf
-        xc = (xs - xs.sum(dim=1, keepdim=True) / cnt) * vf
+    xc = _centre(x, valid)
     # detached max-abs rescale: exact for a scale-invariant measure and keeps the squares in range
     m = xc.detach().abs().amax(dim=(1, 2), keepdim=True).clamp_min(TINY_SCALE)
     xc = xc / m
@@ -307,11 +318,19 @@ class CKA(Measure):
 
     def _centred(self, x: Tensor, valid: Tensor | None) -> tuple[str, Tensor, Tensor]:
         """(kind, features-or-gram, ‖K‖²_F) for the centred, unit-norm features of ``x``."""
-        f = _centre_scale(x, valid)
-        _, n, d = f.shape
+        _, n, d = x.shape
         if d < n:  # keep features: pair cost b·d1·d2, self ‖FᵀF‖²_F costs b·d²
+            f = _centre_scale(x, valid)
             return "feat", f, torch.bmm(f.transpose(1, 2), f).square().sum(dim=(1, 2))
-        k = torch.bmm(f, f.transpose(1, 2))  # centred gram, b²·d once per tap
+        # d ≥ b: centre, take the gram (b²·d, once per tap), then rescale the b×b gram by its detached
+        # trace (= ‖F‖²_F) — O(b²) instead of several passes over the b×d features and their gradients.
+        f = _centre(x, valid)
+        k = torch.bmm(f, f.transpose(1, 2))
+        if not bool(torch.isfinite(k).all()):  # activations beyond fp32's range once squared
+            f = _centre_scale(x, valid)
+            k = torch.bmm(f, f.transpose(1, 2))
+        scale = k.detach().diagonal(dim1=1, dim2=2).sum(-1).clamp_min(TINY_SCALE)
+        k = k / scale[:, None, None]
         return "gram", k, k.square().sum(dim=(1, 2))
 
     def _prepare_rows(self, x: Tensor, valid: Tensor | None) -> State:

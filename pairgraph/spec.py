@@ -76,7 +76,11 @@ class MappingSpec(BaseModel):
     """The mapper and its options (extra keys are passed to the mapper)."""
 
     model_config = ConfigDict(extra="allow")
-    kind: str = Field(default="uniform", description="uniform (paper Algorithm 1) | depth | learned")
+    kind: str = Field(
+        default="uniform",
+        description="uniform (paper Algorithm 1) | depth (nearest relative depth) | learned (order-preserving assignment "
+        "maximising measured similarity; options batches, batch_size, warmup_steps, monotone, measure; docs/mapping.md)",
+    )
 
     @field_validator("kind")
     @classmethod

@@ -1,0 +1,265 @@
+"""``pairgraph bench``: what guidance costs above its floor, measured in one process.
+
+The floor of a guided step is the target's own train step (a) plus one no-grad forward of the
+guide (b). We time, interleaved round by round so drift hits all alike, the median of ``steps``
+rounds after ``warmup``:
+
+    (a) target train step alone        (b) guide forward alone, no grad
+    (c) pairgraph's guided step        (d) a naive step written from the paper's published approach
+
+and report overhead = c / (a + b) and speedup = d / c. Peak memory is measured per variant in a
+fresh subprocess (peak RSS above the process's state after building the pair, on CPU; the CUDA
+allocator's peak on GPU), and reported as c against a + b.
+
+The naive step (d) follows the published implementation: the target runs forward twice (once
+for the task loss, once with freshly registered hooks), hooks are registered and removed on
+every call, grams are centred with the b×b matrix H (H K H), and linear CKA computes each gram
+three times (in HSIC(X, Y), HSIC(X, X) and HSIC(Y, Y)).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pairgraph.runtime import select_output
+
+VARIANTS = ("target", "guide", "guided", "naive")
+
+
+# ---------------------------------------------------------------- the naive reference
+
+
+def _naive_hsic(x: Tensor, y: Tensor) -> Tensor:
+    b = x.shape[0]
+    h = torch.eye(b, device=x.device) - torch.ones(b, b, device=x.device) / b
+    kx, ky = x @ x.T, y @ y.T
+    return torch.sum((h @ kx @ h) * (h @ ky @ h))
+
+
+def naive_cka(x: Tensor, y: Tensor) -> Tensor:
+    """Linear CKA as the published code computes it (H-matrix centring, each gram thrice)."""
+    return _naive_hsic(x, y) / (torch.sqrt(_naive_hsic(x, x)) * torch.sqrt(_naive_hsic(y, y)))
+
+
+def _hooked_forward(model: nn.Module, x: Tensor, taps: dict[str, tuple[int | None, int]]) -> dict[str, Tensor]:
+    """Register hooks, run a forward, remove them — on every call, as the published extractor does."""
+    store: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+    handles = []
+    for name, (index, axis) in taps.items():
+        def hook(m: nn.Module, a: Any, out: Any, name: str = name, index: int | None = index, axis: int = axis) -> None:
+            store[name] = select_output(out, index, axis)
+        handles.append(modules[name].register_forward_hook(hook))
+    try:
+        model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    return store
+
+
+class NaiveStep:
+    """The naive guided step (d) on the same eager models, taps and pairs as the compiled pair."""
+
+    def __init__(self, pair: Any, guide_taps: dict[str, tuple[int | None, int]],
+                 target_taps: dict[str, tuple[int | None, int]]):
+        self.pair = pair
+        self.guide_taps, self.target_taps = guide_taps, target_taps
+
+    def loss(self, x: Tensor, y: Tensor) -> Tensor:
+        target = self.pair.target
+        out, _ = target(x)
+        task = self.pair.task_loss(out, y)
+        with torch.no_grad():
+            g = _hooked_forward(self.pair.guide, x, self.guide_taps)
+        t = _hooked_forward(target, x, self.target_taps)  # the second forward of the target
+        total = task
+        for gname, tname, w in self.pair.pairs:
+            a = t[tname].reshape(len(x), -1).float()
+            b = g[gname].reshape(len(x), -1).float()
+            total = total + w * (1 - naive_cka(a, b))
+        return total
+
+
+# ---------------------------------------------------------------- timing
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pairs: int | None = None
+                   ) -> tuple[dict[str, Callable[[], None]], Any]:
+    """Closures running one step of each variant on a fixed random batch."""
+    from pairgraph.tasks import get_task
+
+    task = get_task(compiled.spec.task)
+    pair = compiled.build(device)
+    if max_pairs is not None:
+        pair.pairs = pair.pairs[:max_pairs]
+    x = task.example_input(batch_size, device="cpu")
+    if not x.is_floating_point():
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randint(1, task.model_kwargs()["vocab_size"], x.shape, generator=gen)
+    x = x.to(device)
+    with torch.no_grad():
+        out, _ = pair.target(x)
+    y = _fake_labels(out, task)
+    opt = torch.optim.AdamW(pair.target.parameters(), lr=1e-6)
+    gtaps = {t.name: (t.output_index, t.batch_axis) for t in compiled.guide.taps if t.name in {p[0] for p in pair.pairs}}
+    ttaps = {t.name: (t.output_index, t.batch_axis) for t in compiled.target.taps if t.name in {p[1] for p in pair.pairs}}
+    naive = NaiveStep(pair, gtaps, ttaps)
+
+    def target_step() -> None:
+        out, _ = pair.target(x)
+        loss = pair.task_loss(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def guide_forward() -> None:
+        with torch.no_grad():
+            pair.guide(x)
+
+    def guided_step() -> None:
+        loss = pair(x, y, 0).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def naive_step() -> None:
+        loss = naive.loss(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return {"target": target_step, "guide": guide_forward, "guided": guided_step, "naive": naive_step}, pair
+
+
+def _fake_labels(out: Tensor, task: Any) -> Tensor:
+    """Labels of the right shape for the task loss (timing does not depend on their values)."""
+    if out.dim() == 3:
+        return torch.randint(0, out.shape[-1], out.shape[:2], device=out.device)
+    if out.shape[-1] == 1:
+        return torch.randint(0, 2, (out.shape[0],), device=out.device)
+    return torch.randint(0, out.shape[-1], (out.shape[0],), device=out.device)
+
+
+def time_variants(steps_fn: dict[str, Callable[[], None]], device: torch.device, steps: int = 10, warmup: int = 3,
+                  variants: tuple[str, ...] = VARIANTS) -> dict[str, float]:
+    """Median seconds per step of each variant, interleaved round by round."""
+    times: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(warmup + steps):
+        for v in variants:
+            _sync(device)
+            t0 = time.perf_counter()
+            steps_fn[v]()
+            _sync(device)
+            if r >= warmup:
+                times[v].append(time.perf_counter() - t0)
+    return {v: statistics.median(ts) for v, ts in times.items()}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _reset_peak_rss() -> None:
+    """Reset the kernel's high-water mark of resident memory (VmHWM) for this process (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def _peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def peak_memory_child(spec: str, variant: str, batch_size: int, device: str, overrides: list[str]) -> dict[str, float]:
+    """Run in a fresh process: peak memory of ``variant`` above the state after building the pair."""
+    import pairgraph
+
+    dev = torch.device(device)
+    compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
+    fns, _ = build_variants(compiled, batch_size, dev)
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(3):
+            fns[variant]()
+        torch.cuda.synchronize()
+        return {"peak_bytes": torch.cuda.max_memory_allocated() - base}
+    fns[variant]()  # first call allocates optimizer state and caches; measure the steady state
+    base = _rss_bytes()
+    _reset_peak_rss()
+    for _ in range(3):
+        fns[variant]()
+    return {"peak_bytes": _peak_rss_bytes() - base}
+
+
+def peak_memory(spec: str, variant: str, batch_size: int, device: str, overrides: list[str]) -> float:
+    code = ("import json,sys; from pairgraph.bench import peak_memory_child; "
+            "print(json.dumps(peak_memory_child(*json.loads(sys.argv[1]))))")
+    args = json.dumps([spec, variant, batch_size, device, overrides])
+    res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
+    return float(json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"])
+
+
+# ---------------------------------------------------------------- the benchmark
+
+
+def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, device: str = "cpu",
+          overrides: list[str] | None = None, memory: bool = True, batch_sizes: tuple[int, ...] = (),
+          pair_counts: tuple[int, ...] = ()) -> dict[str, Any]:
+    """Benchmark one spec; returns a JSON-able record (also printed by the CLI)."""
+    import pairgraph
+
+    overrides = list(overrides or [])
+    dev = torch.device(device)
+    compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
+    fns, pair = build_variants(compiled, batch_size, dev)
+    t = time_variants(fns, dev, steps, warmup)
+    record: dict[str, Any] = {
+        "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
+        "warmup": warmup, "pairs": len(pair.pairs), "seconds": t,
+        "overhead": t["guided"] / (t["target"] + t["guide"]), "speedup": t["naive"] / t["guided"],
+        "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
+                    "threads": torch.get_num_threads(), "torch": torch.__version__,
+                    **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
+    }
+    if memory:
+        mem = {v: peak_memory(spec, v, batch_size, device, overrides) for v in ("target", "guide", "guided")}
+        record["peak_bytes"] = mem
+        record["memory_ratio"] = mem["guided"] / max(mem["target"] + mem["guide"], 1.0)
+    rows = []
+    for bs in batch_sizes:
+        f, _ = build_variants(compiled, bs, dev)
+        tt = time_variants(f, dev, max(3, steps // 2), 1, ("target", "guide", "guided"))
+        rows.append({"batch_size": bs, **tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"])})
+    record["by_batch_size"] = rows
+    rows = []
+    for n in pair_counts:
+        f, p = build_variants(compiled, batch_size, dev, max_pairs=n)
+        tt = time_variants(f, dev, max(3, steps // 2), 1, ("target", "guide", "guided"))
+        rows.append({"pairs": len(p.pairs), **tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"])})
+    record["by_pairs"] = rows
+    return record

@@ -1,0 +1,173 @@
+"""Calibration activations for data-driven mappers: the real pair on the first training batches.
+
+:func:`pairgraph.compile` hands a :class:`CompileContext` to every mapper that takes a
+``context`` argument (``learned``). It builds nothing until :meth:`CompileContext.activations`
+is called; then it builds the pair as training would at step 0 — both networks seeded by
+:func:`pairgraph.runtime.build_root`, the guide with the spec's weights — and yields, batch by
+batch, every tap's activation of both networks on the same inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import default_collate
+
+from pairgraph.errors import PairgraphError
+from pairgraph.spec import PairSpec
+from pairgraph.trace import LayerGraph
+
+
+class TapActivations(NamedTuple):
+    """One calibration batch: tap name → activation (batch first) per side, and the padding mask."""
+
+    guide: dict[str, Tensor]
+    target: dict[str, Tensor]
+    mask: Tensor | None
+
+
+class _Rng:
+    """A private, seeded global RNG: swapped in only while calibration computes, never across a yield."""
+
+    def __init__(self, seed: int, device: torch.device):
+        self.devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=self.devices):
+            torch.manual_seed(seed)
+            self.state = self._get()
+
+    def _get(self) -> list[Tensor]:
+        return [torch.get_rng_state()] + [torch.cuda.get_rng_state(d) for d in self.devices]
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        with torch.random.fork_rng(devices=self.devices):
+            torch.set_rng_state(self.state[0])
+            for d, s in zip(self.devices, self.state[1:]):
+                torch.cuda.set_rng_state(s, d)
+            yield
+            self.state = self._get()
+
+
+def _guide_weights(spec: PairSpec) -> str | None:
+    """The guide weights the trainer would use: None (seeded init), a checkpoint, or the cached trained guide."""
+    w = spec.guide.weights
+    if w == "untrained":
+        return None
+    if w != "train":
+        return w
+    from pairgraph.analysis import _guide_weights as cached  # the trainer's guide cache, never trains
+
+    try:
+        return cached(spec, None)
+    except PairgraphError:
+        raise PairgraphError(
+            "mapping 'learned' compares against the trained guide (guide.weights: train), which is not cached yet",
+            "train it first: python -c \"import pairgraph, pairgraph.train as t; t.train_guide(pairgraph.load_spec('SPEC'))\""
+            " — or set guide.weights=untrained, or map with uniform/depth",
+        ) from None
+
+
+def _quiet_dropout(net: nn.Module) -> None:
+    """Dropout off (the mapping should not depend on its noise); BatchNorm stays on batch statistics."""
+    for m in net.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd | nn.MultiheadAttention):
+            m.eval()
+
+
+def _optimizer(spec: PairSpec, params: Any) -> torch.optim.Optimizer:
+    c = spec.train
+    if c.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
+    if c.optimizer == "adam":
+        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
+    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
+
+
+@dataclass
+class CompileContext:
+    """The :class:`pairgraph.mapping.MappingContext` that compile passes: spec, traced graphs, calibration data."""
+
+    spec: PairSpec
+    guide: LayerGraph
+    target: LayerGraph
+    notify: Callable[[str], None] | None = None
+
+    def _train_split(self, task: Any) -> Any:
+        kind = self.spec.task.get("kind")
+        try:
+            data = task.datasets(self.spec.train.seed)
+        except PairgraphError as e:
+            raise PairgraphError(f"mapping 'learned' calibrates on the task's training data: {e.message}",
+                                 f"{e.hint or 'make the data available'} (or map with uniform/depth, which need no data)") from None
+        except OSError as e:
+            raise PairgraphError(f"mapping 'learned' cannot read the training data of task {kind!r}: {e}",
+                                 "make the task's data available (task.data_dir) or map with uniform/depth") from None
+        train = data.get("train")
+        if train is None or len(train) < 2:
+            raise PairgraphError(f"mapping 'learned' needs training examples, and task {kind!r} has none",
+                                 "enlarge the task (task.size / train_size)")
+        return train
+
+    def activations(self, batches: int, batch_size: int, warmup_steps: int = 0) -> Iterator[TapActivations]:
+        """Yield ``batches`` calibration batches of ``batch_size`` training examples (fewer if the split is smaller).
+
+        Examples come from a permutation of the training split seeded by ``train.seed``; after
+        ``warmup_steps`` task-loss steps (the spec's optimizer, on the batches that follow) the target
+        runs in training mode without dropout, the guide frozen as in training. The caller's RNG
+        state is left untouched.
+        """
+        from pairgraph.runtime import assemble, hooked
+        from pairgraph.tasks import get_task
+        from pairgraph.train import pick_device
+
+        spec = self.spec
+        task = get_task(spec.task)
+        train = self._train_split(task)
+        weights = _guide_weights(spec)
+        device = pick_device(spec.train.device)
+        n = len(train)
+        batch_size = min(batch_size, n)
+        batches = max(1, min(batches, n // batch_size))
+        if self.notify:
+            self.notify(f"mapping 'learned': measuring {len(self.guide)}×{len(self.target)} similarities on "
+                        f"{batches}×{batch_size} training examples"
+                        + (f" after {warmup_steps} warm-up steps" if warmup_steps else ""))
+        rng = _Rng(spec.train.seed, device)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(spec.train.seed))
+
+        def batch(k: int) -> list[Tensor]:
+            idx = [int(order[(k * batch_size + i) % n]) for i in range(batch_size)]
+            return [b.to(device) for b in default_collate([train[i] for i in idx])]
+
+        def taps(graph: LayerGraph) -> list[tuple[str, int | None, int]]:
+            return [(t.name, t.output_index, t.batch_axis) for t in graph.taps]
+
+        with rng.active():
+            pair = assemble(spec.resolved(), hooked(taps(self.guide)), hooked(taps(self.target)), [], device, weights)
+            if warmup_steps:
+                pair.train()
+                opt = _optimizer(spec, [p for p in pair.target.parameters() if p.requires_grad])
+                for step in range(warmup_steps):
+                    x, y = batch(batches + step)
+                    out, _ = pair.target(x)
+                    loss = pair.task_loss(out, y)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    if spec.train.grad_clip:
+                        nn.utils.clip_grad_norm_(pair.target.parameters(), spec.train.grad_clip)
+                    opt.step()
+                del opt
+            pair.train()  # the target as the loss sees it (BatchNorm on batch statistics); the guide frozen
+            _quiet_dropout(pair.target)
+        for k in range(batches):
+            with rng.active(), torch.no_grad():
+                x, _ = batch(k)
+                _, g = pair.guide(x)
+                _, t = pair.target(x)
+                mask = task.valid_mask(x) if spec.similarity.mask_padding else None
+            yield TapActivations(g, t, mask)
