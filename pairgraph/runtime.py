@@ -193,6 +193,7 @@ class GuidedPair(nn.Module):
         self.noise_fn, self.mask_fn = noise_fn, mask_fn
         self.guide.requires_grad_(False)
         self.guide_calls = 0
+        self.global_batch = False  # set by the trainer under torchrun (see pairgraph.distributed)
         self.train()
 
     def train(self, mode: bool = True) -> GuidedPair:
@@ -229,6 +230,12 @@ class GuidedPair(nn.Module):
         if self.mode == "distill":
             d = distill_loss(out, g_out, self.temperature, mask)
             return PairOutput(task + self.weight * d, task, d, out, {"distill": d}, True)
+        if self.global_batch:  # data-parallel: CKA over the global batch, not each rank's shard
+            from pairgraph.distributed import gather_batch
+
+            guide_taps = {g: gather_batch(guide_taps[g]) for g in {p[0] for p in self.pairs}}
+            target_taps = {t: gather_batch(target_taps[t]) for t in {p[1] for p in self.pairs}}
+            mask = gather_batch(mask) if mask is not None else None
         terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
         align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
         return PairOutput(task + self.weight * align, task, align, out, terms, True)
@@ -317,11 +324,24 @@ class GuidanceLoss(nn.Module):
 # ---------------------------------------------------------------- building from a spec
 
 
-def load_weights(model: nn.Module, path: str | Path, side: str = "guide") -> None:
-    """Load a checkpoint safely: safetensors, or ``torch.load(weights_only=True)``."""
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` — one line, whatever the exception says."""
+    text = str(e).strip()
+    return f"{type(e).__name__}: {text.splitlines()[0][:300]}" if text else type(e).__name__
+
+
+def read_state(path: str | Path, side: str = "guide") -> dict[str, Tensor]:
+    """A checkpoint's state dict, read safely: safetensors, or ``torch.load(weights_only=True)``.
+
+    A pickle holding anything but tensors and plain containers is refused, never executed.
+    """
+    import pickle
+
     p = Path(path).expanduser()
     if not p.exists():
         raise PairgraphError(f"{side} checkpoint {str(p)!r} not found", f"fix {side}.weights or train the guide first")
+    if p.is_dir():
+        raise PairgraphError(f"{side} checkpoint {str(p)!r} is a directory", "give a .safetensors or .pt file")
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -330,17 +350,45 @@ def load_weights(model: nn.Module, path: str | Path, side: str = "guide") -> Non
         else:
             state = torch.load(p, map_location="cpu", weights_only=True)
             state = state.get("model", state) if isinstance(state, dict) else state
-    except Exception as e:
-        raise PairgraphError(f"cannot read {side} checkpoint {str(p)!r}: {e}", "give a .safetensors or .pt state dict") from None
+    except pickle.UnpicklingError as e:
+        if "weights only" not in str(e).lower():  # not a pickle at all (garbage, wrong format)
+            raise PairgraphError(f"cannot read {side} checkpoint {str(p)!r}: {_first_line(e)}",
+                                 "give a .safetensors or .pt state dict") from None
+        # weights_only=True refuses code and arbitrary objects: never executed, reported here
+        lines = [ln.strip() for ln in str(e).splitlines()]
+        detail = next((ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln), "") or lines[0]
+        raise PairgraphError(
+            f"refused to load {side} checkpoint {str(p)!r}: it is a pickle holding more than tensors ({detail[:200]})",
+            "pairgraph never unpickles code; convert a trusted checkpoint to .safetensors or a plain state dict",
+        ) from None
+    except Exception as e:  # noqa: BLE001 - safetensors/torch raise many kinds for a bad file
+        raise PairgraphError(f"cannot read {side} checkpoint {str(p)!r}: {_first_line(e)}",
+                             "give a .safetensors or .pt state dict") from None
+    if not isinstance(state, dict):
+        raise PairgraphError(f"{side} checkpoint {str(p)!r} holds a {type(state).__name__}, not a state dict",
+                             "save it with safetensors or torch.save(model.state_dict())")
+    return state
+
+
+def check_fits(model: nn.Module, state: dict[str, Tensor], path: str | Path, side: str = "guide") -> None:
+    """Raise a one-line error unless ``state`` has every key of ``model`` with the same shapes."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
-    bad = sorted(k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape))
+    bad = sorted(k for k in own if k in state and not (isinstance(state[k], Tensor)
+                                                      and tuple(state[k].shape) == tuple(own[k].shape)))
     if missing or bad:
         what = f"missing {missing[:3]}" if missing else f"shape mismatch at {bad[:3]}"
         raise PairgraphError(
-            f"{side} checkpoint {str(p)!r} does not fit the {side} architecture ({what})",
+            f"{side} checkpoint {str(path)!r} does not fit the {side} architecture ({what})",
             f"use a checkpoint of the same model and args as {side}",
         )
+
+
+def load_weights(model: nn.Module, path: str | Path, side: str = "guide") -> None:
+    """Load a checkpoint safely (see :func:`read_state`) after checking it fits ``model``."""
+    state = read_state(path, side)
+    check_fits(model, state, Path(path).expanduser(), side)
+    own = model.state_dict()
     model.load_state_dict({k: state[k] for k in own}, strict=True)
 
 

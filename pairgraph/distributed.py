@@ -1,0 +1,83 @@
+"""Distributed training on PyTorch's own engine: torchrun + DistributedDataParallel.
+
+CKA is a statistic of the whole batch (its gram compares every sample with every other), so the
+alignment loss of a data-parallel step must be computed over the GLOBAL batch: per-rank CKA on
+local batches is a different, noisier quantity. pairgraph all-gathers each mapped tap across
+ranks (``torch.distributed.nn.functional.all_gather``, which is differentiable: the backward
+reduce-scatters the gradient, so each rank's shard receives its part of the global loss's
+gradient). Every rank then computes the same global loss; DDP's gradient averaging turns the
+world-size-times-counted alignment gradient back into exactly the single-process gradient of
+(mean task loss over the global batch + global alignment loss).
+
+Communication per step: for every tap that takes part in a pair, (N−1)/N · B · d activations in
+the forward (B the global batch, d the tap's features per sample, N the world size), plus the same
+again in the backward for target taps — in fp32, 4 bytes each; plus DDP's own gradient all-reduce.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def from_env() -> DistInfo:
+    """The torchrun environment (RANK, WORLD_SIZE, LOCAL_RANK), or a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    return DistInfo(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", os.environ["RANK"])))
+
+
+def init(info: DistInfo, device: torch.device) -> None:
+    """Join the process group: NCCL on GPU, gloo on CPU (idempotent)."""
+    if info.enabled and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def gather_batch(t: Tensor) -> Tensor:
+    """Concatenate ``t`` from every rank along the batch axis, differentiably (identity when alone)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(t.contiguous()), dim=0)
+
+
+def mean_over_ranks(value: float) -> float:
+    """The average of a scalar across ranks (for logging the global-batch loss)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def shutdown() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
