@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from pairgraph.errors import PairgraphError
 
@@ -219,12 +220,51 @@ def bench(
         console.print(f"wrote {output}")
 
 
+@app.command("study")
+def study_cmd(
+    study_file: Annotated[Path, typer.Argument(help="A study YAML (e.g. studies/paper_cpu.yaml).")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Runs in parallel (processes; torch threads = cores // N).")] = 1,
+    only: Annotated[Optional[list[str]], typer.Option("--only", help="Only CELL or CELL/ARM (repeatable).")] = None,  # noqa: UP045
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (done / left) and train nothing.")] = False,
+) -> None:
+    """Run a study: per cell and arm, sweep the lrs on one seed, keep the best-validation lr, train every seed.
+
+    Finished runs (summary.json in the results folder) are skipped; a crashed run is retried.
+    """
+    from pairgraph.study import format_plan, load_study, plan_study, run_study
+
+    st = load_study(study_file)
+    if dry_run:
+        sys.stdout.write(format_plan(plan_study(st, only)) + "\n")
+        return
+    outcome = run_study(st, jobs=jobs, only=only, echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    console.print(f"[green]study {st.name}[/green]: {outcome.trained} runs finished, {outcome.diverged} diverged, "
+                  f"{len(outcome.failed)} failed; results in {st.results_path()}", soft_wrap=True)
+    if outcome.failed:
+        for line in outcome.failed:
+            err_console.print(f"[red]failed:[/red] {line}", highlight=False, soft_wrap=True)
+        raise PairgraphError(f"{len(outcome.failed)} run(s) failed", "fix the cause and run the same command again "
+                             "(finished runs are skipped, failed ones retried)")
+
+
+@app.command("report")
+def report_cmd(
+    study_file: Annotated[Path, typer.Argument(help="A study YAML whose results to report.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Markdown file to write.")] = Path("docs/results.md"),
+    figures: Annotated[Optional[Path], typer.Option(help="Figure folder (default <output folder>/figures/<study>).")] = None,  # noqa: UP045
+) -> None:
+    """Write the study's markdown report and figures from its results folder only (no training, no data)."""
+    from pairgraph.study import report
+
+    report(study_file, output, figures, echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
+
+
 def main() -> None:
     """Entry point: user mistakes become one line on stderr and exit code 2."""
     try:
         app(standalone_mode=False)
     except PairgraphError as e:
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except KeyboardInterrupt:
         err_console.print("interrupted")

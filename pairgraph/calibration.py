@@ -127,8 +127,8 @@ class CompileContext:
 
         spec = self.spec
         task = get_task(spec.task)
-        train = self._train_split(task)
         weights = _guide_weights(spec)
+        train = self._train_split(task)
         device = pick_device(spec.train.device)
         n = len(train)
         batch_size = min(batch_size, n)

@@ -55,11 +55,18 @@ def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "m
             return build_model(net.model, net.args, defaults)
     except PairgraphError as e:
         raise PairgraphError(f"{side}: {e.message}", e.hint) from None
-    except Exception as e:
+    except Exception as e:  # noqa: BLE001 - any failure of user model code becomes one line
         raise PairgraphError(
             f"{side}: building {net.model!r} with args {net.args} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
             f"fix {side}.args (see `pairgraph zoo` for presets)",
         ) from None
+
+
+def _check_checkpoint(guide: nn.Module, path: str) -> None:
+    """The guide checkpoint must have the guide's keys and shapes (checked on the meta model)."""
+    from pairgraph.runtime import check_fits, read_state
+
+    check_fits(guide, read_state(path, "guide"), path, "guide")
 
 
 def import_generated(path: Path) -> ModuleType:
@@ -97,24 +104,30 @@ def compile(
     graphs = {}
     for side in ("guide", "target"):
         model = _model(spec, side, defaults)
-        real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))  # noqa: E731
+        if side == "guide" and spec.guide.weights not in ("untrained", "train"):
+            _check_checkpoint(model, spec.guide.weights)  # fail now, not after data loading at train time
+        real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
         graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
     context = CompileContext(spec, graphs["guide"], graphs["target"], notify)  # builds models only if a mapper asks
     corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], context, **spec.mapping.options())
     out = Path(out_dir) if out_dir is not None else Path("build") / spec.name
-    out.mkdir(parents=True, exist_ok=True)
     resolved = spec.resolved()
-    (out / "guided_pair.py").write_text(generate(resolved, graphs["guide"], graphs["target"], corr, source))
-    (out / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
-    mapping = {
-        "name": spec.name,
-        **corr.to_json(),
-        "guide": graphs["guide"].to_json(),
-        "target": graphs["target"].to_json(),
-    }
-    (out / "mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
-    if render:
-        render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
-                       title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "guided_pair.py").write_text(generate(resolved, graphs["guide"], graphs["target"], corr, source))
+        (out / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        mapping = {
+            "name": spec.name,
+            **corr.to_json(),
+            "guide": graphs["guide"].to_json(),
+            "target": graphs["target"].to_json(),
+        }
+        (out / "mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
+        if render:
+            render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
+                           title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")
+    except OSError as e:
+        raise PairgraphError(f"cannot write the compiled pair to {e.filename or out}: {e.strerror or e}",
+                             "free disk space, make the folder writable, or pass another output folder (-o)") from None
     module = import_generated(out / "guided_pair.py")
     return CompiledPair(spec, graphs["guide"], graphs["target"], corr, out, module)

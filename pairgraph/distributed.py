@@ -57,9 +57,13 @@ def gather_batch(t: Tensor) -> Tensor:
     """Concatenate ``t`` from every rank along the batch axis, differentiably (identity when alone)."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return t
+    import warnings
+
     from torch.distributed.nn.functional import all_gather
 
-    return torch.cat(all_gather(t.contiguous()), dim=0)
+    with warnings.catch_warnings():  # deprecated in favour of a functional collective without gloo autograd
+        warnings.simplefilter("ignore", FutureWarning)
+        return torch.cat(all_gather(t.contiguous()), dim=0)
 
 
 def mean_over_ranks(value: float) -> float:

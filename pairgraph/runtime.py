@@ -233,8 +233,9 @@ class GuidedPair(nn.Module):
         if self.global_batch:  # data-parallel: CKA over the global batch, not each rank's shard
             from pairgraph.distributed import gather_batch
 
-            guide_taps = {g: gather_batch(guide_taps[g]) for g in {p[0] for p in self.pairs}}
-            target_taps = {t: gather_batch(target_taps[t]) for t in {p[1] for p in self.pairs}}
+            # collectives must run in the same order on every rank: ordered, not set (hash-randomised)
+            guide_taps = {g: gather_batch(guide_taps[g]) for g in dict.fromkeys(p[0] for p in self.pairs)}
+            target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
             mask = gather_batch(mask) if mask is not None else None
         terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
         align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)

@@ -18,7 +18,8 @@ from pairgraph.errors import SpecError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: an lr of .inf or .nan is a typo, not a setting
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LayerSelection(_Strict):
@@ -63,8 +64,12 @@ class GuideSpec(NetworkSpec):
     @field_validator("weights")
     @classmethod
     def _checkpoint_exists(cls, v: str) -> str:
-        if v not in ("untrained", "train") and not Path(v).expanduser().exists():
-            raise ValueError(f"checkpoint file {v!r} not found")
+        if v not in ("untrained", "train"):
+            p = Path(v).expanduser()
+            if not p.exists():
+                raise ValueError(f"checkpoint file {v!r} not found")
+            if p.is_dir():
+                raise ValueError(f"checkpoint {v!r} is a directory, not a file")
         return v
 
 
@@ -140,6 +145,15 @@ class TrainSpec(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)
 
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
+            raise SpecError(f"unknown device {v!r}", "use auto, cpu, cuda, cuda:N or mps")
+        return v
+
 
 class PairSpec(_Strict):
     """A guide/target pair and everything needed to train it."""
@@ -159,6 +173,8 @@ class PairSpec(_Strict):
         from pairgraph.tasks import TASKS
 
         kind = v.get("kind", "copy_paste")
+        if not isinstance(kind, str):
+            raise SpecError(f"task kind must be a name, got {kind!r}", "use one of " + ", ".join(TASKS))
         task_cls = TASKS.get(kind)
         return task_cls.Options.model_validate({**v, "kind": kind}).model_dump(mode="json")
 
@@ -246,8 +262,9 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None)
     if loc and loc[0] == "task" and len(loc) == 2:
         from pairgraph.tasks import TASKS
 
-        kind = data.get("task", {}).get("kind", "copy_paste") if isinstance(data, dict) else "copy_paste"
-        return list(TASKS.get(kind).Options.model_fields) if kind in TASKS else []
+        task = data.get("task") if isinstance(data, dict) else None
+        kind = task.get("kind", "copy_paste") if isinstance(task, dict) else "copy_paste"
+        return list(TASKS.get(kind).Options.model_fields) if isinstance(kind, str) and kind in TASKS else []
     cur: Any = model
     for key in loc[:-1]:
         fields = getattr(cur, "model_fields", None)
@@ -272,10 +289,9 @@ def _describe(err: dict[str, Any], model: type[BaseModel], data: Any = None) -> 
     if kind == "missing":
         return f"{field}: required field missing", f"add '{loc[-1]}:' to the spec"
     msg = err["msg"]
-    if msg.startswith("Value error, "):
-        msg = msg[len("Value error, ") :]
-    if msg.startswith("Assertion failed, "):
-        msg = msg[len("Assertion failed, ") :]
+    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
+    if kind in ("model_type", "model_attributes_type"):  # not "instance of TrainSpec": name no internals
+        msg = "Input should be a mapping of fields"
     got = err.get("input")
     shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
     return f"{field}: {msg}{shown}", _type_hint(kind, loc)
@@ -285,12 +301,18 @@ def _type_hint(kind: str, loc: tuple[Any, ...]) -> str:
     hints = {
         "int_parsing": "write a whole number",
         "int_type": "write a whole number",
+        "int_from_float": "write a whole number",
+        "finite_number": "write a finite number such as 3e-4",
+        "bool_type": "write true or false",
+        "model_type": "write a mapping (key: value lines)",
+        "model_attributes_type": "write a mapping (key: value lines)",
         "float_parsing": "write a number such as 3e-4",
         "float_type": "write a number such as 3e-4",
         "bool_parsing": "write true or false",
         "literal_error": "use one of the allowed values",
         "dict_type": "write a mapping (key: value lines)",
-        "list_type": "write a list such as [a, b]",
+        "list_type": 'write a YAML list, e.g. ["blocks.*"]',
+        "tuple_type": "write a list such as [5, 10]",
         "string_type": "write a string",
         "greater_than": "use a larger value",
         "greater_than_equal": "use a larger value",
@@ -313,7 +335,7 @@ def parse_spec(
         raise SpecError(f"{source}: a spec must be a YAML mapping, got {type(data).__name__}", "start with 'name: my_pair'")
     data = apply_overrides(data, overrides)
     try:
-        return PairSpec.model_validate(data)
+        spec = PairSpec.model_validate(data)
     except ValidationError as e:
         errors = e.errors()
         first = errors[0]
@@ -326,6 +348,47 @@ def parse_spec(
             field = ".".join(str(p) for p in first["loc"])
             raise SpecError(f"{where}: {field}: {cause.message}{more}", cause.hint) from None
         raise SpecError(f"{where}: {text}{more}", hint) from None
+    _check_consistency(spec, source, root_node)
+    return spec
+
+
+def _check_consistency(spec: PairSpec, source: str, root_node: yaml.Node | None) -> None:
+    """Checks across sections that would otherwise fail only deep inside training."""
+    from pairgraph.similarity import get_measure
+
+    measure = get_measure(spec.similarity.measure)
+    bs = spec.train.batch_size
+    # per-sample (flatten) and per-position rows have one row per example: the batch must hold
+    # min_batch of them (per-token rows pool the batch's tokens, so a smaller batch can work)
+    if spec.guidance.mode == "guidance" and spec.similarity.sequence != "token" and bs < measure.min_batch:
+        line = _node_line(root_node, ("train", "batch_size")) if root_node is not None else None
+        where = f"{source}:{line}" if line else source
+        raise SpecError(
+            f"{where}: train.batch_size: {bs} is too small for similarity.measure {measure.name!r}, "
+            f"which needs at least {measure.min_batch} examples per batch",
+            f"set train.batch_size >= {measure.min_batch} (the paper uses 256)",
+        )
+
+
+def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
+    """The first key written twice in one YAML mapping (safe_load would silently keep the last)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
+                line = k.start_mark.line + 1
+                if k.value in seen:
+                    return k.value, seen[k.value], line
+                seen[k.value] = line
+            found = _duplicate_key(v)
+            if found:
+                return found
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            found = _duplicate_key(v)
+            if found:
+                return found
+    return None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:
@@ -335,7 +398,12 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:
         raise SpecError(f"spec file {str(p)!r} not found", "check the path (specs live in specs/)")
     if p.is_dir():
         raise SpecError(f"{p} is a directory, not a spec file", "pass a .yaml file such as specs/rnn_from_transformer.yaml")
-    text = p.read_text()
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError(f"{p}: not UTF-8 text (byte {e.start})", "save the spec as UTF-8 YAML") from None
+    except OSError as e:
+        raise SpecError(f"cannot read spec file {p}: {e.strerror or e}", "check the file's permissions") from None
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -344,6 +412,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise SpecError(f"{p}{line}: YAML syntax error: {problem}", "fix the YAML (indentation, ':' after keys, quotes)") from None
+    dup = _duplicate_key(root)
+    if dup:
+        key, first, again = dup
+        raise SpecError(f"{p}:{again}: key {key!r} appears twice (first on line {first})",
+                        "keep one of them: YAML would silently use the last")
     return parse_spec(data, str(p), overrides, root)
 
 

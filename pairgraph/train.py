@@ -31,8 +31,28 @@ from pairgraph.spec import PairSpec, as_spec
 # ---------------------------------------------------------------- files, written atomically
 
 
+def io_error(e: OSError, where: Path | str | None = None, verb: str = "access") -> PairgraphError:
+    """A one-line error for a failed read or write: the file (default: the error's), the reason, the fix."""
+    import errno
+
+    where = where or e.filename or "?"
+    reason = e.strerror or str(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        verb = "write"
+        hint = ("free space on that disk or pass --runs-dir on another one; checkpoints already written are "
+                "kept (continue with pairgraph train --resume RUN)")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "make the folder writable or pass --runs-dir (or -o) pointing to a writable folder"
+    else:
+        hint = "check the path and the disk"
+    return PairgraphError(f"cannot {verb} {where}: {reason}", hint)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and rename (never half a file)."""
+    """Write ``data`` to ``path`` via a temporary file, fsync and rename (never half a file).
+
+    On failure the previous ``path`` is untouched and the temporary file is removed.
+    """
     tmp = path.with_name(path.name + ".tmp")
     try:
         with open(tmp, "wb") as f:
@@ -41,7 +61,11 @@ def atomic_write(path: Path, data: bytes) -> None:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:
-        raise PairgraphError(f"cannot write {path}: {e.strerror or e}", "free disk space or fix the folder's permissions") from None
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise io_error(e, path, "write") from None
 
 
 def save_torch(path: Path, obj: Any) -> None:
@@ -65,7 +89,7 @@ def environment(device: torch.device, seed: int) -> dict[str, Any]:
     from pairgraph import __version__
 
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         commit = None
@@ -140,6 +164,7 @@ class Trainer:
             rid = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{s.guidance.mode}-s{self.cfg.seed}"
             self.run_dir = Path(runs_dir) / s.name / rid
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self._last_saved: int | None = None  # step of the last checkpoint on disk
 
     # -- setup ------------------------------------------------------------------------------
     def _guide_weights(self) -> str | None:
@@ -201,26 +226,54 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self, tag: str, pair: Any, opt: torch.optim.Optimizer, scaler: Any, step: int,
               state: dict[str, Any]) -> None:
+        weights = {k: v.detach().contiguous().cpu() for k, v in pair.target.state_dict().items()}
+        bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
+        if bad is not None:  # never replace a good checkpoint with NaN/inf weights
+            raise PairgraphError(
+                f"target weights became non-finite ({bad}) at step {step}; {self._kept()}",
+                "lower train.lr, set train.grad_clip, or use precision fp32",
+            )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         save_weights(self.ckpt_dir / f"{tag}.safetensors", pair.target)
         if tag == "last":
             rng = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
+            # the weights travel in the same file as the optimizer and RNG state: one rename
+            # commits the whole checkpoint, so a kill between two writes cannot mix two steps
             save_torch(self.ckpt_dir / "last_state.pt", {
                 "step": step, "optimizer": opt.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                "rng": rng, "state": json.dumps(state), "guide_calls": pair.guide_calls,
+                "rng": rng, "state": json.dumps(state), "guide_calls": pair.guide_calls, "target": weights,
             })
+            self._last_saved = step
+
+    def _kept(self) -> str:
+        if self._last_saved is None:
+            return "no checkpoint was written yet"
+        return f"the last good checkpoint (step {self._last_saved}) is kept in {self.ckpt_dir}"
 
     def _load(self, pair: Any, opt: torch.optim.Optimizer, scaler: Any) -> tuple[int, dict[str, Any]]:
+        import pickle
+
         from pairgraph.runtime import load_weights
 
         wpath, spath = self.ckpt_dir / "last.safetensors", self.ckpt_dir / "last_state.pt"
         if not (wpath.exists() and spath.exists()):
             raise PairgraphError(f"{self.run_dir} has no checkpoint to resume from",
                                  "start a new run (the run stopped before its first checkpoint)")
-        load_weights(pair.target, wpath, "target")
-        st = torch.load(spath, map_location="cpu", weights_only=True)
+        try:
+            st = torch.load(spath, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, KeyError) as e:
+            # weights_only=True: a pickle with code in it is refused, never run
+            msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+            raise PairgraphError(f"cannot read the resume state {spath}: {msg}",
+                                 "start a new run; this checkpoint is damaged or not pairgraph's") from None
+        if not isinstance(st, dict) or not {"step", "optimizer", "rng", "state"} <= set(st):
+            raise PairgraphError(f"{spath} is not a pairgraph resume state", "start a new run")
+        if "target" in st:
+            pair.target.load_state_dict(st["target"])
+        else:  # written before the weights were kept in last_state.pt
+            load_weights(pair.target, wpath, "target")
         opt.load_state_dict(st["optimizer"])
         if scaler is not None and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
@@ -228,6 +281,7 @@ class Trainer:
         if "cuda" in st["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])
         pair.guide_calls = int(st.get("guide_calls", 0))
+        self._last_saved = int(st["step"])
         return int(st["step"]), json.loads(st["state"])
 
     def _truncate_metrics(self, step: int) -> None:
@@ -236,26 +290,33 @@ class Trainer:
         if not path.exists():
             return
         keep = []
-        for line in path.read_text().splitlines():
+        for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
             try:
                 rec = json.loads(line)
             except json.JSONDecodeError:
-                continue  # a line cut by the kill
-            if rec.get("step", 0) <= step:
+                continue  # a line cut by the kill (or garbage a crash left at the end)
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] <= step:
                 keep.append(line)
         atomic_write(path, ("\n".join(keep) + "\n").encode() if keep else b"")
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        """Train (or resume); a failed read or write (disk full, permissions) becomes one line."""
+        try:
+            return self._run()
+        except OSError as e:
+            raise io_error(e, e.filename or self.run_dir) from None
+
+    def _run(self) -> dict[str, Any]:
         from torch.utils.tensorboard import SummaryWriter
 
         cfg, spec = self.cfg, self.spec
         resuming = (self.run_dir / "checkpoints" / "last_state.pt").exists()
         if not resuming and (self.run_dir / "summary.json").exists():
             raise PairgraphError(f"run {self.run_dir} already finished", "pick another --run-id or delete the folder")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(cfg.seed)
-        data = self._datasets()
+        data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
+        self.run_dir.mkdir(parents=True, exist_ok=True)
         guide_weights = self._guide_weights()
         pair = self.compiled.build(self.device, guide_weights=guide_weights)
         opt = self._optimizer([p for p in pair.target.parameters() if p.requires_grad])
@@ -275,7 +336,7 @@ class Trainer:
         batches = EpochBatches(len(data["train"]), cfg.batch_size, cfg.seed, start_step=step)
         loader = torch.utils.data.DataLoader(data["train"], batch_sampler=batches, num_workers=cfg.num_workers)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=step if resuming else None)
-        metrics_f = open(self.run_dir / "metrics.jsonl", "a")
+        metrics_f = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in the finally below
         t0 = time.time()
         prog, task_id = self._progress(total, step)
         it = iter(loader)
@@ -287,8 +348,8 @@ class Trainer:
                 loss = out.loss
                 if not torch.isfinite(loss):
                     raise PairgraphError(
-                        f"loss became {float(loss)} at step {step} (task {float(out.task_loss):.4g}, "
-                        f"guidance {float(out.guidance_loss):.4g}); the last good checkpoint is kept in {self.ckpt_dir}",
+                        f"loss became {loss.item()} at step {step + 1} (task {out.task_loss.item():.4g}, "
+                        f"guidance {out.guidance_loss.item():.4g}); {self._kept()}",
                         "lower train.lr, set train.grad_clip, or use precision fp32",
                     )
                 opt.zero_grad(set_to_none=True)

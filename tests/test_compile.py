@@ -157,7 +157,7 @@ def untraceable(num_classes: int = 10) -> nn.Module:
 def test_hook_fallback_compiles_and_trains(tmp_path, capsys):
     spec = {"name": "hooks", "task": {"kind": "image_classification", "dataset": "cifar10"},
             "guide": {"model": "resnet18"},
-            "target": {"model": "tests.test_compile:untraceable", "layers": {"drop_output": False}}}
+            "target": {"model": f"{__name__}:untraceable", "layers": {"drop_output": False}}}
     notes = []
     cp = pairgraph.compile(spec, tmp_path, notify=notes.append)
     assert cp.target.method == "hooks" and cp.target.names == ["fc1", "fc2"]

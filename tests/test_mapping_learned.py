@@ -36,7 +36,7 @@ class PlantedGuide(nn.Module):
     def __init__(self, in_features: int, num_classes: int):
         super().__init__()
         dims = [in_features] + [WIDTH] * 4
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims, dims[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(dims))
         self.head = nn.Linear(WIDTH, num_classes)
         g = torch.Generator().manual_seed(GUIDE_SEED)  # fixed weights, whatever the global seed
         with torch.no_grad():
@@ -104,8 +104,9 @@ def _spec(mapping: dict, **task) -> dict:
     return {
         "name": "planted",
         "task": {"kind": "image_classification", "dataset": "mnist1d", **task},
-        "guide": {"model": "tests.test_mapping_learned:planted_guide"},
-        "target": {"model": "tests.test_mapping_learned:planted_target", "layers": {"exclude": ["*head"]}},
+        # this module as imported (its name depends on pytest's import mode), so the factories resolve
+        "guide": {"model": f"{__name__}:planted_guide"},
+        "target": {"model": f"{__name__}:planted_target", "layers": {"exclude": ["*head"]}},
         "mapping": mapping,
         "train": {"batch_size": 128, "seed": 0},
     }
@@ -173,6 +174,22 @@ def test_uniform_and_depth_compile_without_data_learned_says_the_data_is_missing
     assert "'learned'" in msg and "not found" in msg and "fix:" in msg and "\n" not in msg
 
 
+def test_learned_uses_the_guide_weights_of_the_spec(tmp_path, monkeypatch):
+    other = PlantedGuide(40, 10)
+    for lin in other.layers:
+        nn.init.normal_(lin.weight, std=0.2)  # not the weights the target copied
+    torch.save(other.state_dict(), tmp_path / "guide.pt")
+    spec = _spec({"kind": "learned", "batches": 1, "batch_size": 64})
+    spec["guide"]["weights"] = str(tmp_path / "guide.pt")
+    cp = pairgraph.compile(spec, tmp_path / "ckpt", render=False, notify=None)
+    assert max(max(r) for r in cp.correspondence.info["matrix"]) < 0.99  # no copy is identical any more
+
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "empty-cache"))
+    spec["guide"]["weights"] = "train"
+    with pytest.raises(pairgraph.PairgraphError, match="trained guide .* not cached yet.*train_guide"):
+        pairgraph.compile(spec, tmp_path / "train", render=False, notify=None)
+
+
 @pytest.mark.parametrize(("options", "fragment"), [
     ({"batches": 0}, "batches"),
     ({"monotone": "yes"}, "monotone"),
@@ -203,7 +220,7 @@ def test_monotone_assignment_equals_brute_force():
         scores = [[rng.uniform(-1, 1) for _ in range(t)] for _ in range(l)]
         value, assignment = _brute_force(scores)
         got = monotone_assignment(scores)
-        assert all(a <= b for a, b in zip(got, got[1:]))
+        assert all(a <= b for a, b in itertools.pairwise(got))
         assert sum(scores[i][j] for i, j in enumerate(got)) == pytest.approx(value, abs=1e-12)
         assert got == assignment  # continuous random scores: the optimum is unique
 

@@ -1,0 +1,270 @@
+"""pairgraph study / report: lr sweep then seeds, results layout, resume, deterministic report, study-file errors.
+
+One tiny copy-paste study (2 lrs × 2 seeds × arms baseline + untrained = 6 runs of 6 steps) is trained
+once per module and shared by the tests.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import pairgraph.study as study_mod
+from pairgraph.cli.main import app
+from pairgraph.errors import PairgraphError
+from pairgraph.study import format_plan, load_study, plan_study, report, run_study
+from pairgraph.train import Trainer
+
+LRS = [1.0e-3, 3.0e-3]
+
+
+def tiny_spec() -> dict:
+    return {
+        "name": "tiny",
+        "task": {"kind": "copy_paste", "length": [2, 4], "size": 200},
+        "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 2, "d_model": 32},
+                  "layers": {"include": ["blocks.*"]}},
+        "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 32}},
+        "train": {"batch_size": 16, "steps": 6, "eval_every": 3, "lr": 1e-3, "seed": 0, "device": "cpu"},
+    }
+
+
+def tiny_study(name: str = "tiny_study", arms: list | None = None, **extra) -> dict:
+    return {
+        "name": name, "lrs": LRS, "sweep_seed": 0, "seeds": [0, 1], "min_seeds": 2,
+        "runs_dir": "runs/study",
+        "cells": [{
+            "name": "cp", "spec": "tiny.yaml", "guide_label": "Transformer", "target_label": "RNN",
+            "paper": {"metric": "copy-paste accuracy (%)", "source": "Table 3",
+                      "values": {"baseline": [14.35, 0.01], "untrained": [42.56, 1.51]}},
+            "arms": arms if arms is not None else ["baseline", "untrained"],
+        }],
+        **extra,
+    }
+
+
+def write(path: Path, data: dict | str) -> Path:
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def done(tmp_path_factory):
+    """The tiny study, trained once: (folder, study file, outcome)."""
+    root = tmp_path_factory.mktemp("study")
+    write(root / "tiny.yaml", tiny_spec())
+    sfile = write(root / "tiny_study.yaml", tiny_study())
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("PAIRGRAPH_CACHE", str(root / "cache"))
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        outcome = run_study(sfile, echo=lambda m: None)
+    finally:
+        torch.set_num_threads(before)
+        mp.undo()
+    return root, sfile, outcome
+
+
+@pytest.fixture
+def in_study(done, monkeypatch):
+    root, sfile, _ = done
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(root / "cache"))
+    return root, sfile
+
+
+def count_training(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    original = Trainer.run
+
+    def counted(self):
+        calls.append(str(self.run_dir))
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "run", counted)
+    return calls
+
+
+def test_sweep_then_seeds_picks_lowest_val_loss_and_lays_out_results(done):
+    root, _, outcome = done
+    assert outcome.trained == 6 and not outcome.failed and outcome.diverged == 0
+    for arm in ("baseline", "untrained"):
+        res = root / "results" / "tiny_study" / "cp" / arm
+        val = {lr: json.loads((res / f"lr{lr:g}-s0" / "summary.json").read_text())["best_val_loss"] for lr in LRS}
+        best = min(LRS, key=lambda lr: (val[lr], lr))
+        assert outcome.chosen[f"cp/{arm}"] == best
+        other = next(lr for lr in LRS if lr != best)
+        assert sorted(p.name for p in res.iterdir()) == sorted([f"lr{1e-3:g}-s0", f"lr{3e-3:g}-s0", f"lr{best:g}-s1"])
+        assert not (res / f"lr{other:g}-s1").exists()
+        for run in res.iterdir():
+            names = {p.name for p in run.iterdir()}
+            assert {"summary.json", "metrics.jsonl", "spec.yaml", "env.json", "study.json"} <= names
+            assert not names & {"checkpoints", "tb", "build"}  # never checkpoints in the results
+            summary = json.loads((run / "summary.json").read_text())
+            spec = yaml.safe_load((run / "spec.yaml").read_text())
+            assert spec["guidance"]["mode"] == ("baseline" if arm == "baseline" else "guidance")
+            assert f"lr{summary['lr']:g}-s{summary['seed']}" == run.name
+        # training happened under runs/, with its checkpoints
+        assert list((root / "runs" / "study" / "tiny_study" / "cp" / arm).glob("*/*/checkpoints/best.safetensors"))
+
+
+def test_second_invocation_trains_nothing_and_crashed_runs_are_retried(in_study, monkeypatch):
+    root, sfile = in_study
+    calls = count_training(monkeypatch)
+    again = run_study(sfile, echo=lambda m: None)
+    assert calls == [] and again.trained == 0 and not again.failed
+    assert "0 left" in format_plan(plan_study(sfile))
+    # a run that finished but was never copied into the results: picked up without training
+    res = root / "results" / "tiny_study" / "cp" / "baseline"
+    seed_run = next(p for p in res.iterdir() if p.name.endswith("-s1"))
+    shutil.rmtree(seed_run)
+    assert "1 left" in format_plan(plan_study(sfile))
+    again = run_study(sfile, echo=lambda m: None)
+    assert calls == [] and again.trained == 1 and (seed_run / "summary.json").exists()
+    # a run that crashed before its first checkpoint: trained again from scratch
+    shutil.rmtree(seed_run)
+    run_dir = root / "runs" / "study" / "tiny_study" / "cp" / "baseline" / "tiny" / seed_run.name
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "summary.json").unlink()
+    again = run_study(sfile, echo=lambda m: None)
+    assert len(calls) == 1 and again.trained == 1 and (seed_run / "summary.json").exists()
+
+
+def test_report_is_byte_identical_with_mean_and_standard_error(in_study):
+    root, sfile = in_study
+    out = report(sfile, root / "docs" / "results.md")
+    first = out.read_bytes()
+    report(sfile, root / "docs" / "results.md")
+    assert out.read_bytes() == first
+    text = first.decode()
+    for arm in ("baseline", "untrained"):
+        row = next(ln for ln in text.splitlines() if ln.startswith(f"| {arm} |"))
+        assert " ± " in row and "/2" in row  # mean ± s.e. over 2 seeds
+    assert "42.56 ± 1.51" in text  # the paper's number
+    untrained = next(ln for ln in text.splitlines() if ln.startswith("| untrained |"))
+    assert any(w in untrained for w in ("yes: Δ", "no: Δ", "tie: Δ"))
+    assert "Untrained Transformer → RNN" in text  # the Table 3 shaped table
+    assert "x86_64" in text or "aarch64" in text or "processor" in text
+    assert (root / "docs" / "figures" / "tiny_study" / "cp-curves.png").exists()
+    assert "Guide disconnected after 150 steps" in text and "no arm with guidance.until_step" in text
+
+
+def test_error_consistency_from_stored_predictions(in_study, tmp_path):
+    root, sfile = in_study
+    # the trainer writes test_predictions.json for classification tasks; fake them in a copy of the results
+    data = yaml.safe_load(sfile.read_text())
+    data["results_dir"] = str(tmp_path / "res")
+    shutil.copytree(root / "results" / "tiny_study", tmp_path / "res")
+    g = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 3, (50,))
+    for arm in ("baseline", "untrained"):
+        run = next((tmp_path / "res" / "cp" / arm).glob("*-s0"))
+        pred = torch.where(torch.rand(50, generator=g) < 0.7, labels, (labels + 1) % 3)
+        (run / "test_predictions.json").write_text(json.dumps({"pred": pred.tolist(), "label": labels.tolist()}))
+    out = report(write(root / "ec_study.yaml", data), tmp_path / "r.md", tmp_path / "figs")
+    text = out.read_text()
+    assert "Error consistency κ between arms" in text and "| κ | baseline | untrained |" in text
+    assert (tmp_path / "figs" / "cp-error-consistency.png").exists()
+
+
+def test_diverged_lr_loses_the_sweep(in_study, monkeypatch):
+    root, _ = in_study
+    sfile = write(root / "div.yaml", tiny_study("div_study", arms=["baseline"]))
+    original = study_mod._train_run
+
+    def diverge_at_high_lr(job):
+        if job.lr == 3e-3:
+            raise PairgraphError("loss became nan at step 2 (task nan, guidance 0); no checkpoint was written yet",
+                                 "lower train.lr")
+        return original(job)
+
+    monkeypatch.setattr(study_mod, "_train_run", diverge_at_high_lr)
+    outcome = run_study(sfile, echo=lambda m: None)
+    assert outcome.diverged == 1 and outcome.trained == 2 and outcome.chosen["cp/baseline"] == 1e-3
+    assert (root / "results" / "div_study" / "cp" / "baseline" / f"lr{3e-3:g}-s0" / "diverged.json").exists()
+    again = run_study(sfile, echo=lambda m: None)  # a divergence is an outcome, not retried
+    assert again.trained == 0 and again.diverged == 0
+    text = report(sfile, root / "div.md").read_text()
+    assert "diverged" in text
+
+
+def test_cli_dry_run_and_report(in_study):
+    root, sfile = in_study
+    res = CliRunner().invoke(app, ["study", str(sfile), "--dry-run"])
+    assert res.exit_code == 0, res.output
+    assert "cp/baseline" in res.output and "0 left" in res.output
+    res = CliRunner().invoke(app, ["study", str(sfile), "--dry-run", "--only", "cp/untrained"])
+    assert "cp/untrained" in res.output and "cp/baseline" not in res.output
+    res = CliRunner().invoke(app, ["report", str(sfile), "-o", str(root / "cli.md")])
+    assert res.exit_code == 0, res.output
+    assert (root / "cli.md").read_bytes() == report(sfile, root / "cli2.md").read_bytes()
+
+
+@pytest.mark.parametrize("change, words", [
+    (lambda d: d.update(seeds=[0]), "at least 2"),
+    (lambda d: d.pop("min_seeds"), "at least 3"),
+    (lambda d: d.update(seeds=[0, 0, 1]), "repeats"),
+    (lambda d: d.update(lrz=[1]), "did you mean 'lrs'"),
+    (lambda d: d.pop("lrs"), "lrs: required field missing"),
+    (lambda d: d.update(lrs=[-1.0]), "> 0"),
+    (lambda d: d["cells"][0].update(arms=["baseline", "untrianed"]), "did you mean 'untrained'"),
+    (lambda d: d["cells"][0].update(arms=["baseline", "baseline"]), "twice"),
+    (lambda d: d["cells"][0]["paper"]["values"].update(trainedd=1.0), "trainedd"),
+    (lambda d: d["cells"][0].update(overrides=["train.steps"]), "key.path=value"),
+    (lambda d: d["cells"][0].update(name="a b"), "cells[a b].name"),
+])
+def test_study_file_errors_are_one_line(tmp_path, change, words):
+    data = tiny_study()
+    change(data)
+    path = write(tmp_path / "s.yaml", data)
+    with pytest.raises(PairgraphError) as e:
+        load_study(path)
+    assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_study_errors_outside_the_schema(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(PairgraphError, match="not found"):
+        load_study(tmp_path / "nope.yaml")
+    with pytest.raises(PairgraphError, match="YAML syntax error"):
+        load_study(write(tmp_path / "bad.yaml", "name: [x\n"))
+    with pytest.raises(PairgraphError, match="a study file is a mapping"):
+        load_study(write(tmp_path / "list.yaml", "- a\n"))
+    with pytest.raises(PairgraphError, match="spec file 'tiny.yaml' not found"):
+        plan_study(write(tmp_path / "s.yaml", tiny_study()))
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    data = tiny_study(arms=["baseline", {"name": "typo", "overrides": ["guidance.mdoe=x"]}])
+    with pytest.raises(PairgraphError, match="cell 'cp', arm 'typo'") as e:
+        plan_study(write(tmp_path / "s.yaml", data))
+    assert "mode" in str(e.value)
+    with pytest.raises(PairgraphError, match="no cell 'zz'"):
+        plan_study(write(tmp_path / "s.yaml", tiny_study()), only=["zz"])
+    with pytest.raises(PairgraphError, match="no arm 'trained'"):
+        plan_study(tmp_path / "s.yaml", only=["cp/trained"])
+    res = CliRunner().invoke(app, ["study", str(tmp_path / "nope.yaml"), "--dry-run"])
+    assert res.exit_code != 0
+
+
+def test_results_of_another_spec_are_refused(in_study, tmp_path):
+    root, sfile = in_study
+    data = yaml.safe_load(sfile.read_text())
+    data["overrides"] = ["train.steps=7"]
+    with pytest.raises(PairgraphError, match="different spec") as e:
+        plan_study(write(root / "changed.yaml", data))
+    assert "train.steps" in str(e.value)
