@@ -9,10 +9,19 @@ or drop :class:`GuidanceLoss` into your own loop.
 
 __version__ = "0.1.0"
 
-from pairgraph.compiler import CompiledPair, compile  # noqa: E402
-from pairgraph.errors import PairgraphError, SpecError  # noqa: E402
-from pairgraph.runtime import GuidanceLoss, GuidedPair  # noqa: E402
-from pairgraph.spec import PairSpec, load_spec  # noqa: E402
+from pairgraph.compiler import CompiledPair, compile
+from pairgraph.errors import PairgraphError, SpecError
+from pairgraph.runtime import GuidanceLoss, GuidedPair
+from pairgraph.spec import PairSpec, load_spec
 
-__all__ = ["CompiledPair", "GuidanceLoss", "GuidedPair", "PairSpec", "PairgraphError", "SpecError", "compile",
-           "load_spec", "__version__"]
+__all__ = [
+           "CompiledPair",
+           "GuidanceLoss",
+           "GuidedPair",
+           "PairSpec",
+           "PairgraphError",
+           "SpecError",
+           "__version__",
+           "compile",
+           "load_spec",
+]

@@ -18,7 +18,7 @@ import types
 from typing import Any
 
 import torch
-import torch.fx as fx
+from torch import fx
 
 from pairgraph.mapping import Correspondence
 from pairgraph.trace import LayerGraph

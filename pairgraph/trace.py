@@ -11,6 +11,7 @@ said explicitly per type (:func:`register_tap_type`) — never guessed from tens
 from __future__ import annotations
 
 import fnmatch
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -18,8 +19,7 @@ from typing import Any
 
 import networkx as nx
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 
 from pairgraph.errors import PairgraphError
 
@@ -275,7 +275,7 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
     gm = fx.GraphModule(model, LeafTracer().trace(model), type(model).__name__)
     try:
         _ShapeRecorder(gm).run(example)
-    except Exception as e:  # traced fine, but the model does not run on this input
+    except Exception as e:  # noqa: BLE001 - traced fine, but the model does not run on this input
         raise ShapePropError(e) from None
     modules = dict(model.named_modules())
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
@@ -364,7 +364,7 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
         cand.is_output = o is out or (isinstance(o, tuple) and any(x is out for x in o))
         candidates.append(cand)
     chosen = _select(candidates, selection, side)
-    edges = [(a.name, b.name) for a, b in zip(chosen, chosen[1:])]
+    edges = [(a.name, b.name) for a, b in itertools.pairwise(chosen)]
     return _finish(chosen, edges, "hooks", None, candidates)
 
 
@@ -389,7 +389,7 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
                     return trace_fx(m, x, selection, side)
                 except (PairgraphError, ShapePropError):
                     raise
-                except Exception as e:  # fx raises many kinds (TraceError, TypeError on Proxy bools, …)
+                except Exception as e:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError on Proxy bools, …)
                     use_hooks = True
                     reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
                     if notify:
@@ -400,7 +400,7 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
             raise
         except ShapePropError as e:
             error = e.cause
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - any failure of the user model is reported below
             error = e
     assert error is not None
     msg = str(error).strip().splitlines()[0] if str(error).strip() else ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from pathlib import Path
 
@@ -44,7 +45,7 @@ def test_uniform_paper_example_resnet18_to_50_layer_fcn():
     idx = [t.names.index(p[1]) for p in corr.pairs]
     assert idx == uniform_indices(21, 50)
     assert [p[0] for p in corr.pairs] == g.names  # no guide layer dropped
-    gaps = {b - a for a, b in zip(idx, idx[1:])}
+    gaps = {b - a for a, b in itertools.pairwise(idx)}
     assert gaps == {2, 3}
 
 
@@ -56,7 +57,7 @@ def test_depth_mapper_downsample_shares_block_depth():
     assert ("layer2.0.downsample.1", "layer2.1.conv1") in g.graph.edges
     corr = build_mapping("depth", g, g)  # a network mapped onto itself: equal depths, ties → earlier tap
     assert all(g[a].depth == g[b].depth for a, b, _ in corr.pairs)
-    assert dict((a, b) for a, b, _ in corr.pairs)["layer2.0.downsample.0"] == "layer2.0.conv1"
+    assert {a: b for a, b, _ in corr.pairs}["layer2.0.downsample.0"] == "layer2.0.conv1"
 
 
 def _task_for(entry) -> dict:

@@ -70,7 +70,7 @@ def test_yaml_tags_are_not_executed(tmp_path):
 @pytest.mark.parametrize("path", sorted(BAD.glob("*.yaml")), ids=lambda p: p.stem)
 def test_bad_spec_gives_one_line_error(path, tmp_path, capsys, monkeypatch):
     expect = path.read_text().splitlines()[0].removeprefix("# expect: ")
-    code, out, err = run_cli(["compile", str(path), "-o", str(tmp_path), "--no-render"], capsys, monkeypatch)
+    code, _out, err = run_cli(["compile", str(path), "-o", str(tmp_path), "--no-render"], capsys, monkeypatch)
     assert code == 2
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     text = " ".join(err.split())

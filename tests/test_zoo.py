@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from pairgraph.zoo import MODELS, build_model, list_models
-from pairgraph.zoo import models as _models  # noqa: F401  (registers the built-in models)
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from pairgraph.errors import PairgraphError
+from pairgraph.zoo import MODELS, build_model, list_models
+from pairgraph.zoo import models as _models  # noqa: F401  (registers the built-in models)
 
 EXPECTED = {
     "deep_fcn",

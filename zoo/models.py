@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from typing import Any, Literal, TypeVar
 
 import torch
-from pairgraph.zoo import register_model
 from torch import Tensor, nn
 from torchvision.models import resnet as tvr
 
 from pairgraph.errors import PairgraphError
+from pairgraph.zoo import register_model
 
 Stem = Literal["imagenet", "cifar"]
 ResNetT = TypeVar("ResNetT", bound=tvr.ResNet)
