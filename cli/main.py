@@ -96,10 +96,17 @@ def train(
     runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
     run_id: Annotated[Optional[str], typer.Option(help="Run folder name (default: time-mode-seed).")] = None,  # noqa: UP045
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    nproc: Annotated[int, typer.Option(help="Processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPU).")] = 1,
 ) -> None:
     """Train a pair (compiling the spec on the fly) and print the run's summary."""
+    import os
+
     import pairgraph
     from pairgraph.train import resume_run
+
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _relaunch_with_torchrun(nproc, run_id)
+        return
 
     if resume is not None:
         summary = resume_run(resume, progress=progress)
@@ -114,7 +121,27 @@ def train(
     _print_summary(summary)
 
 
+def _relaunch_with_torchrun(nproc: int, run_id: str | None) -> None:
+    """``--nproc N`` is ``torchrun --standalone --nproc_per_node N -m pairgraph train …`` (same arguments)."""
+    import subprocess
+    import time
+
+    args = sys.argv[1:]
+    i = args.index("--nproc") if "--nproc" in args else next(k for k, a in enumerate(args) if a.startswith("--nproc="))
+    del args[i: i + (2 if args[i] == "--nproc" else 1)]
+    if run_id is None:  # one folder for all ranks
+        args += ["--run-id", time.strftime("%Y%m%d-%H%M%S") + f"-ddp{nproc}"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "pairgraph", *args]
+    err_console.print("running: " + " ".join(cmd[2:]), highlight=False)
+    code = subprocess.call(cmd)
+    if code:
+        raise typer.Exit(code)
+
+
 def _print_summary(summary: dict) -> None:
+    if "test" not in summary:  # a non-zero rank of a distributed run: rank 0 reports
+        return
     test = summary.get("test") or {}
     shown = "  ".join(f"{k} {v:.4g}" for k, v in test.items())
     console.print(f"[green]done[/green] {summary['run_dir']}: best val loss {summary['best_val_loss']:.4f} "

@@ -570,10 +570,9 @@ def _guide_weights(spec: Any, run_dir: Path | None) -> str | None:
     if w == "untrained":
         return None
     if w == "train":
-        from pairgraph.tasks import cache_dir
+        from pairgraph.train import guide_checkpoint_path
 
-        # the cache path of pairgraph.train.train_guide
-        cached = cache_dir() / "guides" / f"{spec.guide.model.replace(':', '_')}-{spec.digest('task', 'guide', 'train')}.safetensors"
+        cached = guide_checkpoint_path(spec)
         if not cached.exists():
             raise PairgraphError("guide.weights is 'train' but the trained guide is not cached yet",
                                  "train the pair once (`pairgraph train` trains and caches its guide) or set guide.weights=untrained")

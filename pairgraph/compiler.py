@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -69,6 +70,14 @@ def _check_checkpoint(guide: nn.Module, path: str) -> None:
     check_fits(guide, read_state(path, "guide"), path, "guide")
 
 
+def _write(path: Path, text: str) -> None:
+    """Write via a temporary file and rename: processes compiling the same pair at once (torchrun
+    ranks) never import a half-written module."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def import_generated(path: Path) -> ModuleType:
     name = f"pairgraph_generated_{abs(hash(str(path.resolve())))}"
     spec = importlib.util.spec_from_file_location(name, path)
@@ -114,15 +123,15 @@ def compile(
     resolved = spec.resolved()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "guided_pair.py").write_text(generate(resolved, graphs["guide"], graphs["target"], corr, source))
-        (out / "spec.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+        _write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
+        _write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
         mapping = {
             "name": spec.name,
             **corr.to_json(),
             "guide": graphs["guide"].to_json(),
             "target": graphs["target"].to_json(),
         }
-        (out / "mapping.json").write_text(json.dumps(mapping, indent=2) + "\n")
+        _write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
         if render:
             render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
                            title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")

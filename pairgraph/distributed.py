@@ -77,6 +77,15 @@ def mean_over_ranks(value: float) -> float:
     return float(t.item()) / dist.get_world_size()
 
 
+def broadcast_object(obj: object) -> object:
+    """Rank 0's ``obj`` on every rank (e.g. a run id made from the clock)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -60,6 +60,20 @@ class GuideSpec(NetworkSpec):
         default="untrained",
         description="'untrained' (seeded init), 'train' (train the guide on the task first, cached), or a checkpoint path.",
     )
+    train: dict[str, Any] = Field(
+        default_factory=dict,
+        description="With weights: train — train-section fields for the guide's own training (e.g. {lr: 1e-3, "
+        "steps: 2000}); the rest comes from the spec's train section. Keys the cached guide.",
+    )
+
+    @field_validator("train")
+    @classmethod
+    def _train_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(v) - set(TrainSpec.model_fields))
+        if unknown:
+            raise ValueError(f"unknown train field(s) {', '.join(unknown)} for the guide's training")
+        TrainSpec.model_validate(v)
+        return v
 
     @field_validator("weights")
     @classmethod

@@ -50,6 +50,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pairgraph.errors import PairgraphError
+from pairgraph.train import guide_checkpoint_path
 
 #: predefined arm names and the overrides they stand for
 PRESET_ARMS: dict[str, list[str]] = {
@@ -506,7 +507,7 @@ class ArmPlan:
         spec = self.spec_at(lr, seed)
         guide_key = None
         if spec.guide.weights == "train" and spec.guidance.mode != "baseline":
-            guide_key = spec.digest("task", "guide", "train")
+            guide_key = guide_checkpoint_path(spec).stem
         return Job(self.study.name, self.cell.name, self.arm.name, float(lr), int(seed), phase, str(self.spec_file),
                    tuple(self.study.overrides_for(self.cell, self.arm, lr, seed)),
                    str(self.study.runs_path() / self.cell.name / self.arm.name),
@@ -570,10 +571,7 @@ def plan_study(study: Study | str | Path, only: Iterable[str] | None = None) -> 
 
 
 def _guide_cached(spec: Any) -> bool:
-    from pairgraph.tasks import cache_dir
-
-    key = spec.digest("task", "guide", "train")
-    return (cache_dir() / "guides" / f"{spec.guide.model.replace(':', '_')}-{key}.safetensors").exists()
+    return guide_checkpoint_path(spec).exists()
 
 
 def format_plan(plans: list[ArmPlan]) -> str:

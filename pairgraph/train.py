@@ -25,6 +25,7 @@ import torch
 import yaml
 from torch import nn
 
+from pairgraph import distributed
 from pairgraph.errors import PairgraphError
 from pairgraph.spec import PairSpec, as_spec
 
@@ -118,12 +119,13 @@ def pick_device(name: str) -> torch.device:
 class EpochBatches:
     """Batches of a seeded permutation per epoch, starting at any global step (for resume)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1):
         if n < batch_size:
             raise PairgraphError(f"the training split has {n} examples, fewer than train.batch_size={batch_size}",
                                  "lower train.batch_size or enlarge the dataset (task size)")
         self.n, self.bs, self.seed, self.start = n, batch_size, seed, start_step
         self.per_epoch = n // batch_size  # drop_last: CKA wants the same batch size every step
+        self.rank, self.world = rank, world  # each rank takes its contiguous slice of the global batch
 
     def __iter__(self) -> Iterator[list[int]]:
         step = self.start
@@ -132,7 +134,9 @@ class EpochBatches:
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             perm = torch.randperm(self.n, generator=g)
             for p in range(pos, self.per_epoch):
-                yield perm[p * self.bs:(p + 1) * self.bs].tolist()
+                batch = perm[p * self.bs:(p + 1) * self.bs]
+                local = self.bs // self.world
+                yield batch[self.rank * local:(self.rank + 1) * local].tolist()
                 step += 1
 
 
@@ -154,17 +158,27 @@ class Trainer:
         self.spec: PairSpec = compiled.spec
         s = self.spec
         self.cfg = s.train
+        self.dist = distributed.from_env()
         self.device = pick_device(self.cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if self.dist.enabled and self.cfg.batch_size % self.dist.world:
+            raise PairgraphError(f"train.batch_size {self.cfg.batch_size} does not divide over {self.dist.world} processes",
+                                 "make the (global) batch size a multiple of the number of processes")
         self.task = get_task(s.task)
         self.progress = progress
         self.stop_after = stop_after
+        distributed.init(self.dist, self.device)
         if resume is not None:
             self.run_dir = Path(resume)
         else:
             rid = run_id or time.strftime("%Y%m%d-%H%M%S") + f"-{s.guidance.mode}-s{self.cfg.seed}"
+            rid = str(distributed.broadcast_object(rid))  # the same folder on every rank
             self.run_dir = Path(runs_dir) / s.name / rid
         self.ckpt_dir = self.run_dir / "checkpoints"
         self._last_saved: int | None = None  # step of the last checkpoint on disk
+        self.model: nn.Module | None = None  # the target, unwrapped (pair.target is DDP-wrapped under torchrun)
 
     # -- setup ------------------------------------------------------------------------------
     def _guide_weights(self) -> str | None:
@@ -199,7 +213,9 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, target: nn.Module, dataset: Any) -> dict[str, float]:
+    def evaluate(self, target: nn.Module, dataset: Any, predictions: list | None = None) -> dict[str, float]:
+        """Loss and task metrics on ``dataset``; with ``predictions`` (a list), classifiers append
+        ``(predicted class, label)`` per sample (for error consistency, paper §5.4)."""
         target.eval()
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
                                              num_workers=self.cfg.num_workers)
@@ -213,6 +229,9 @@ class Trainer:
                 out, _ = target(x)
             out = out.float()
             loss_sum += float(self.task.loss(out, y)) * len(x)
+            if predictions is not None and out.dim() == 2:
+                pred = (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
+                predictions.extend(zip(pred.tolist(), y.reshape(-1).long().tolist()))
             n += len(x)
             for k, (v, c) in self.task.metrics(out, y).items():
                 acc = sums.setdefault(k, [0.0, 0])
@@ -226,7 +245,7 @@ class Trainer:
     # -- checkpoints ------------------------------------------------------------------------
     def _save(self, tag: str, pair: Any, opt: torch.optim.Optimizer, scaler: Any, step: int,
               state: dict[str, Any]) -> None:
-        weights = {k: v.detach().contiguous().cpu() for k, v in pair.target.state_dict().items()}
+        weights = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:  # never replace a good checkpoint with NaN/inf weights
             raise PairgraphError(
@@ -234,7 +253,7 @@ class Trainer:
                 "lower train.lr, set train.grad_clip, or use precision fp32",
             )
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        save_weights(self.ckpt_dir / f"{tag}.safetensors", pair.target)
+        save_weights(self.ckpt_dir / f"{tag}.safetensors", self.model)
         if tag == "last":
             rng = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
@@ -271,9 +290,9 @@ class Trainer:
         if not isinstance(st, dict) or not {"step", "optimizer", "rng", "state"} <= set(st):
             raise PairgraphError(f"{spath} is not a pairgraph resume state", "start a new run")
         if "target" in st:
-            pair.target.load_state_dict(st["target"])
+            self.model.load_state_dict(st["target"])
         else:  # written before the weights were kept in last_state.pt
-            load_weights(pair.target, wpath, "target")
+            load_weights(self.model, wpath, "target")
         opt.load_state_dict(st["optimizer"])
         if scaler is not None and st.get("scaler"):
             scaler.load_state_dict(st["scaler"])
@@ -314,11 +333,18 @@ class Trainer:
         resuming = (self.run_dir / "checkpoints" / "last_state.pt").exists()
         if not resuming and (self.run_dir / "summary.json").exists():
             raise PairgraphError(f"run {self.run_dir} already finished", "pick another --run-id or delete the folder")
-        torch.manual_seed(cfg.seed)
+        main = self.dist.is_main
+        torch.manual_seed(cfg.seed + self.dist.rank)
         data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        if self.dist.enabled and self.spec.guide.weights == "train" and not guide_checkpoint_path(spec).exists():
+            raise PairgraphError("guide.weights is 'train' but the trained guide is not cached, and several processes "
+                                 "would train it at once", "train the guide in one process first "
+                                 "(pairgraph train SPEC --set train.steps=1 caches it), then start torchrun")
         guide_weights = self._guide_weights()
         pair = self.compiled.build(self.device, guide_weights=guide_weights)
+        self.model = pair.target
         opt = self._optimizer([p for p in pair.target.parameters() if p.requires_grad])
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         per_epoch = len(data["train"]) // cfg.batch_size
@@ -327,16 +353,22 @@ class Trainer:
         step = 0
         if resuming:
             step, state = self._load(pair, opt, scaler)
-            self._truncate_metrics(step)
-        else:
+            if main:
+                self._truncate_metrics(step)
+        elif main:
             atomic_write(self.run_dir / "spec.yaml", yaml.safe_dump(spec.resolved(), sort_keys=False).encode())
             env = environment(self.device, cfg.seed)
             env["guide_weights"] = guide_weights
             atomic_write(self.run_dir / "env.json", (json.dumps(env, indent=2) + "\n").encode())
-        batches = EpochBatches(len(data["train"]), cfg.batch_size, cfg.seed, start_step=step)
+        if self.dist.enabled:  # every rank trains its slice of the same global batch; gradients are averaged
+            pair.target = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            pair.global_batch = True
+        batches = EpochBatches(len(data["train"]), cfg.batch_size, cfg.seed, start_step=step,
+                               rank=self.dist.rank, world=self.dist.world)
         loader = torch.utils.data.DataLoader(data["train"], batch_sampler=batches, num_workers=cfg.num_workers)
-        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=step if resuming else None)
-        metrics_f = open(self.run_dir / "metrics.jsonl", "a")  # noqa: SIM115 - closed in the finally below
+        writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=step if resuming else None) if main else None
+        metrics_f = open(self.run_dir / "metrics.jsonl" if main else os.devnull, "a")  # noqa: SIM115 - closed below
         t0 = time.time()
         prog, task_id = self._progress(total, step)
         it = iter(loader)
@@ -366,18 +398,22 @@ class Trainer:
                 else:
                     opt.step()
                 step += 1
-                rec = {"step": step, "loss": loss.item(), "task_loss": out.task_loss.item(),
+                task_loss = distributed.mean_over_ranks(out.task_loss.item())  # the global batch's mean
+                rec = {"step": step, "loss": task_loss + loss.item() - out.task_loss.item(), "task_loss": task_loss,
                        "guidance_loss": out.guidance_loss.item(), "guided": out.guided,
                        "terms": {k: v.item() for k, v in out.terms.items()}}
                 metrics_f.write(json.dumps(rec) + "\n")
-                writer.add_scalar("train/loss", rec["loss"], step)
-                writer.add_scalar("train/task_loss", rec["task_loss"], step)
-                if out.guided:
-                    writer.add_scalar("train/guidance_loss", rec["guidance_loss"], step)
+                if writer is not None:
+                    writer.add_scalar("train/loss", rec["loss"], step)
+                    writer.add_scalar("train/task_loss", rec["task_loss"], step)
+                    if out.guided:
+                        writer.add_scalar("train/guidance_loss", rec["guidance_loss"], step)
                 if prog is not None:
                     prog.update(task_id, advance=1, loss=rec["task_loss"], dis=rec["guidance_loss"])
-                if step % cfg.eval_every == 0 or step == total:
-                    val = self.evaluate(pair.target, data["val"])
+                if not main:
+                    pass  # rank 0 evaluates and writes; the next collective keeps the ranks in step
+                elif step % cfg.eval_every == 0 or step == total:
+                    val = self.evaluate(self.model, data["val"])
                     metrics_f.write(json.dumps({"step": step, "split": "val", **val}) + "\n")
                     for k, v in val.items():
                         writer.add_scalar(f"val/{k}", v, step)
@@ -397,10 +433,16 @@ class Trainer:
                     return {"stopped_at": step, "run_dir": str(self.run_dir)}
         finally:
             metrics_f.close()
-            writer.close()
+            if writer is not None:
+                writer.close()
             if prog is not None:
                 prog.stop()
-        return self._finish(pair, data, state, step, time.time() - t0)
+        if not main:
+            distributed.shutdown()
+            return {"rank": self.dist.rank, "run_dir": str(self.run_dir)}
+        summary = self._finish(pair, data, state, step, time.time() - t0)
+        distributed.shutdown()
+        return summary
 
     def _progress(self, total: int, start: int) -> tuple[Any, Any]:
         import sys
@@ -420,14 +462,19 @@ class Trainer:
 
         best = self.ckpt_dir / "best.safetensors"
         if best.exists():
-            load_weights(pair.target, best, "target")
-        test = self.evaluate(pair.target, data["test"])
+            load_weights(self.model, best, "target")
+        preds: list = []
+        test = self.evaluate(self.model, data["test"], preds)
+        if preds:
+            record = {"pred": [p for p, _ in preds], "label": [label for _, label in preds]}
+            atomic_write(self.run_dir / "test_predictions.json", (json.dumps(record) + "\n").encode())
         summary = {
             "name": self.spec.name, "run_dir": str(self.run_dir), "mode": self.spec.guidance.mode,
             "guide_weights": self.spec.guide.weights, "seed": self.cfg.seed, "lr": self.cfg.lr, "steps": step,
             "best_step": state["best_step"], "best_val_loss": state["best_val_loss"], "val": state["best_val"],
             "test": test, "primary_metric": self.task.primary_metric, "guide_calls": pair.guide_calls,
             "wall_seconds_this_session": round(wall, 2), "device": str(self.device),
+            "processes": self.dist.world,
         }
         atomic_write(self.run_dir / "summary.json", (json.dumps(summary, indent=2) + "\n").encode())
         return summary
@@ -455,25 +502,51 @@ def resume_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     return Trainer(compiled, resume=run, progress=progress).run()
 
 
-def train_guide(spec: PairSpec, progress: bool = True) -> Path:
-    """Train the guide on the task first (weights: train); cached by a hash of what determines it."""
-    from pairgraph.compiler import compile
+GUIDE_TRAIN_KEYS = ("optimizer", "lr", "weight_decay", "momentum", "grad_clip", "batch_size", "epochs", "steps",
+                    "eval_every", "seed", "precision")
+
+
+def guide_train_section(spec: PairSpec) -> dict[str, Any]:
+    """The train section the guide is trained with: the spec's, updated by ``guide.train``."""
+    return {**spec.resolved()["train"], **spec.guide.train}
+
+
+def guide_checkpoint_path(spec: PairSpec) -> Path:
+    """Where the trained guide of ``spec`` is cached: keyed by the task, the guide's model and args,
+    and its own training settings — not by the target or the target's learning rate."""
+    import hashlib
+
     from pairgraph.tasks import cache_dir
 
     data = spec.resolved()
-    key = spec.digest("task", "guide", "train")
-    out = cache_dir() / "guides" / f"{spec.guide.model.replace(':', '_')}-{key}.safetensors"
+    train = guide_train_section(spec)
+    keyed = {"task": data["task"], "model": data["guide"]["model"], "args": data["guide"]["args"],
+             "train": {k: train[k] for k in GUIDE_TRAIN_KEYS}}
+    key = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir() / "guides" / f"{spec.guide.model.replace(':', '_')}-{key}.safetensors"
+
+
+def train_guide(spec: PairSpec, progress: bool = True) -> Path:
+    """Train the guide on the task first (weights: train); cached (see :func:`guide_checkpoint_path`)."""
+    from pairgraph.compiler import compile
+
+    data = spec.resolved()
+    out = guide_checkpoint_path(spec)
     if out.exists():
         return out
+    key = out.stem.rsplit("-", 1)[-1]
     guide_spec = {
         **data, "name": f"{spec.name}-guide",
         "target": {"model": data["guide"]["model"], "args": data["guide"]["args"], "layers": data["guide"]["layers"]},
-        "guide": {**data["guide"], "weights": "untrained"},
+        "guide": {**data["guide"], "weights": "untrained", "train": {}},
         "guidance": {**data["guidance"], "mode": "baseline"},
+        "mapping": {"kind": "uniform"},  # the baseline never maps; no calibration needed
+        "train": guide_train_section(spec),
     }
     compiled = compile(as_spec(guide_spec), out_dir=out.parent / f"build-{key}", render=False, notify=None)
     summary = Trainer(compiled, runs_dir=out.parent / "runs", run_id=key, progress=progress).run()
     best = Path(summary["run_dir"]) / "checkpoints" / "best.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, best.read_bytes())
+    atomic_write(out.with_suffix(".json"), (json.dumps(summary, indent=2) + "\n").encode())
     return out

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
@@ -84,3 +88,32 @@ def test_per_rank_cka_would_differ(tmp_path):
     whole = pair(x, y, 0).guidance_loss
     halves = (pair(x[:8], y[:8], 0).guidance_loss + pair(x[8:], y[8:], 0).guidance_loss) / 2
     assert abs(whole.item() - halves.item()) > 1e-3
+
+
+def test_two_process_run_matches_one_process_run(tmp_path):
+    """`pairgraph train --nproc 2` (torchrun, gloo) follows the 1-process loss curve on the same global batch."""
+    import yaml
+
+    # parity: one label per sample, so each rank's mean loss weighs samples exactly as one process does
+    # (with per-token losses over a variable number of real tokens, DDP averages per-rank means instead)
+    parity = {"name": "ddp", "task": {"kind": "parity", "length": [2, 10], "size": 400},
+              "guide": {"model": "rnn_classifier"}, "target": {"model": "transformer_classifier"},
+              "train": {"batch_size": 16, "steps": 6, "eval_every": 3, "lr": 3e-3, "seed": 2}}
+    spec = tmp_path / "ddp.yaml"
+    spec.write_text(yaml.safe_dump(parity))
+    one = pairgraph.compile(spec, tmp_path / "b1", render=False).train(runs_dir=tmp_path / "runs", run_id="one",
+                                                                       progress=False)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "pairgraph", "train", str(spec), "--nproc", "2", "--run-id", "two",
+                          "--runs-dir", str(tmp_path / "runs"), "--no-progress"], capture_output=True, text=True,
+                         env=env, timeout=300, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    curves = {}
+    for rid in ("one", "two"):
+        lines = [json.loads(ln) for ln in (tmp_path / "runs" / "ddp" / rid / "metrics.jsonl").read_text().splitlines()]
+        curves[rid] = [(r["step"], r.get("task_loss", r.get("loss")), r.get("guidance_loss")) for r in lines]
+    assert [c[0] for c in curves["one"]] == [c[0] for c in curves["two"]]
+    for a, b in zip(curves["one"], curves["two"]):
+        assert a[1] == pytest.approx(b[1], abs=1e-4) and (a[2] is None or a[2] == pytest.approx(b[2], abs=1e-4))
+    summary = json.loads((tmp_path / "runs" / "ddp" / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2 and summary["test"] == pytest.approx(one["test"], abs=1e-4)
