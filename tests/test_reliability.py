@@ -28,11 +28,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pairgraph
-from pairgraph.cli.main import main
 from pairgraph.errors import PairgraphError
 from pairgraph.runtime import load_weights
 from pairgraph.spec import PairSpec, load_spec, parse_spec
 from pairgraph.train import Trainer, resume_run
+from tests.test_spec import run_cli
 
 torch.set_num_threads(1)
 
@@ -51,16 +51,6 @@ def tiny(**train) -> dict:
                   **train},
     }
 
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pairgraph", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def assert_one_line_error(code: int, err: str, expect: str) -> None:
