@@ -118,6 +118,12 @@ class Arm(_Strict):
     name: str = Field(pattern=_NAME)
     overrides: list[str] = Field(default_factory=list, description="--set-style overrides (after a preset's).")
     lr: float | None = Field(default=None, gt=0, description="Pin the learning rate (no sweep).")
+    lr_from: str | None = Field(default=None, pattern=_NAME,
+                                description="Take the lr chosen by this other (swept) arm of the cell (no sweep).")
+
+    @property
+    def swept(self) -> bool:
+        return self.lr is None and self.lr_from is None
 
     @field_validator("overrides")
     @classmethod
@@ -133,6 +139,12 @@ class Arm(_Strict):
                 + (f" (did you mean {close[0]!r}?)" if close else "")
                 + "; predefined: " + ", ".join(PRESET_ARMS)
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_lr_source(self) -> Arm:
+        if self.lr is not None and self.lr_from is not None:
+            raise ValueError(f"arm {self.name!r} gives both lr and lr_from; keep one")
         return self
 
     def all_overrides(self) -> list[str]:
@@ -176,6 +188,17 @@ class Cell(_Strict):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"cell {self.name!r} lists arm(s) {', '.join(dup)} twice")
+        by_name = {a.name: a for a in self.arms}
+        for a in self.arms:
+            if a.lr_from is None:
+                continue
+            src = by_name.get(a.lr_from)
+            if src is None or src is a:
+                raise ValueError(f"arm {a.name!r} of cell {self.name!r}: lr_from {a.lr_from!r} is not another arm "
+                                 f"of the cell (arms: {', '.join(n for n in names if n != a.name)})")
+            if not src.swept:
+                raise ValueError(f"arm {a.name!r} of cell {self.name!r}: lr_from {a.lr_from!r} names an arm that "
+                                 "does not sweep (it pins lr or takes lr_from itself); name a swept arm")
         if self.paper is not None:
             allowed = set(names) | set(GUIDE_KEYS) | set(PRESET_ARMS)
             bad = sorted(set(self.paper.values) - allowed)
@@ -266,7 +289,7 @@ class Study(_Strict):
                              f"give a path relative to the current folder or to {self.file.parent}")
 
     def sweep_lrs(self, cell: Cell, arm: Arm) -> list[float]:
-        return [] if arm.lr is not None else list(cell.lrs or self.lrs)
+        return list(cell.lrs or self.lrs) if arm.swept else []
 
     def overrides_for(self, cell: Cell, arm: Arm, lr: float | None = None, seed: int | None = None) -> list[str]:
         out = [*self.overrides, *cell.overrides, *arm.all_overrides()]
@@ -451,10 +474,21 @@ class ArmPlan:
     def sweep(self) -> list[float]:
         return self.study.sweep_lrs(self.cell, self.arm)
 
+    def source(self) -> ArmPlan | None:
+        """The plan of the arm whose chosen lr this arm takes (``lr_from``)."""
+        if self.arm.lr_from is None:
+            return None
+        src = next(a for a in self.cell.arms if a.name == self.arm.lr_from)
+        return ArmPlan(self.study, self.cell, src, self.spec_file, None)
+
     def chosen(self) -> float | None:
-        """The pinned lr, else the swept lr with the lowest best-validation loss (once the sweep is complete)."""
+        """The pinned lr, the lr_from arm's choice, else the swept lr with the lowest best-validation loss
+        (once the sweep is complete)."""
         if self.arm.lr is not None:
             return float(self.arm.lr)
+        src = self.source()
+        if src is not None:
+            return src.chosen()
         lrs = self.sweep()
         states = {lr: self.state(lr, self.study.sweep_seed) for lr in lrs}
         if any(s == "todo" for s in states.values()):
@@ -468,7 +502,7 @@ class ArmPlan:
         return [(lr, self.study.sweep_seed) for lr in self.sweep()]
 
     def seed_runs(self, lr: float) -> list[tuple[float, int]]:
-        swept = self.arm.lr is None
+        swept = self.arm.swept
         return [(lr, s) for s in self.study.seeds if not (swept and s == self.study.sweep_seed)]
 
     def n_runs(self) -> int:
@@ -606,7 +640,7 @@ def format_plan(plans: list[ArmPlan]) -> str:
                 marks.append(lr_tag(lr) + {"done": "✓", "diverged": "✗", "todo": ""}[st])
             sweep_txt = " ".join(marks)
         else:
-            sweep_txt = "(pinned)"
+            sweep_txt = f"(lr of {p.arm.lr_from})" if p.arm.lr_from else "(pinned)"
         seeds_done = 0
         if chosen is not None:
             seeds_done = sum(p.state(chosen, s) != "todo" for s in study.seeds)
@@ -806,12 +840,15 @@ def run_study(study: Study | str | Path, jobs: int = 1, only: Iterable[str] | No
             echo(f"[{count}/{left}] {job.title()}: FAILED: {res['error']}")
             if res.get("traceback"):
                 echo(res["traceback"].rstrip())
-        if job.phase == "sweep" and p.arm.lr is None and not any(p.state(lr, s) == "todo" for lr, s in p.sweep_runs()):
+        if job.phase == "sweep" and p.arm.swept and not any(p.state(lr, s) == "todo" for lr, s in p.sweep_runs()):
             lr = p.chosen()
             outcome.chosen[f"{job.cell}/{job.arm}"] = lr
             echo(f"{job.cell}/{job.arm}: sweep complete, chose lr={lr_tag(lr)}" if lr is not None
                  else f"{job.cell}/{job.arm}: every lr of the sweep diverged; no seeds to run")
         enqueue(p)
+        for q in plans:  # arms that take this arm's chosen lr can start once its sweep is complete
+            if q.cell.name == p.cell.name and q.arm.lr_from == p.arm.name:
+                enqueue(q)
 
     if jobs == 1:
         while ready:
@@ -931,7 +968,7 @@ def collect(study: Study) -> dict[tuple[str, str], ArmResult]:
     out: dict[tuple[str, str], ArmResult] = {}
     root = study.results_path()
     for cell in study.cells:
-        for arm in cell.arms:
+        for arm in sorted(cell.arms, key=lambda a: a.lr_from is not None):  # lr_from arms after their source
             d = root / cell.name / arm.name
             runs = [r for r in (_load_stored(x) for x in sorted(d.iterdir())) if r is not None] if d.is_dir() else []
             by = {(lr_tag(r.lr), r.seed): r for r in runs}
@@ -939,6 +976,8 @@ def collect(study: Study) -> dict[tuple[str, str], ArmResult]:
             chosen: float | None
             if arm.lr is not None:
                 chosen = float(arm.lr)
+            elif arm.lr_from is not None:
+                chosen = out[(cell.name, arm.lr_from)].chosen
             elif sweep and all(r is not None for r in sweep.values()):
                 scored = [(_best_val(r.summary), r.lr) for r in sweep.values() if r is not None and r.done]
                 scored = [x for x in scored if math.isfinite(x[0])]
@@ -1567,7 +1606,7 @@ def _cell_section(study: Study, v: CellView) -> list[str]:
         m, se = _mean_se(v.values(arm.name)) if v.values(arm.name) else (math.nan, None)
         n_txt = f"{len(ar.seeds)}/{len(study.seeds)}" + (f", {len(ar.diverged_seeds)} diverged" if ar.diverged_seeds
                                                          else "")
-        pinned = " (pinned)" if arm.lr is not None else ""
+        pinned = " (pinned)" if arm.lr is not None else f" (from {arm.lr_from})" if arm.lr_from else ""
         rows.append([arm.name, lr_tag(ar.chosen) + pinned, n_txt, _pm(m, se), _paper_cell(paper, arm.name),
                      v.agreement(arm.name)])
     md += _table(["arm", "lr (chosen)", "n seeds", f"test {_unit(v.metric)} mean ± s.e.", "paper",
@@ -1577,7 +1616,7 @@ def _cell_section(study: Study, v: CellView) -> list[str]:
         md += [f"The trained guides alone (one per seed of `trained`): {_pm(m, se)} (n={len(v.guide_values())})"
                + (f"; paper {_paper_cell(paper, 'guide')}" if paper and paper.get("guide") else "") + ".", ""]
     # the sweep
-    sweeps = [(arm, v.arms[arm.name]) for arm in c.arms if arm.lr is None]
+    sweeps = [(arm, v.arms[arm.name]) for arm in c.arms if arm.swept]
     if sweeps:
         lrs = sorted({t for _, ar in sweeps for t in ar.sweep}, key=float)
         rows = []

@@ -204,6 +204,36 @@ def test_diverged_lr_loses_the_sweep(in_study, monkeypatch):
     assert "diverged" in text
 
 
+def test_lr_from_arm_takes_the_sources_chosen_lr_and_runs_every_seed(in_study, monkeypatch):
+    root, _ = in_study
+    data = tiny_study("from_study", arms=["baseline", {"name": "noise", "lr_from": "baseline"}])
+    sfile = write(root / "from.yaml", data)
+    assert "(lr of baseline)" in format_plan(plan_study(sfile))
+    calls = count_training(monkeypatch)
+    outcome = run_study(sfile, echo=lambda m: None)
+    chosen = outcome.chosen["cp/baseline"]
+    res = root / "results" / "from_study" / "cp" / "noise"
+    # no sweep of its own: every seed at the source's chosen lr, started only after the source's sweep
+    assert sorted(p.name for p in res.iterdir()) == [f"lr{chosen:g}-s0", f"lr{chosen:g}-s1"]
+    assert outcome.trained == 5 and len(calls) == 5
+    first_noise = next(i for i, c in enumerate(calls) if "/noise/" in c)
+    assert sum("/baseline/" in c for c in calls[:first_noise]) >= len(LRS)
+    spec = yaml.safe_load((res / f"lr{chosen:g}-s1" / "spec.yaml").read_text())
+    assert spec["guidance"]["guide_input"] == "noise" and spec["train"]["lr"] == chosen
+    text = report(sfile, root / "from.md").read_text()
+    assert f"{chosen:g} (from baseline)" in text
+
+
+@pytest.mark.parametrize("arms, words", [
+    (["baseline", {"name": "noise", "lr_from": "basline"}], "not another arm"),
+    (["baseline", {"name": "noise", "lr_from": "baseline", "lr": 1e-3}], "both lr and lr_from"),
+    ([{"name": "baseline", "lr": 1e-3}, {"name": "noise", "lr_from": "baseline"}], "does not sweep"),
+])
+def test_lr_from_errors(tmp_path, arms, words):
+    with pytest.raises(PairgraphError, match=words):
+        load_study(write(tmp_path / "s.yaml", tiny_study(arms=arms)))
+
+
 def test_cli_dry_run_and_report(in_study):
     root, sfile = in_study
     res = CliRunner().invoke(app, ["study", str(sfile), "--dry-run"])

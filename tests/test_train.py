@@ -146,3 +146,24 @@ def test_train_first_guide_is_trained_once_and_cached(tmp_path, monkeypatch):
     trained = load_file(str(cached[0]))
     untrained = cp.build().guide.state_dict()
     assert any(not torch.equal(trained[k], untrained[k]) for k in trained if k.endswith("weight"))
+
+
+def test_bf16_runs_the_networks_in_bf16_and_the_similarity_in_fp32(tmp_path, batch):
+    pair = pairgraph.compile(tiny(), tmp_path / "b", render=False).build()
+    x, y = batch
+    dtypes = []
+    for net in (pair.guide, pair.target):
+        for m in net.modules():
+            if isinstance(m, (torch.nn.Linear, torch.nn.RNNBase)):
+                m.register_forward_hook(lambda m, i, o: dtypes.append((o[0] if isinstance(o, tuple) else o).dtype))
+    ref = pair(x, y, 0)
+    assert dtypes and set(dtypes) == {torch.float32}
+    dtypes.clear()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low = pair(x, y, 0)
+    assert dtypes and set(dtypes) == {torch.bfloat16}
+    assert low.guidance_loss.dtype == torch.float32
+    assert abs(low.guidance_loss.item() - ref.guidance_loss.item()) < 0.02  # bf16 activations, fp32 CKA
+    summary = pairgraph.compile(tiny(precision="bf16"), tmp_path / "c", render=False).train(
+        runs_dir=tmp_path / "runs", run_id="bf16", progress=False)
+    assert summary["test"]["accuracy"] >= 0 and summary["best_val_loss"] < 10
