@@ -29,5 +29,15 @@ test-all: install
 lint: install
 	$(BIN)/ruff check pairgraph zoo cli tests scripts
 
+# Guidance cost against its floor (issue #7): CPU, fp32, batch 256; tables by batch size and by pairs.
+BENCH_SIZES ?= 64,128,256,512,1024
+bench: install
+	mkdir -p results/bench
+	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 \
+		--batch-sizes $(BENCH_SIZES) --pairs 1,5,10,20,40 -o results/bench/fcn_deep_1024_from_resnet18-cpu.json
+	$(BIN)/pairgraph bench specs/rnn_from_transformer.yaml \
+		--batch-sizes $(BENCH_SIZES) --pairs 1,2,3,4 -o results/bench/rnn_from_transformer-cpu.json
+	$(BIN)/python scripts/bench_report.py results/bench docs/performance.md
+
 clean:
 	rm -rf build runs .pytest_cache

@@ -620,7 +620,7 @@ def format_plan(plans: list[ArmPlan]) -> str:
     lines += [head, "-" * len(head)]
     tot = {"total": 0, "done": 0, "diverged": 0, "left": 0}
     steps_left = 0
-    guides_left = 0
+    guides_left: set[Path] = set()
     unknown_steps = False
     for p in plans:
         c = p.counts()
@@ -645,10 +645,12 @@ def format_plan(plans: list[ArmPlan]) -> str:
         if chosen is not None:
             seeds_done = sum(p.state(chosen, s) != "todo" for s in study.seeds)
         if p.base.guide.weights == "train" and p.base.guidance.mode != "baseline":
-            runs = p.sweep_runs() + (p.seed_runs(chosen) if chosen is not None else [])
-            guides_left += sum(p.state(lr, s) == "todo" and not _guide_cached(p.spec_at(lr, s)) for lr, s in runs)
-            if chosen is None:
-                guides_left += len(p.seed_runs(0.0))
+            # the seed runs' lr is unknown before the sweep ends; the guide's key never depends on the
+            # target's lr when guide.train pins its own, so the sweep lrs stand in for it
+            runs = p.sweep_runs() + [(lr, s) for lr in ([chosen] if chosen is not None else p.sweep())
+                                     for _, s in p.seed_runs(lr)]
+            guides_left.update(guide_checkpoint_path(sp) for lr, s in runs
+                               if p.state(lr, s) == "todo" and not _guide_cached(sp := p.spec_at(lr, s)))
         steps_txt = str(steps) if steps is not None else f"{p.base.train.epochs or 1}ep"
         lines.append(f"{p.cell.name + '/' + p.arm.name:<34} {steps_txt:>6} {sweep_txt:<44} "
                      f"{lr_tag(chosen) if chosen is not None else '—':>8} "
@@ -657,8 +659,8 @@ def format_plan(plans: list[ArmPlan]) -> str:
     lines.append(f"runs: {tot['total']} in all, {tot['done']} done, {tot['diverged']} diverged, {tot['left']} left"
                  f" = {steps_left:,} optimizer steps left" + (" (+ epoch-based runs)" if unknown_steps else ""))
     if guides_left:
-        lines.append(f"plus up to {guides_left} guide trainings (guide.weights=train: one per lr × seed, cached "
-                     f"in $PAIRGRAPH_CACHE/guides; each as long as a run)")
+        lines.append(f"plus up to {len(guides_left)} guide trainings (guide.weights=train: one per distinct guide "
+                     f"training setting, cached in $PAIRGRAPH_CACHE/guides)")
     return "\n".join(lines)
 
 

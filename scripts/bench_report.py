@@ -1,0 +1,80 @@
+"""Render the benchmark records (``pairgraph bench -o …json``) as the tables of docs/performance.md.
+
+    python scripts/bench_report.py results/bench docs/performance.md
+
+Replaces what lies between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in the doc (the prose
+around it is written by hand); every number in the tables comes from the JSON records.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+TARGETS = {"overhead": 1.10, "speedup": 2.0, "memory_ratio": 1.25}
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:,.1f}"
+
+
+def _verdict(name: str, value: float) -> str:
+    bar = TARGETS[name]
+    ok = value >= bar if name == "speedup" else value <= bar
+    return f"{value:.2f} ({'meets' if ok else 'misses'} {'≥' if name == 'speedup' else '≤'} {bar:.2f})"
+
+
+def _section(rec: dict, source: str) -> list[str]:
+    m = rec["machine"]
+    where = m.get("gpu") or f"{m['processor']}, {m['threads']} torch threads of {m['cpu_count']} cores"
+    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    sec = rec["seconds"]
+    md = [f"### `{rec['spec']}`" + (f" {over}" if over else ""), "",
+          f"{rec['device']} ({where}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
+          f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up; record `{source}`.", "",
+          "| (a) target step | (b) guide forward | (c) guided step | (d) naive step | overhead c/(a+b) "
+          "| speedup d/c | peak memory c/(a+b) |",
+          "|---:|---:|---:|---:|---:|---:|---:|",
+          f"| {_ms(sec['target'])} ms | {_ms(sec['guide'])} ms | {_ms(sec['guided'])} ms | {_ms(sec['naive'])} ms "
+          f"| {_verdict('overhead', rec['overhead'])} | {_verdict('speedup', rec['speedup'])} | "
+          + (_verdict("memory_ratio", rec["memory_ratio"]) if "memory_ratio" in rec else "not measured") + " |", ""]
+    if "peak_bytes" in rec:
+        pb = rec["peak_bytes"]
+        md += [f"Peak memory above the built pair: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
+               f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB.", ""]
+    if rec["by_batch_size"]:
+        md += ["| batch | (a) target | (b) guide | (c) guided | overhead |", "|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['batch_size']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
+               f"| {r['overhead']:.3f} |" for r in rec["by_batch_size"]] + [""]
+    if rec["by_pairs"]:
+        md += [f"| mapped pairs (batch {rec['batch_size']}) | (a) target | (b) guide | (c) guided | overhead |",
+               "|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['pairs']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
+               f"| {r['overhead']:.3f} |" for r in rec["by_pairs"]] + [""]
+    return md
+
+
+def main(folder: str, doc: str) -> None:
+    records = sorted(Path(folder).glob("*.json"))
+    if not records:
+        raise SystemExit(f"no benchmark records in {folder}: run `make bench` first")
+    md = [BEGIN, ""]
+    for p in records:
+        md += _section(json.loads(p.read_text()), str(p))
+    md.append(END)
+    path = Path(doc)
+    text = path.read_text() if path.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{doc} has no {BEGIN} … {END} block to fill")
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    path.write_text(head + "\n".join(md) + tail)
+    print(f"wrote {len(records)} benchmark table(s) into {doc}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2])
