@@ -32,18 +32,18 @@ def _section(rec: dict, source: str) -> list[str]:
     over = " ".join(f"`--set {o}`" for o in rec["overrides"])
     sec = rec["seconds"]
     md = [f"### `{rec['spec']}`" + (f" {over}" if over else ""), "",
-          f"{rec['device']} ({where}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
-          f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up; record `{source}`.", "",
-          "| (a) target step | (b) guide forward | (c) guided step | (d) naive step | overhead c/(a+b) "
-          "| speedup d/c | peak memory c/(a+b) |",
+          (f"{rec['device']} ({where}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
+           f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up; record `{source}`."), "",
+          ("| (a) target step | (b) guide forward | (c) guided step | (d) naive step | overhead c/(a+b) "
+           "| speedup d/c | peak memory c/(a+b) |"),
           "|---:|---:|---:|---:|---:|---:|---:|",
           f"| {_ms(sec['target'])} ms | {_ms(sec['guide'])} ms | {_ms(sec['guided'])} ms | {_ms(sec['naive'])} ms "
           f"| {_verdict('overhead', rec['overhead'])} | {_verdict('speedup', rec['speedup'])} | "
           + (_verdict("memory_ratio", rec["memory_ratio"]) if "memory_ratio" in rec else "not measured") + " |", ""]
     if "peak_bytes" in rec:
         pb = rec["peak_bytes"]
-        md += [f"Peak memory above the built pair: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
-               f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB.", ""]
+        md += [(f"Peak memory above the built pair: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
+                f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB."), ""]
     if rec["by_batch_size"]:
         md += ["| batch | (a) target | (b) guide | (c) guided | overhead |", "|---:|---:|---:|---:|---:|"]
         md += [f"| {r['batch_size']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
