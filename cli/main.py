@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
@@ -222,6 +222,8 @@ def bench(
     memory: Annotated[bool, typer.Option(help="Measure peak memory (one subprocess per variant).")] = True,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes for the overhead table.")] = "",
     pairs: Annotated[str, typer.Option(help="Comma-separated numbers of mapped pairs for the overhead table.")] = "",
+    cache_pool: Annotated[int, typer.Option(help="Also time the guided step with the guide cached over a pool of "
+                                                 "N examples (guidance.cache_guide); 0 = off.")] = 0,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
     """Time the guided step against its floor (target step + guide forward) and a naive implementation."""
@@ -230,17 +232,28 @@ def bench(
     def ints(text: str) -> tuple[int, ...]:
         return tuple(int(v) for v in text.split(",") if v.strip())
 
-    rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs))
+    rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
+                    cache_pool)
     sec = rec["seconds"]
     console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps")
     console.print(f"  (a) target step {sec['target'] * 1e3:.1f} ms   (b) guide forward {sec['guide'] * 1e3:.1f} ms   "
                   f"(c) guided step {sec['guided'] * 1e3:.1f} ms   (d) naive step {sec['naive'] * 1e3:.1f} ms")
     console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}   speedup d/c = {rec['speedup']:.2f}"
                   + (f"   peak memory c/(a+b) = {rec['memory_ratio']:.3f}" if "memory_ratio" in rec else ""))
+    if "cache" in rec:
+        c = rec["cache"]
+        console.print(f"  (e) guided step, guide cached over {c['pool']} examples: {sec['cached'] * 1e3:.1f} ms   "
+                      f"overhead e/(a+b) = {c['overhead']:.3f}   speedup d/e = {c['speedup']:.2f}"
+                      + (f"   peak memory e/(a+b) = {c['memory_ratio']:.3f}" if "memory_ratio" in c else ""))
+        console.print(f"      cache {c['bytes'] / 2**20:.0f} MiB, built in {c['build_seconds']:.1f} s")
+
+    def cached(row: dict[str, Any]) -> str:
+        return f", cached {row['overhead_cached']:.3f}" if "overhead_cached" in row else ""
+
     for row in rec["by_batch_size"]:
-        console.print(f"  batch {row['batch_size']:>5}: overhead {row['overhead']:.3f}")
+        console.print(f"  batch {row['batch_size']:>5}: overhead {row['overhead']:.3f}{cached(row)}")
     for row in rec["by_pairs"]:
-        console.print(f"  {row['pairs']:>3} pairs: overhead {row['overhead']:.3f}")
+        console.print(f"  {row['pairs']:>3} pairs: overhead {row['overhead']:.3f}{cached(row)}")
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(rec, indent=2) + "\n")

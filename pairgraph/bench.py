@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from pairgraph.runtime import select_output
 
-VARIANTS = ("target", "guide", "guided", "naive")
+VARIANTS = ("target", "guide", "guided", "naive", "cached")
 
 
 # ---------------------------------------------------------------- the naive reference
@@ -102,20 +102,36 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pairs: int | None = None
-                   ) -> tuple[dict[str, Callable[[], None]], Any]:
-    """Closures running one step of each variant on a fixed random batch."""
+def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pairs: int | None = None,
+                   cache_pool: int = 0) -> tuple[dict[str, Callable[[], None]], Any]:
+    """Closures running one step of each variant on a fixed random batch.
+
+    With ``cache_pool`` > 0 the batch is drawn from a pool of that many random examples, the
+    guide is cached over the pool (:meth:`GuidedPair.cache_guide`, timed into ``pair.cache_seconds``)
+    and a fifth variant, ``cached``, is the guided step reading the guide from the cache.
+    """
     from pairgraph.tasks import get_task
 
     task = get_task(compiled.spec.task)
     pair = compiled.build(device)
     if max_pairs is not None:
         pair.pairs = pair.pairs[:max_pairs]
-    x = task.example_input(batch_size, device="cpu")
-    if not x.is_floating_point():
-        gen = torch.Generator().manual_seed(0)
-        x = torch.randint(1, task.model_kwargs()["vocab_size"], x.shape, generator=gen)
-    x = x.to(device)
+    n = max(cache_pool, batch_size)
+    pool = task.example_input(n, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    if pool.is_floating_point():
+        pool = torch.randn(pool.shape, generator=gen)
+    else:
+        pool = torch.randint(1, task.model_kwargs()["vocab_size"], pool.shape, generator=gen)
+    index = torch.randperm(n, generator=gen)[:batch_size]
+    x = pool[index].to(device)
+    index = index.to(device)
+    pair.cache_seconds = None
+    if cache_pool:
+        t0 = time.perf_counter()
+        pair.cache_guide(lambda i: pool[i], n, chunk=batch_size)
+        _sync(device)
+        pair.cache_seconds = time.perf_counter() - t0
     with torch.no_grad():
         out, _ = pair.target(x)
     y = _fake_labels(out, task)
@@ -147,7 +163,16 @@ def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pai
         loss.backward()
         opt.step()
 
-    return {"target": target_step, "guide": guide_forward, "guided": guided_step, "naive": naive_step}, pair
+    def cached_step() -> None:
+        loss = pair(x, y, 0, index).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    fns = {"target": target_step, "guide": guide_forward, "guided": guided_step, "naive": naive_step}
+    if cache_pool:
+        fns["cached"] = cached_step
+    return fns, pair
 
 
 def _fake_labels(out: Tensor, task: Any) -> Tensor:
@@ -193,13 +218,15 @@ def _peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def peak_memory_child(spec: str, variant: str, batch_size: int, device: str, overrides: list[str]) -> dict[str, float]:
-    """Run in a fresh process: peak memory of ``variant`` above the state after building the pair."""
+def peak_memory_child(spec: str, variant: str, batch_size: int, device: str, overrides: list[str],
+                      cache_pool: int = 0) -> dict[str, float]:
+    """Run in a fresh process: peak memory of ``variant`` above the state after building the pair
+    (and, for ``cached``, after building the cache, whose size is reported separately)."""
     import pairgraph
 
     dev = torch.device(device)
     compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
-    fns, _ = build_variants(compiled, batch_size, dev)
+    fns, _ = build_variants(compiled, batch_size, dev, cache_pool=cache_pool if variant == "cached" else 0)
     if dev.type == "cuda":
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
@@ -216,10 +243,11 @@ def peak_memory_child(spec: str, variant: str, batch_size: int, device: str, ove
     return {"peak_bytes": _peak_rss_bytes() - base}
 
 
-def peak_memory(spec: str, variant: str, batch_size: int, device: str, overrides: list[str]) -> float:
+def peak_memory(spec: str, variant: str, batch_size: int, device: str, overrides: list[str],
+                cache_pool: int = 0) -> float:
     code = ("import json,sys; from pairgraph.bench import peak_memory_child; "
             "print(json.dumps(peak_memory_child(*json.loads(sys.argv[1]))))")
-    args = json.dumps([spec, variant, batch_size, device, overrides])
+    args = json.dumps([spec, variant, batch_size, device, overrides, cache_pool])
     res = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True, check=True)
     return float(json.loads(res.stdout.strip().splitlines()[-1])["peak_bytes"])
 
@@ -229,15 +257,19 @@ def peak_memory(spec: str, variant: str, batch_size: int, device: str, overrides
 
 def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, device: str = "cpu",
           overrides: list[str] | None = None, memory: bool = True, batch_sizes: tuple[int, ...] = (),
-          pair_counts: tuple[int, ...] = ()) -> dict[str, Any]:
-    """Benchmark one spec; returns a JSON-able record (also printed by the CLI)."""
+          pair_counts: tuple[int, ...] = (), cache_pool: int = 0) -> dict[str, Any]:
+    """Benchmark one spec; returns a JSON-able record (also printed by the CLI).
+
+    ``cache_pool`` > 0 adds the ``cached`` variant (guide cached over a pool of that many examples).
+    """
     import pairgraph
 
     overrides = list(overrides or [])
     dev = torch.device(device)
     compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
-    fns, pair = build_variants(compiled, batch_size, dev)
-    t = time_variants(fns, dev, steps, warmup)
+    fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool)
+    variants = tuple(v for v in VARIANTS if v in fns)
+    t = time_variants(fns, dev, steps, warmup, variants)
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "pairs": len(pair.pairs), "seconds": t,
@@ -246,20 +278,33 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
                     **({"gpu": torch.cuda.get_device_name(dev)} if dev.type == "cuda" else {})},
     }
+    if cache_pool:
+        saved = t["guided"] - t["cached"]
+        record["cache"] = {
+            "pool": max(cache_pool, batch_size), "bytes": pair.guide_cache.nbytes, "build_seconds": pair.cache_seconds,
+            "kinds": {k: v.kind for k, v in pair.guide_cache.taps.items()},
+            "overhead": t["cached"] / (t["target"] + t["guide"]), "speedup": t["naive"] / t["cached"],
+            "break_even_steps": pair.cache_seconds / saved if saved > 0 else None,
+        }
     if memory:
-        mem = {v: peak_memory(spec, v, batch_size, device, overrides) for v in ("target", "guide", "guided")}
+        mem = {v: peak_memory(spec, v, batch_size, device, overrides, cache_pool) for v in variants if v != "naive"}
         record["peak_bytes"] = mem
         record["memory_ratio"] = mem["guided"] / max(mem["target"] + mem["guide"], 1.0)
-    rows = []
-    for bs in batch_sizes:
-        f, _ = build_variants(compiled, bs, dev)
-        tt = time_variants(f, dev, max(3, steps // 2), 1, ("target", "guide", "guided"))
-        rows.append({"batch_size": bs, **tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"])})
-    record["by_batch_size"] = rows
+        if cache_pool:
+            record["cache"]["memory_ratio"] = mem["cached"] / max(mem["target"] + mem["guide"], 1.0)
+    timed = tuple(v for v in variants if v != "naive")
+
+    def row(fns_: dict[str, Callable[[], None]]) -> dict[str, float]:
+        tt = time_variants(fns_, dev, max(3, steps // 2), 1, timed)
+        extra = {"overhead_cached": tt["cached"] / (tt["target"] + tt["guide"])} if "cached" in tt else {}
+        return {**tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"]), **extra}
+
+    record["by_batch_size"] = [{"batch_size": bs, **row(build_variants(compiled, bs, dev, cache_pool=cache_pool and
+                                                                         max(cache_pool, bs))[0])}
+                               for bs in batch_sizes]
     rows = []
     for n in pair_counts:
-        f, p = build_variants(compiled, batch_size, dev, max_pairs=n)
-        tt = time_variants(f, dev, max(3, steps // 2), 1, ("target", "guide", "guided"))
-        rows.append({"pairs": len(p.pairs), **tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"])})
+        f, p = build_variants(compiled, batch_size, dev, max_pairs=n, cache_pool=cache_pool)
+        rows.append({"pairs": len(p.pairs), **row(f)})
     record["by_pairs"] = rows
     return record

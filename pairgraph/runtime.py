@@ -122,10 +122,16 @@ def alignment_terms(
     measure: str = "cka",
     mask: Tensor | None = None,
     sequence: str = "flatten",
+    guide_states: dict[str, Any] | None = None,
 ) -> dict[str, Tensor]:
-    """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs)."""
+    """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs).
+
+    ``guide_states`` are already-prepared guide taps (from a :class:`pairgraph.cache.GuideCache`);
+    ``guide_taps`` is then not read.
+    """
     m = get_measure(measure)
-    g_states = {g: m.prepare(guide_taps[g], mask, sequence) for g in dict.fromkeys(p[0] for p in pairs)}
+    g_states = guide_states if guide_states is not None else {
+        g: m.prepare(guide_taps[g], mask, sequence) for g in dict.fromkeys(p[0] for p in pairs)}
     t_states = {t: m.prepare(target_taps[t], mask, sequence) for t in dict.fromkeys(p[1] for p in pairs)}
     return {tap_key(g, t): 1.0 - m.score(g_states[g], t_states[t]) for g, t, _ in pairs}
 
@@ -162,6 +168,8 @@ class GuidedPair(nn.Module):
     mode ``guidance``: task + weight·Σ(1 − M); ``baseline``: task only (guide never called);
     ``distill``: task + weight·logit distillation. With ``until_step`` the guide is called only
     while ``step < until_step``; ``guide_input="noise"`` feeds it ``noise_fn(x)`` instead of x.
+    With a ``guide_cache`` (:meth:`cache_guide`) and the batch's example numbers passed as
+    ``index``, the guide is not run: its prepared taps come from the cache.
     """
 
     def __init__(
@@ -193,6 +201,7 @@ class GuidedPair(nn.Module):
         self.noise_fn, self.mask_fn = noise_fn, mask_fn
         self.guide.requires_grad_(False)
         self.guide_calls = 0
+        self.guide_cache: Any = None  # a pairgraph.cache.GuideCache, set by cache_guide()
         self.global_batch = False  # set by the trainer under torchrun (see pairgraph.distributed)
         self.train()
 
@@ -212,20 +221,45 @@ class GuidedPair(nn.Module):
             return False
         return self.until_step is None or step is None or step < self.until_step
 
-    def forward(self, x: Tensor, y: Tensor, step: int | None = None) -> PairOutput:
+    def cache_guide(self, inputs: Callable[[Tensor], Tensor], n: int, *, max_bytes: float = 4 * 2**30,
+                    chunk: int = 256) -> Any:
+        """Run the guide once over examples ``0..n-1`` (``inputs(index)`` → batch) and keep its taps.
+
+        Only valid when the guide sees exactly the training example on every step: mode guidance,
+        guide_input same, guide_bn eval, no augmentation, not data-parallel.
+        """
+        from pairgraph.cache import GuideCache
+
+        why = ("mode is " + self.mode if self.mode != "guidance" else
+               "guide_input is noise" if self.guide_input != "same" else
+               "guide_bn is batch (statistics depend on the batch)" if self.guide_bn != "eval" else None)
+        if why:
+            raise PairgraphError(f"cannot cache the guide: {why}", "set guidance.cache_guide: false")
+        device = next(iter(self.target.parameters())).device
+        self.guide_cache = GuideCache.build(
+            self.guide, inputs, n, [p[0] for p in self.pairs], measure=self.measure, sequence=self.sequence,
+            mask_fn=self.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device)
+        self.train(self.training)
+        return self.guide_cache
+
+    def forward(self, x: Tensor, y: Tensor, step: int | None = None, index: Tensor | None = None) -> PairOutput:
         out, target_taps = self.target(x)
         task = self.task_loss(out, y)
         zero = task.new_zeros(())
         if not self.guiding(step):
             return PairOutput(task, task, zero, out)
-        gx = x
-        if self.guide_input == "noise":
-            if self.noise_fn is None:
-                raise PairgraphError("guide_input 'noise' needs a task noise function", "build the pair from a spec")
-            gx = self.noise_fn(x)
-        self.guide_calls += 1
-        with torch.no_grad():
-            g_out, guide_taps = self.guide(gx)
+        cached = self.guide_cache is not None and index is not None and not self.global_batch
+        if cached:  # the guide's prepared taps come from the cache: no guide forward this step
+            guide_taps, g_out = {}, None
+        else:
+            gx = x
+            if self.guide_input == "noise":
+                if self.noise_fn is None:
+                    raise PairgraphError("guide_input 'noise' needs a task noise function", "build the pair from a spec")
+                gx = self.noise_fn(x)
+            self.guide_calls += 1
+            with torch.no_grad():
+                g_out, guide_taps = self.guide(gx)
         mask = self.mask_fn(x) if self.mask_fn is not None else None
         if self.mode == "distill":
             d = distill_loss(out, g_out, self.temperature, mask)
@@ -237,7 +271,8 @@ class GuidedPair(nn.Module):
             guide_taps = {g: gather_batch(guide_taps[g]) for g in dict.fromkeys(p[0] for p in self.pairs)}
             target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
             mask = gather_batch(mask) if mask is not None else None
-        terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
+        terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
+                                guide_states=self.guide_cache.states(index) if cached else None)
         align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
         return PairOutput(task + self.weight * align, task, align, out, terms, True)
 

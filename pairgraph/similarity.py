@@ -202,6 +202,8 @@ class Measure:
 
     name: str = "measure"
     min_batch: int = 2
+    #: whether :meth:`prepare_gram` works (the measure depends on the rows only through their gram)
+    supports_gram: bool = False
 
     # -- public API -------------------------------------------------------------------------------
 
@@ -214,6 +216,25 @@ class Measure:
         if valid is not None:
             state.keep = valid.sum(dim=1) >= self.min_batch
         return state
+
+    def prepare_gram(self, gram: Tensor) -> State:
+        """The state :meth:`prepare` gives for rows ``R`` (flatten mode, no mask), from ``R Rᵀ`` alone.
+
+        ``gram`` (b×b) may be the gram of the rows minus any common vector (e.g. a dataset mean):
+        double centring removes it.  Used by :class:`pairgraph.cache.GuideCache`.
+        """
+        if not self.supports_gram:
+            raise PairgraphError(f"{self.name} cannot be computed from a gram", "use cka or debiased_cka")
+        with _no_autocast(gram.device):
+            k = gram.to(_compute_dtype(gram))
+            k = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
+            k = (k / k.diagonal().sum().clamp_min(TINY_SCALE)).unsqueeze(0)  # = F̂F̂ᵀ, ‖F̂‖_F = 1
+            state = self._from_gram(k)
+        state.sequence = "flatten"
+        return state
+
+    def _from_gram(self, k: Tensor) -> State:  # pragma: no cover - abstract
+        raise NotImplementedError
 
     def score(self, a: State, b: State) -> Tensor:
         """Scalar similarity of two prepared taps (1 = identical)."""
@@ -315,6 +336,7 @@ class CKA(Measure):
 
     name = "cka"
     min_batch = 2
+    supports_gram = True
 
     def _centred(self, x: Tensor, valid: Tensor | None) -> tuple[str, Tensor, Tensor]:
         """(kind, features-or-gram, ‖K‖²_F) for the centred, unit-norm features of ``x``."""
@@ -337,6 +359,9 @@ class CKA(Measure):
         kind, mat, hkk = self._centred(x, valid)
         return State(self.name, kind, mat, torch.sqrt(hkk + EPS), n=x.shape[1])
 
+    def _from_gram(self, k: Tensor) -> State:
+        return State(self.name, "gram", k, torch.sqrt(k.square().sum(dim=(1, 2)) + EPS), n=k.shape[1])
+
     def _score(self, a: State, b: State) -> Tensor:
         dt = _pair_dtype(a, b)
         return _trace_kl(a, b) / (a.norm.to(dt) * b.norm.to(dt))
@@ -348,11 +373,14 @@ class DebiasedCKA(Measure):
 
     name = "debiased_cka"
     min_batch = 4
+    supports_gram = True
 
     def _prepare_rows(self, x: Tensor, valid: Tensor | None) -> State:
         f = _centre_scale(x, valid)
-        g, n, _ = f.shape
-        k = torch.bmm(f, f.transpose(1, 2))  # centred gram, b²·d once per tap
+        return self._from_gram(torch.bmm(f, f.transpose(1, 2)), valid)  # centred gram, b²·d once per tap
+
+    def _from_gram(self, k: Tensor, valid: Tensor | None = None) -> State:
+        g, n, _ = k.shape
         off = ~torch.eye(n, dtype=torch.bool, device=k.device)
         if valid is not None:
             off = off & valid.unsqueeze(-1) & valid.unsqueeze(-2)

@@ -140,6 +140,13 @@ class GuidanceSpec(_Strict):
     guide_bn: Literal["eval", "batch"] = Field(
         default="eval", description="Guide normalisation: eval (running stats) or batch statistics (never updated)."
     )
+    cache_guide: bool = Field(
+        default=False,
+        description="Run the frozen guide once over the training set and keep its taps (rows, or the N×N gram "
+        "of wide taps) instead of running it every step. Exact; needs mode guidance, guide_input same, "
+        "guide_bn eval, no augmentation and flatten sequences. Costs 4·N·Σ min(d, N) bytes (docs/performance.md).",
+    )
+    cache_max_gb: float = Field(default=4.0, gt=0, description="Refuse a guide cache larger than this (GiB).")
 
 
 class TrainSpec(_Strict):

@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 import yaml
-from torch import nn
+from torch import Tensor, nn
 
 from pairgraph import distributed
 from pairgraph.errors import PairgraphError
@@ -138,6 +138,19 @@ class EpochBatches:
                 local = self.bs // self.world
                 yield batch[self.rank * local:(self.rank + 1) * local].tolist()
                 step += 1
+
+
+class Indexed(torch.utils.data.Dataset):
+    """A dataset whose items also carry their example number (for the guide cache)."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[Any, ...]:
+        return (*self.dataset[i], torch.tensor(i))
 
 
 def _to(batch: Any, device: torch.device) -> Any:
@@ -364,9 +377,11 @@ class Trainer:
             pair.target = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
             pair.global_batch = True
+        cached = self._cache_guide(pair, data["train"])
         batches = EpochBatches(len(data["train"]), cfg.batch_size, cfg.seed, start_step=step,
                                rank=self.dist.rank, world=self.dist.world)
-        loader = torch.utils.data.DataLoader(data["train"], batch_sampler=batches, num_workers=cfg.num_workers)
+        loader = torch.utils.data.DataLoader(Indexed(data["train"]) if cached else data["train"],
+                                             batch_sampler=batches, num_workers=cfg.num_workers)
         writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=step if resuming else None) if main else None
         metrics_f = open(self.run_dir / "metrics.jsonl" if main else os.devnull, "a")  # noqa: SIM115 - closed below
         t0 = time.time()
@@ -374,9 +389,9 @@ class Trainer:
         it = iter(loader)
         try:
             while step < total:
-                x, y = _to(next(it), self.device)
+                x, y, *index = _to(next(it), self.device)
                 with self._autocast():
-                    out = pair(x, y, step)
+                    out = pair(x, y, step, index[0] if index else None)
                 loss = out.loss
                 if not torch.isfinite(loss):
                     raise PairgraphError(
@@ -443,6 +458,28 @@ class Trainer:
         summary = self._finish(pair, data, state, step, time.time() - t0)
         distributed.shutdown()
         return summary
+
+    def _cache_guide(self, pair: Any, train: Any) -> bool:
+        """Build the guide cache when the spec asks for it (guidance.cache_guide); True if built."""
+        g = self.spec.guidance
+        if not g.cache_guide or g.mode != "guidance":
+            return False
+        if self.spec.task.get("augment"):
+            raise PairgraphError("guidance.cache_guide needs fixed inputs, but task.augment is on",
+                                 "set task.augment: false or guidance.cache_guide: false")
+        if self.dist.enabled:
+            raise PairgraphError("guidance.cache_guide is not supported under torchrun",
+                                 "set guidance.cache_guide: false for data-parallel runs")
+
+        def inputs(index: Tensor) -> Tensor:
+            return torch.stack([train[int(i)][0] for i in index])
+
+        t0 = time.time()
+        cache = pair.cache_guide(inputs, len(train), max_bytes=g.cache_max_gb * 2**30, chunk=self.cfg.batch_size)
+        if self.progress:
+            print(f"guide cache: {len(train)} examples, {cache.nbytes / 2**20:.0f} MiB, "
+                  f"built in {time.time() - t0:.1f} s", flush=True)
+        return True
 
     def _progress(self, total: int, start: int) -> tuple[Any, Any]:
         import sys

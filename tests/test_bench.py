@@ -1,0 +1,37 @@
+"""The benchmark: its naive reference computes the same CKA, and a record has every variant, cached included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from pairgraph.bench import bench, naive_cka
+from pairgraph.similarity import get_measure
+
+
+def test_naive_reference_computes_the_same_cka():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 30, generator=g)
+    y = x @ torch.randn(30, 12, generator=g) + torch.randn(40, 12, generator=g)
+    assert naive_cka(x, y).item() == pytest.approx(get_measure("cka")(x, y).item(), rel=1e-4)
+
+
+def test_bench_record_times_every_variant_including_the_cached_guide(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    spec = {
+        "name": "benchy",
+        "task": {"kind": "image_classification", "dataset": "mnist1d"},
+        "guide": {"model": "deep_fcn", "args": {"num_blocks": 2, "width": 64}},
+        "target": {"model": "deep_fcn", "args": {"num_blocks": 3, "width": 32}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    rec = bench("s.yaml", batch_size=32, steps=2, warmup=1, memory=False, batch_sizes=(16,), pair_counts=(1,),
+                cache_pool=48)
+    assert set(rec["seconds"]) == {"target", "guide", "guided", "naive", "cached"}
+    assert all(v > 0 for v in rec["seconds"].values())
+    c = rec["cache"]
+    assert c["pool"] == 48 and c["bytes"] > 0 and set(c["kinds"].values()) <= {"feat", "gram"}
+    assert c["overhead"] == pytest.approx(rec["seconds"]["cached"] / (rec["seconds"]["target"] + rec["seconds"]["guide"]))
+    assert [r["batch_size"] for r in rec["by_batch_size"]] == [16] and "overhead_cached" in rec["by_batch_size"][0]
+    assert rec["by_pairs"][0]["pairs"] == 1
