@@ -33,10 +33,14 @@ lint: install
 BENCH_SIZES ?= 64,128,256,512,1024
 bench: install
 	mkdir -p results/bench
-	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 \
+	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --cache-pool 1024 \
 		--batch-sizes $(BENCH_SIZES) --pairs 1,5,10,20,40 -o results/bench/fcn_deep_1024_from_resnet18-cpu.json
-	$(BIN)/pairgraph bench specs/rnn_from_transformer.yaml \
+	$(BIN)/pairgraph bench specs/rnn_from_transformer.yaml --cache-pool 1024 \
 		--batch-sizes $(BENCH_SIZES) --pairs 1,2,3,4 -o results/bench/rnn_from_transformer-cpu.json
+	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --compile --no-memory \
+		-o results/bench/fcn_deep_1024_from_resnet18-cpu-compiled.json
+	$(BIN)/pairgraph bench specs/rnn_from_transformer.yaml --compile --no-memory \
+		-o results/bench/rnn_from_transformer-cpu-compiled.json
 	$(BIN)/python scripts/bench_report.py results/bench docs/performance.md
 
 clean:

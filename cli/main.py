@@ -224,6 +224,7 @@ def bench(
     pairs: Annotated[str, typer.Option(help="Comma-separated numbers of mapped pairs for the overhead table.")] = "",
     cache_pool: Annotated[int, typer.Option(help="Also time the guided step with the guide cached over a pool of "
                                                  "N examples (guidance.cache_guide); 0 = off.")] = 0,
+    compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks of every variant.")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
     """Time the guided step against its floor (target step + guide forward) and a naive implementation."""
@@ -233,9 +234,10 @@ def bench(
         return tuple(int(v) for v in text.split(",") if v.strip())
 
     rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
-                    cache_pool)
+                    cache_pool, compile_)
     sec = rec["seconds"]
-    console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps")
+    console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps"
+                  + (f" · torch.compile (first round {rec['first_round_seconds']:.0f} s)" if compile_ else ""))
     console.print(f"  (a) target step {sec['target'] * 1e3:.1f} ms   (b) guide forward {sec['guide'] * 1e3:.1f} ms   "
                   f"(c) guided step {sec['guided'] * 1e3:.1f} ms   (d) naive step {sec['naive'] * 1e3:.1f} ms")
     console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}   speedup d/c = {rec['speedup']:.2f}"

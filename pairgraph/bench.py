@@ -103,12 +103,13 @@ def _sync(device: torch.device) -> None:
 
 
 def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pairs: int | None = None,
-                   cache_pool: int = 0) -> tuple[dict[str, Callable[[], None]], Any]:
+                   cache_pool: int = 0, compile_modules: bool = False) -> tuple[dict[str, Callable[[], None]], Any]:
     """Closures running one step of each variant on a fixed random batch.
 
     With ``cache_pool`` > 0 the batch is drawn from a pool of that many random examples, the
     guide is cached over the pool (:meth:`GuidedPair.cache_guide`, timed into ``pair.cache_seconds``)
     and a fifth variant, ``cached``, is the guided step reading the guide from the cache.
+    ``compile_modules`` wraps the generated target and guide networks in ``torch.compile``.
     """
     from pairgraph.tasks import get_task
 
@@ -116,6 +117,9 @@ def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pai
     pair = compiled.build(device)
     if max_pairs is not None:
         pair.pairs = pair.pairs[:max_pairs]
+    if compile_modules:
+        pair.target = torch.compile(pair.target)
+        pair.guide = torch.compile(pair.guide)
     n = max(cache_pool, batch_size)
     pool = task.example_input(n, device="cpu")
     gen = torch.Generator().manual_seed(0)
@@ -196,7 +200,7 @@ def time_variants(steps_fn: dict[str, Callable[[], None]], device: torch.device,
             _sync(device)
             if r >= warmup:
                 times[v].append(time.perf_counter() - t0)
-    return {v: statistics.median(ts) for v, ts in times.items()}
+    return {v: statistics.median(ts) for v, ts in times.items() if ts}
 
 
 def _rss_bytes() -> int:
@@ -257,22 +261,28 @@ def peak_memory(spec: str, variant: str, batch_size: int, device: str, overrides
 
 def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, device: str = "cpu",
           overrides: list[str] | None = None, memory: bool = True, batch_sizes: tuple[int, ...] = (),
-          pair_counts: tuple[int, ...] = (), cache_pool: int = 0) -> dict[str, Any]:
+          pair_counts: tuple[int, ...] = (), cache_pool: int = 0, compile_modules: bool = False) -> dict[str, Any]:
     """Benchmark one spec; returns a JSON-able record (also printed by the CLI).
 
-    ``cache_pool`` > 0 adds the ``cached`` variant (guide cached over a pool of that many examples).
+    ``cache_pool`` > 0 adds the ``cached`` variant (guide cached over a pool of that many examples);
+    ``compile_modules`` runs every variant with ``torch.compile``d networks (floor included), and
+    records the one-off compile time of the first round.
     """
     import pairgraph
 
     overrides = list(overrides or [])
     dev = torch.device(device)
     compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
-    fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool)
+    fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool, compile_modules=compile_modules)
     variants = tuple(v for v in VARIANTS if v in fns)
-    t = time_variants(fns, dev, steps, warmup, variants)
+    t0 = time.perf_counter()
+    time_variants(fns, dev, 0, 1, variants)  # first round: compiles when compile_modules
+    first_round = time.perf_counter() - t0
+    t = time_variants(fns, dev, steps, max(warmup - 1, 0), variants)
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
-        "warmup": warmup, "pairs": len(pair.pairs), "seconds": t,
+        "warmup": warmup, "pairs": len(pair.pairs), "seconds": t, "compiled": compile_modules,
+        "first_round_seconds": first_round,
         "overhead": t["guided"] / (t["target"] + t["guide"]), "speedup": t["naive"] / t["guided"],
         "machine": {"processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(),
                     "threads": torch.get_num_threads(), "torch": torch.__version__,
@@ -299,12 +309,13 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
         extra = {"overhead_cached": tt["cached"] / (tt["target"] + tt["guide"])} if "cached" in tt else {}
         return {**tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"]), **extra}
 
-    record["by_batch_size"] = [{"batch_size": bs, **row(build_variants(compiled, bs, dev, cache_pool=cache_pool and
-                                                                         max(cache_pool, bs))[0])}
-                               for bs in batch_sizes]
+    record["by_batch_size"] = [{"batch_size": bs, **row(build_variants(
+        compiled, bs, dev, cache_pool=cache_pool and max(cache_pool, bs), compile_modules=compile_modules)[0])}
+        for bs in batch_sizes]
     rows = []
     for n in pair_counts:
-        f, p = build_variants(compiled, batch_size, dev, max_pairs=n, cache_pool=cache_pool)
+        f, p = build_variants(compiled, batch_size, dev, max_pairs=n, cache_pool=cache_pool,
+                              compile_modules=compile_modules)
         rows.append({"pairs": len(p.pairs), **row(f)})
     record["by_pairs"] = rows
     return record

@@ -31,9 +31,12 @@ def _section(rec: dict, source: str) -> list[str]:
     where = m.get("gpu") or f"{m['processor']}, {m['threads']} torch threads of {m['cpu_count']} cores"
     over = " ".join(f"`--set {o}`" for o in rec["overrides"])
     sec = rec["seconds"]
-    md = [f"### `{rec['spec']}`" + (f" {over}" if over else ""), "",
+    compiled = rec.get("compiled", False)
+    md = [f"### `{rec['spec']}`" + (f" {over}" if over else "") + (" — `torch.compile`" if compiled else ""), "",
           (f"{rec['device']} ({where}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
-           f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up; record `{source}`."), "",
+           f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up"
+           + (f"; every variant's networks compiled (first round, compiling included: "
+              f"{rec['first_round_seconds']:.0f} s)" if compiled else "") + f"; record `{source}`."), "",
           ("| (a) target step | (b) guide forward | (c) guided step | (d) naive step | overhead c/(a+b) "
            "| speedup d/c | peak memory c/(a+b) |"),
           "|---:|---:|---:|---:|---:|---:|---:|",
@@ -43,16 +46,35 @@ def _section(rec: dict, source: str) -> list[str]:
     if "peak_bytes" in rec:
         pb = rec["peak_bytes"]
         md += [(f"Peak memory above the built pair: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
-                f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB."), ""]
+                f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB"
+                + (f", cached guided step {pb['cached'] / 2**20:,.0f} MiB" if "cached" in pb else "") + "."), ""]
+    if "cache" in rec:
+        c = rec["cache"]
+        kinds = sorted(c["kinds"].values())
+        even = f"{c['break_even_steps']:,.0f} steps" if c["break_even_steps"] else "never"
+        md += [("(e) the guided step with the guide cached (`guidance.cache_guide`) over a pool of "
+                f"{c['pool']:,} examples ({kinds.count('gram')} taps kept as grams, {kinds.count('feat')} as rows; "
+                f"{c['bytes'] / 2**20:,.0f} MiB, built in {c['build_seconds']:.1f} s, which the faster step repays "
+                f"after {even}):"), "",
+               "| (e) cached step | overhead e/(a+b) | speedup d/e | peak memory e/(a+b), cache excluded |",
+               "|---:|---:|---:|---:|",
+               (f"| {_ms(sec['cached'])} ms | {_verdict('overhead', c['overhead'])} | {_verdict('speedup', c['speedup'])} "
+               f"| {_verdict('memory_ratio', c['memory_ratio']) if 'memory_ratio' in c else 'not measured'} |"), ""]
+    cached = "cached" in rec["seconds"]
+    extra_h, extra_a = (" (e) cached | overhead cached |", "---:|---:|") if cached else ("", "")
+
+    def extra(r: dict) -> str:
+        return f" {_ms(r['cached'])} ms | {r['overhead_cached']:.3f} |" if cached else ""
+
     if rec["by_batch_size"]:
-        md += ["| batch | (a) target | (b) guide | (c) guided | overhead |", "|---:|---:|---:|---:|---:|"]
+        md += [f"| batch | (a) target | (b) guide | (c) guided | overhead |{extra_h}", f"|---:|---:|---:|---:|---:|{extra_a}"]
         md += [f"| {r['batch_size']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
-               f"| {r['overhead']:.3f} |" for r in rec["by_batch_size"]] + [""]
+               f"| {r['overhead']:.3f} |{extra(r)}" for r in rec["by_batch_size"]] + [""]
     if rec["by_pairs"]:
-        md += [f"| mapped pairs (batch {rec['batch_size']}) | (a) target | (b) guide | (c) guided | overhead |",
-               "|---:|---:|---:|---:|---:|"]
+        md += [f"| mapped pairs (batch {rec['batch_size']}) | (a) target | (b) guide | (c) guided | overhead |{extra_h}",
+               f"|---:|---:|---:|---:|---:|{extra_a}"]
         md += [f"| {r['pairs']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
-               f"| {r['overhead']:.3f} |" for r in rec["by_pairs"]] + [""]
+               f"| {r['overhead']:.3f} |{extra(r)}" for r in rec["by_pairs"]] + [""]
     return md
 
 
