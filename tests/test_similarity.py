@@ -386,3 +386,15 @@ def test_other_errors():
         m.score(m.prepare(torch.randn(6, 3)), m.prepare(torch.randn(7, 3)))
     with pytest.raises(PairgraphError, match="prepared by"):
         m.score(m.prepare(torch.randn(6, 3)), get_measure("rsa").prepare(torch.randn(6, 3)))
+
+
+def test_gram_with_one_bmm_backward_has_the_exact_gradients_of_f_ft():
+    from pairgraph.similarity import gram
+
+    f = torch.randn(2, 6, 9, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(gram, (f,))
+    assert torch.autograd.gradgradcheck(gram, (f,))
+    w = torch.randn(2, 6, 6, dtype=torch.float64)
+    (g1,) = torch.autograd.grad((gram(f) * w).sum(), f)
+    (g2,) = torch.autograd.grad((torch.bmm(f, f.transpose(1, 2)) * w).sum(), f)
+    torch.testing.assert_close(g1, g2)
