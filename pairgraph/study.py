@@ -72,7 +72,7 @@ GUIDE_KEYS = ("guide", "untrained_guide")
 RUN_FILES = ("summary.json", "metrics.jsonl", "spec.yaml", "env.json", "test_predictions.json")
 _NAME = r"^[A-Za-z0-9_.-]+$"
 #: spec fields that do not change what a run computes
-_NOT_CONFIG = {"train.device", "train.num_workers"}
+_NOT_CONFIG = {"train.device", "train.num_workers", "guidance.cache_guide", "guidance.cache_max_gb"}
 STUDY_HINT = "see the study file format in `pairgraph study --help` (pairgraph/study.py)"
 
 
