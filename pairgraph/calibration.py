@@ -79,15 +79,6 @@ def _quiet_dropout(net: nn.Module) -> None:
             m.eval()
 
 
-def _optimizer(spec: PairSpec, params: Any) -> torch.optim.Optimizer:
-    c = spec.train
-    if c.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-    if c.optimizer == "adam":
-        return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-    return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
-
-
 @dataclass
 class CompileContext:
     """The :class:`pairgraph.mapping.MappingContext` that compile passes: spec, traced graphs, calibration data."""
@@ -151,7 +142,9 @@ class CompileContext:
             pair = assemble(spec.resolved(), hooked(taps(self.guide)), hooked(taps(self.target)), [], device, weights)
             if warmup_steps:
                 pair.train()
-                opt = _optimizer(spec, [p for p in pair.target.parameters() if p.requires_grad])
+                from pairgraph.train import make_optimizer
+
+                opt = make_optimizer(spec.train, [p for p in pair.target.parameters() if p.requires_grad])
                 for step in range(warmup_steps):
                     x, y = batch(batches + step)
                     out, _ = pair.target(x)

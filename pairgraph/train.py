@@ -140,6 +140,19 @@ class EpochBatches:
                 step += 1
 
 
+#: spec ``train.optimizer`` → its constructor from the train section and the parameters
+OPTIMIZERS: dict[str, Any] = {
+    "adamw": lambda c, params: torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay),
+    "adam": lambda c, params: torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay),
+    "sgd": lambda c, params: torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay),
+}
+
+
+def make_optimizer(train_spec: Any, params: Any) -> torch.optim.Optimizer:
+    """The optimizer a spec's ``train`` section names, over ``params``."""
+    return OPTIMIZERS[train_spec.optimizer](train_spec, params)
+
+
 class Indexed(torch.utils.data.Dataset):
     """A dataset whose items also carry their example number (for the guide cache)."""
 
@@ -208,14 +221,6 @@ class Trainer:
             if split not in data:
                 raise PairgraphError(f"task {self.spec.task['kind']!r} gave no {split!r} split", "check the task options")
         return data
-
-    def _optimizer(self, params: Any) -> torch.optim.Optimizer:
-        c = self.cfg
-        if c.optimizer == "adamw":
-            return torch.optim.AdamW(params, lr=c.lr, weight_decay=c.weight_decay)
-        if c.optimizer == "adam":
-            return torch.optim.Adam(params, lr=c.lr, weight_decay=c.weight_decay)
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum, weight_decay=c.weight_decay)
 
     def _autocast(self) -> Any:
         p = self.cfg.precision
@@ -358,7 +363,7 @@ class Trainer:
         guide_weights = self._guide_weights()
         pair = self.compiled.build(self.device, guide_weights=guide_weights)
         self.model = pair.target
-        opt = self._optimizer([p for p in pair.target.parameters() if p.requires_grad])
+        opt = make_optimizer(cfg, [p for p in pair.target.parameters() if p.requires_grad])
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         per_epoch = len(data["train"]) // cfg.batch_size
         total = cfg.steps or (cfg.epochs or 1) * max(per_epoch, 1)
