@@ -294,11 +294,14 @@ def report_cmd(
     study_file: Annotated[Path, typer.Argument(help="A study YAML whose results to report.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Markdown file to write.")] = Path("docs/results.md"),
     figures: Annotated[Optional[Path], typer.Option(help="Figure folder (default <output folder>/figures/<study>).")] = None,  # noqa: UP045
+    readme: Annotated[Optional[Path], typer.Option(help="Also fill this file's <!-- results:begin/end --> block "  # noqa: UP045
+                                                        "with the headline table (e.g. README.md).")] = None,
 ) -> None:
     """Write the study's markdown report and figures from its results folder only (no training, no data)."""
     from pairgraph.study import report
 
-    report(study_file, output, figures, echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
+    report(study_file, output, figures, echo=lambda m: console.print(m, highlight=False, soft_wrap=True),
+           readme=readme)
 
 
 def main() -> None:

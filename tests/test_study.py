@@ -165,6 +165,25 @@ def test_report_is_byte_identical_with_mean_and_standard_error(in_study):
     assert "Guide disconnected after 150 steps" in text and "no arm with guidance.until_step" in text
 
 
+def test_report_fills_the_readme_headline_block_and_keeps_the_rest(in_study):
+    root, sfile = in_study
+    readme = root / "README.md"
+    readme.write_text("# x\n\nbefore\n<!-- results:begin -->\nstale\n<!-- results:end -->\nafter\n")
+    report(sfile, root / "docs" / "results.md", readme=readme)
+    first = readme.read_text()
+    report(sfile, root / "docs" / "results.md", readme=readme)
+    assert readme.read_text() == first and "stale" not in first
+    assert first.startswith("# x\n\nbefore\n<!-- results:begin -->") and first.endswith("<!-- results:end -->\nafter\n")
+    block = first.split("<!-- results:begin -->")[1]
+    untrained = next(ln for ln in block.splitlines() if "| untrained |" in ln)
+    assert "2/2" in untrained and " ± " in untrained and "42.56 ± 1.51" in untrained
+    assert "[docs/results.md](docs/results.md)" in block
+    assert "## Headline" in (root / "docs" / "results.md").read_text()
+    readme.write_text("no markers\n")
+    with pytest.raises(PairgraphError, match="results:begin"):
+        report(sfile, root / "docs" / "results.md", readme=readme)
+
+
 def test_error_consistency_from_stored_predictions(in_study, tmp_path):
     root, sfile = in_study
     # the trainer writes test_predictions.json for classification tasks; fake them in a copy of the results
