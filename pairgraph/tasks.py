@@ -388,7 +388,20 @@ class _TokenTask(Task):
         return noise
 
 
-class CopyPasteOptions(_OptionsBase):
+class _GeneratedOptions(_OptionsBase):
+    """Options of a generated sequence task: a ``length`` range [min, max]."""
+
+    length: tuple[int, int]
+
+    @field_validator("length")
+    @classmethod
+    def _length_range(cls, v: tuple[int, int]) -> tuple[int, int]:
+        if not 1 <= v[0] <= v[1]:
+            raise ValueError(f"need 1 <= min <= max, got {list(v)}")
+        return v
+
+
+class CopyPasteOptions(_GeneratedOptions):
     """Copy-paste (Graves 2014; paper §4.1): reproduce a random sequence after a copy marker."""
 
     kind: Literal["copy_paste"] = "copy_paste"
@@ -404,13 +417,6 @@ class CopyPasteOptions(_OptionsBase):
         default=100_000, ge=10, description="Total number of examples, split 80/10/10 into train/val/test."
     )
     loss: LossKind = Field(default="ce", description=_LOSS_DESCRIPTION)
-
-    @field_validator("length")
-    @classmethod
-    def _length_range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= v[0] <= v[1]:
-            raise ValueError(f"need 1 <= min <= max, got {list(v)}")
-        return v
 
 
 @TASKS.register("copy_paste")
@@ -496,7 +502,7 @@ class CopyPasteTask(_TokenTask):
         }
 
 
-class ParityOptions(_OptionsBase):
+class ParityOptions(_GeneratedOptions):
     """Parity (paper §4.1; Bhattamishra et al. 2020): is the number of ones in a bitstring even?"""
 
     kind: Literal["parity"] = "parity"
@@ -509,13 +515,6 @@ class ParityOptions(_OptionsBase):
     loss: LossKind = Field(
         default="bce", description=_LOSS_DESCRIPTION + " With 'bce' the model emits a single logit (num_classes=1)."
     )
-
-    @field_validator("length")
-    @classmethod
-    def _length_range(cls, v: tuple[int, int]) -> tuple[int, int]:
-        if not 1 <= v[0] <= v[1]:
-            raise ValueError(f"need 1 <= min <= max, got {list(v)}")
-        return v
 
 
 @TASKS.register("parity")

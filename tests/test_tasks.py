@@ -594,3 +594,11 @@ def test_cifar10_real_archive_decode_and_cache():
     start = time.perf_counter()
     get_task({"kind": "image_classification", "data_dir": str(root)}).datasets(0)
     assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("kind", ["copy_paste", "parity"])
+def test_a_reversed_length_range_is_a_one_line_spec_error(kind):
+    from pairgraph.errors import PairgraphError
+
+    with pytest.raises(PairgraphError, match=r"task.length: .*need 1 <= min <= max, got \[5, 2\]"):
+        get_task({"kind": kind, "length": [5, 2]})
