@@ -396,7 +396,7 @@ class Trainer:
             while step < total:
                 x, y, *index = _to(next(it), self.device)
                 with self._autocast():
-                    out = pair(x, y, step, index[0] if index else None)
+                    out = pair(x, y, step, index=index[0]) if index else pair(x, y, step)
                 loss = out.loss
                 if not torch.isfinite(loss):
                     raise PairgraphError(

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.errors import PairgraphError
@@ -58,18 +59,8 @@ def image_spec(**guidance) -> dict:
 
 
 def copy_spec(**guidance) -> dict:
-    return {
-        "name": "cached_seq",
-        "task": {"kind": "copy_paste", "length": [2, 4], "size": 120},
-        "guide": {
-            "model": "transformer_decoder",
-            "args": {"preset": "cpu", "num_layers": 2, "d_model": 16},
-            "layers": {"include": ["blocks.*"]},
-        },
-        "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 16}},
-        "guidance": {"cache_guide": True, **guidance},
-        "train": {"batch_size": 16, "steps": 6, "eval_every": 3, "lr": 3e-3, "seed": 0},
-    }
+    return copy_paste_pair({"batch_size": 16, "steps": 6, "eval_every": 3, "lr": 3e-3, "seed": 0}, size=120,
+                           d_model=16, hidden=16, name="cached_seq", guidance={"cache_guide": True, **guidance})
 
 
 @pytest.mark.parametrize("make", [image_spec, copy_spec])

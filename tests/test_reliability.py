@@ -26,6 +26,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.errors import PairgraphError
@@ -41,15 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(**train) -> dict:
-    return {
-        "name": "tiny",
-        "task": {"kind": "copy_paste", "length": [2, 4], "size": 400},
-        "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 2, "d_model": 32},
-                  "layers": {"include": ["blocks.*"]}},
-        "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 32}},
-        "train": {"batch_size": 16, "steps": 12, "eval_every": 6, "checkpoint_every": 2, "lr": 3e-3, "seed": 1,
-                  **train},
-    }
+    return copy_paste_pair({"batch_size": 16, "steps": 12, "eval_every": 6, "checkpoint_every": 2, "lr": 3e-3,
+                            "seed": 1, **train})
 
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from tiny_specs import copy_paste_pair
 from typer.testing import CliRunner
 
 import pairgraph.study as study_mod
@@ -25,14 +26,8 @@ LRS = [1.0e-3, 3.0e-3]
 
 
 def tiny_spec() -> dict:
-    return {
-        "name": "tiny",
-        "task": {"kind": "copy_paste", "length": [2, 4], "size": 200},
-        "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 2, "d_model": 32},
-                  "layers": {"include": ["blocks.*"]}},
-        "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 32}},
-        "train": {"batch_size": 16, "steps": 6, "eval_every": 3, "lr": 1e-3, "seed": 0, "device": "cpu"},
-    }
+    return copy_paste_pair({"batch_size": 16, "steps": 6, "eval_every": 3, "lr": 1e-3, "seed": 0, "device": "cpu"},
+                           size=200)
 
 
 def tiny_study(name: str = "tiny_study", arms: list | None = None, **extra) -> dict:

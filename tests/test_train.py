@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.runtime import distill_loss
@@ -14,15 +15,8 @@ from pairgraph.train import resume_run
 
 
 def tiny(mode: str = "guidance", **train) -> dict:
-    return {
-        "name": "tiny",
-        "task": {"kind": "copy_paste", "length": [2, 4], "size": 400},
-        "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 2, "d_model": 32},
-                  "layers": {"include": ["blocks.*"]}},
-        "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 32}},
-        "guidance": {"mode": mode},
-        "train": {"batch_size": 16, "steps": 8, "eval_every": 4, "lr": 3e-3, "seed": 1, **train},
-    }
+    return copy_paste_pair({"batch_size": 16, "steps": 8, "eval_every": 4, "lr": 3e-3, "seed": 1, **train},
+                           guidance={"mode": mode})
 
 
 @pytest.fixture
