@@ -647,7 +647,10 @@ def format_plan(plans: list[ArmPlan]) -> str:
         if p.base.guide.weights == "train" and p.base.guidance.mode != "baseline":
             # the seed runs' lr is unknown before the sweep ends; the guide's key never depends on the
             # target's lr when guide.train pins its own, so the sweep lrs stand in for it
-            runs = p.sweep_runs() + [(lr, s) for lr in ([chosen] if chosen is not None else p.sweep())
+            # (an lr_from arm has no sweep of its own: its source's lrs stand in until that sweep ends)
+            src = p.source()
+            stand_in = p.sweep() or (src.sweep() if src is not None else [])
+            runs = p.sweep_runs() + [(lr, s) for lr in ([chosen] if chosen is not None else stand_in)
                                      for _, s in p.seed_runs(lr)]
             guides_left.update(guide_checkpoint_path(sp) for lr, s in runs
                                if p.state(lr, s) == "todo" and not _guide_cached(sp := p.spec_at(lr, s)))

@@ -312,3 +312,14 @@ def test_results_of_another_spec_are_refused(in_study, tmp_path):
     with pytest.raises(PairgraphError, match="different spec") as e:
         plan_study(write(root / "changed.yaml", data))
     assert "train.steps" in str(e.value)
+
+
+def test_dry_run_counts_the_guides_an_lr_from_arm_will_train(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "cache"))
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    arms = ["untrained", {"name": "trained_late", "lr_from": "untrained",
+                          "overrides": ["guide.weights=train", "guide.train.lr=1.0e-3"]}]
+    sfile = write(tmp_path / "s.yaml", tiny_study(arms=arms))
+    # nothing has run: the source's sweep is not done, yet the trained guides (one per seed) are counted
+    assert "plus up to 2 guide trainings" in format_plan(plan_study(sfile))
