@@ -25,6 +25,7 @@ EXPECTED = {
     "transformer_decoder",
     "transformer_classifier",
     "rnn_classifier",
+    "vit",
 }
 NAMES = list_models()
 B, T, VOCAB, NUM_CLASSES = 4, 12, 16, 10
@@ -266,3 +267,21 @@ def test_defaults_are_filtered_and_unknown_args_rejected():
     assert model.head.out_features == 20
     with pytest.raises(PairgraphError, match="does not take"):
         build_model("rnn", {"preset": "cpu", "nhead": 4})
+
+
+def test_paper_vit_is_vit_b_16():
+    from torchvision.models import vit_b_16
+
+    with torch.device("meta"):
+        ours = build_model("vit", {"preset": "paper"}, {"num_classes": 1000, "image_size": (224, 224)})
+        ref = vit_b_16()
+    assert n_params(ours) == n_params(ref)
+    assert len(ours.blocks) == 12 and ours.pos.shape == (1, 197, 768)
+
+
+def test_vit_on_one_dimensional_images_uses_one_row_patches():
+    model = build_model("vit", {"preset": "cpu"}, {"num_classes": 10, "in_channels": 1, "image_size": (1, 40)})
+    assert model.pos.shape == (1, 11, 128)
+    assert model(torch.randn(3, 1, 1, 40)).shape == (3, 10)
+    with pytest.raises(PairgraphError, match="not a multiple of the patch"):
+        build_model("vit", {"preset": "cpu"}, {"num_classes": 10, "image_size": (30, 30)})

@@ -102,6 +102,64 @@ def wide_fcn(
 
 
 # --------------------------------------------------------------------------------------------
+# Vision Transformer (the second guide of the paper's Fig. 4)
+# --------------------------------------------------------------------------------------------
+
+
+class ViT(nn.Module):
+    """Vision Transformer (Dosovitskiy et al. 2020): patches → [cls] + tokens → pre-norm blocks → head on [cls]."""
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], patch: int, dim: int,
+                 depth: int, heads: int, mlp_dim: int):
+        super().__init__()
+        h, w = image_size
+        ph, pw = min(patch, h), min(patch, w)  # a 1-D "image" (MNIST-1D: 1 × 40) gets 1 × patch patches
+        if h % ph or w % pw:
+            raise PairgraphError(f"vit: image size {h}×{w} is not a multiple of the patch {ph}×{pw}",
+                                 "pick guide.args.patch dividing the image size")
+        self.patch = nn.Conv2d(in_channels, dim, kernel_size=(ph, pw), stride=(ph, pw))
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.empty(1, (h // ph) * (w // pw) + 1, dim).normal_(std=0.02))
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(dim, heads, mlp_dim, dropout=0.0, activation="gelu", batch_first=True,
+                                       norm_first=True, layer_norm_eps=1e-6)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        t = self.patch(x).flatten(2).transpose(1, 2)  # (B, tokens, dim)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        for block in self.blocks:
+            t = block(t)
+        return self.head(self.norm(t[:, 0]))
+
+
+@register_model(
+    "vit",
+    input="image",
+    presets={
+        "paper": {"patch": 16, "dim": 768, "depth": 12, "heads": 12, "mlp_dim": 3072},  # ViT-B/16
+        "cpu": {"patch": 4, "dim": 128, "depth": 4, "heads": 4, "mlp_dim": 256},
+    },
+    description="ViT guide (paper Fig. 4: ViT-B/16); cpu: 4×4 patches, 4 pre-norm blocks of width 128.",
+)
+def vit(
+    num_classes: int = 10,
+    in_channels: int = 3,
+    image_size: int | Sequence[int] = (32, 32),
+    patch: int = 4,
+    dim: int = 128,
+    depth: int = 4,
+    heads: int = 4,
+    mlp_dim: int = 256,
+) -> ViT:
+    """Vision Transformer classifier on the [cls] token."""
+    return ViT(num_classes, in_channels, _pair(image_size), patch, dim, depth, heads, mlp_dim)
+
+
+# --------------------------------------------------------------------------------------------
 # ResNets (guides) and the Deep ConvNet (ResNet without residual connections)
 # --------------------------------------------------------------------------------------------
 
