@@ -159,7 +159,10 @@ class TrainSpec(_Strict):
     epochs: int | None = Field(default=None, ge=1, description="Epochs to train (ignored when steps is set).")
     steps: int | None = Field(default=None, ge=1, description="Optimizer steps to train; default 1 epoch when neither is set.")
     eval_every: int = Field(default=100, ge=1, description="Evaluate on the validation split every N steps.")
-    eval_batches: int | None = Field(default=None, ge=1, description="Limit evaluation to N batches (None = whole split).")
+    eval_batches: int | None = Field(
+        default=None, ge=1,
+        description="Validate on N batches of a fixed random subset of the validation split (None = all of it); "
+        "the test split is always evaluated whole.")
     checkpoint_every: int | None = Field(default=None, ge=1, description="Checkpoint every N steps (default: each evaluation).")
     seed: int = 0
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")

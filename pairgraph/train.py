@@ -231,17 +231,24 @@ class Trainer:
 
     # -- evaluation -------------------------------------------------------------------------
     @torch.no_grad()
-    def evaluate(self, target: nn.Module, dataset: Any, predictions: list | None = None) -> dict[str, float]:
+    def evaluate(self, target: nn.Module, dataset: Any, predictions: list | None = None,
+                 batches: int | None = None) -> dict[str, float]:
         """Loss and task metrics on ``dataset``; with ``predictions`` (a list), classifiers append
-        ``(predicted class, label)`` per sample (for error consistency, paper §5.4)."""
+        ``(predicted class, label)`` per sample (for error consistency, paper §5.4).
+
+        ``batches`` limits the evaluation to that many batches of a fixed, seeded random subset —
+        never a prefix, which would be a biased sample of a split stored in class order.
+        """
         target.eval()
+        if batches is not None and batches * self.cfg.batch_size < len(dataset):
+            g = torch.Generator().manual_seed(self.cfg.seed)
+            keep = torch.randperm(len(dataset), generator=g)[: batches * self.cfg.batch_size].sort().values
+            dataset = torch.utils.data.Subset(dataset, keep.tolist())
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.cfg.batch_size, shuffle=False,
                                              num_workers=self.cfg.num_workers)
         loss_sum, n = 0.0, 0
         sums: dict[str, list[float]] = {}
-        for i, batch in enumerate(loader):
-            if self.cfg.eval_batches is not None and i >= self.cfg.eval_batches:
-                break
+        for batch in loader:
             x, y = _to(batch, self.device)
             with self._autocast():
                 out, _ = target(x)
@@ -433,7 +440,7 @@ class Trainer:
                 if not main:
                     pass  # rank 0 evaluates and writes; the next collective keeps the ranks in step
                 elif step % cfg.eval_every == 0 or step == total:
-                    val = self.evaluate(self.model, data["val"])
+                    val = self.evaluate(self.model, data["val"], batches=cfg.eval_batches)
                     metrics_f.write(json.dumps({"step": step, "split": "val", **val}) + "\n")
                     for k, v in val.items():
                         writer.add_scalar(f"val/{k}", v, step)

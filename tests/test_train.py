@@ -161,3 +161,33 @@ def test_bf16_runs_the_networks_in_bf16_and_the_similarity_in_fp32(tmp_path, bat
     summary = pairgraph.compile(tiny(precision="bf16"), tmp_path / "c", render=False).train(
         runs_dir=tmp_path / "runs", run_id="bf16", progress=False)
     assert summary["test"]["accuracy"] >= 0 and summary["best_val_loss"] < 10
+
+
+def test_limited_validation_is_a_fixed_random_subset_not_a_prefix(tmp_path):
+    from torch import nn
+
+    from pairgraph.train import Trainer
+
+    spec = {"name": "ev", "task": {"kind": "image_classification", "dataset": "mnist1d"},
+            "guide": {"model": "deep_fcn", "args": {"num_blocks": 1, "width": 8}},
+            "target": {"model": "deep_fcn", "args": {"num_blocks": 1, "width": 8}},
+            "train": {"batch_size": 16, "eval_batches": 2, "seed": 3}}
+    trainer = Trainer(pairgraph.compile(spec, tmp_path, render=False, notify=None), runs_dir=tmp_path / "runs")
+    labels = torch.arange(10).repeat_interleave(20)  # a split stored in class order
+    x = torch.zeros(200, 1, 1, 40)
+    x[:, 0, 0, 0] = labels.float()
+    data = torch.utils.data.TensorDataset(x, labels)
+
+    class Oracle(nn.Module):  # predicts the class written into the input
+        def forward(self, inp):
+            return nn.functional.one_hot(inp[:, 0, 0, 0].long(), 10).float(), {}
+
+    def seen(batches):
+        preds: list = []
+        trainer.evaluate(Oracle(), data, preds, batches=batches)
+        return [label for _, label in preds]
+
+    subset = seen(2)
+    assert len(subset) == 32 and len(set(subset)) >= 6  # a prefix would hold classes 0 and 1 only
+    assert seen(2) == subset  # the same examples at every evaluation
+    assert sorted(seen(None)) == labels.tolist()
