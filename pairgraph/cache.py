@@ -12,9 +12,11 @@ smaller of two exact forms over the ``N`` training examples:
   gram of the batch-centred rows, because centring the rows with the batch mean removes any common
   offset (linear CKA and debiased CKA; RSA needs the raw rows).
 
-Memory is ``4 · N · Σ_taps min(d, N)`` bytes; building it runs the guide once over the training
-set and, for gram taps, costs ``N² · d`` per tap — it pays for itself after about N/b epochs of
-gram work and after one epoch of guide forwards. See docs/performance.md for measured costs.
+Memory is ``4 · N · Σ_taps min(d, N)`` bytes (plus ``4 · N · Σ d`` while building). Building runs
+the guide once over the training set and costs ``N² · d`` per gram tap; every step then skips the
+guide's forward and, for gram taps, their ``b² · d`` grams. The cache is computed in fp32 without
+autocast, so under ``precision: bf16`` it is the more accurate of the two. See
+docs/performance.md for measured costs.
 """
 
 from __future__ import annotations
