@@ -1117,13 +1117,24 @@ class CellView:
         m, se = _mean_se(vals)
         return m, se, len(vals)
 
+    def _versus_source(self, arm: str) -> str:
+        """``; vs <source>: Δ …`` for an arm that varies another (``lr_from``), when both have results."""
+        src = next((a.lr_from for a in self.cell.arms if a.name == arm), None)
+        ours, ref = self.stat(arm), self.stat(src) if src else None
+        if ours is None or ref is None:
+            return ""
+        se = math.sqrt(ours[1] ** 2 + ref[1] ** 2) if ours[1] is not None and ref[1] is not None else None
+        d = ours[0] - ref[0]
+        return (f"; vs {src}: Δ {_signed(d)}" + (f" ± {_num(se)}" if se is not None else "")
+                + (f" ({_num(abs(d) / se, 1)} s.e.)" if se else ""))
+
     def agreement(self, arm: str) -> str:
         """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes."""
         if arm == "baseline":
             return "reference"
         paper = self.cell.paper
         if paper is None or paper.get(arm) is None or paper.get("baseline") is None:
-            return "n/a (no paper number)"
+            return "n/a (no paper number)" + self._versus_source(arm)
         ours, base = self.stat(arm), self.stat("baseline")
         if ours is None or base is None:
             return "n/a (" + ("baseline" if base is None else "arm") + " not run)"

@@ -323,3 +323,17 @@ def test_dry_run_counts_the_guides_an_lr_from_arm_will_train(tmp_path, monkeypat
     sfile = write(tmp_path / "s.yaml", tiny_study(arms=arms))
     # nothing has run: the source's sweep is not done, yet the trained guides (one per seed) are counted
     assert "plus up to 2 guide trainings" in format_plan(plan_study(sfile))
+
+
+def test_an_arm_without_a_paper_number_is_compared_with_the_arm_it_varies(tmp_path, monkeypatch):
+    from pairgraph.study import CellView
+
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path / "s.yaml", tiny_study(arms=["baseline", "untrained",
+                                                                     {"name": "depth", "lr_from": "untrained"}])))
+    view = CellView(study.cells[0], {}, {}, "accuracy", True)
+    stats = {"baseline": (14.0, 1.0, 2), "untrained": (40.0, 3.0, 2), "depth": (36.0, 4.0, 2)}
+    monkeypatch.setattr(CellView, "stat", lambda self, key: stats.get(key))
+    assert view.agreement("depth") == "n/a (no paper number); vs untrained: Δ -4.00 ± 5.00 (0.8 s.e.)"
+    assert view.agreement("untrained").startswith("yes: Δ +26.00")
