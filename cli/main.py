@@ -239,13 +239,16 @@ def bench(
     console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps"
                   + (f" · torch.compile (first round {rec['first_round_seconds']:.0f} s)" if compile_ else ""))
     console.print(f"  (a) target step {sec['target'] * 1e3:.1f} ms   (b) guide forward {sec['guide'] * 1e3:.1f} ms   "
-                  f"(c) guided step {sec['guided'] * 1e3:.1f} ms   (d) naive step {sec['naive'] * 1e3:.1f} ms")
-    console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}   speedup d/c = {rec['speedup']:.2f}"
+                  f"(c) guided step {sec['guided'] * 1e3:.1f} ms"
+                  + (f"   (d) naive step {sec['naive'] * 1e3:.1f} ms" if "naive" in sec else "   (d) not timed (compiled)"))
+    console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}"
+                  + (f"   speedup d/c = {rec['speedup']:.2f}" if rec["speedup"] is not None else "")
                   + (f"   peak memory c/(a+b) = {rec['memory_ratio']:.3f}" if "memory_ratio" in rec else ""))
     if "cache" in rec:
         c = rec["cache"]
         console.print(f"  (e) guided step, guide cached over {c['pool']} examples: {sec['cached'] * 1e3:.1f} ms   "
-                      f"overhead e/(a+b) = {c['overhead']:.3f}   speedup d/e = {c['speedup']:.2f}"
+                      f"overhead e/(a+b) = {c['overhead']:.3f}"
+                      + (f"   speedup d/e = {c['speedup']:.2f}" if c["speedup"] is not None else "")
                       + (f"   peak memory e/(a+b) = {c['memory_ratio']:.3f}" if "memory_ratio" in c else ""))
         console.print(f"      cache {c['bytes'] / 2**20:.0f} MiB, built in {c['build_seconds']:.1f} s")
 

@@ -20,7 +20,9 @@ def _ms(s: float) -> str:
     return f"{s * 1e3:,.1f}"
 
 
-def _verdict(name: str, value: float) -> str:
+def _verdict(name: str, value: float | None) -> str:
+    if value is None:
+        return "— (naive step not timed)"
     bar = TARGETS[name]
     ok = value >= bar if name == "speedup" else value <= bar
     return f"{value:.2f} ({'meets' if ok else 'misses'} {'≥' if name == 'speedup' else '≤'} {bar:.2f})"
@@ -40,8 +42,9 @@ def _section(rec: dict, source: str) -> list[str]:
           ("| (a) target step | (b) guide forward | (c) guided step | (d) naive step | overhead c/(a+b) "
            "| speedup d/c | peak memory c/(a+b) |"),
           "|---:|---:|---:|---:|---:|---:|---:|",
-          f"| {_ms(sec['target'])} ms | {_ms(sec['guide'])} ms | {_ms(sec['guided'])} ms | {_ms(sec['naive'])} ms "
-          f"| {_verdict('overhead', rec['overhead'])} | {_verdict('speedup', rec['speedup'])} | "
+          f"| {_ms(sec['target'])} ms | {_ms(sec['guide'])} ms | {_ms(sec['guided'])} ms | "
+          + (f"{_ms(sec['naive'])} ms " if "naive" in sec else "— ")
+          + f"| {_verdict('overhead', rec['overhead'])} | {_verdict('speedup', rec['speedup'])} | "
           + (_verdict("memory_ratio", rec["memory_ratio"]) if "memory_ratio" in rec else "not measured") + " |", ""]
     if "peak_bytes" in rec:
         pb = rec["peak_bytes"]

@@ -35,3 +35,20 @@ def test_bench_record_times_every_variant_including_the_cached_guide(tmp_path, m
     assert c["overhead"] == pytest.approx(rec["seconds"]["cached"] / (rec["seconds"]["target"] + rec["seconds"]["guide"]))
     assert [r["batch_size"] for r in rec["by_batch_size"]] == [16] and "overhead_cached" in rec["by_batch_size"][0]
     assert rec["by_pairs"][0]["pairs"] == 1
+
+
+def test_report_renders_a_compiled_record_without_the_naive_step():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_report.py"
+    spec = importlib.util.spec_from_file_location("bench_report", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rec = {"spec": "s.yaml", "overrides": [], "device": "cpu", "batch_size": 8, "steps": 2, "warmup": 1, "pairs": 3,
+           "compiled": True, "first_round_seconds": 12.0, "seconds": {"target": 0.1, "guide": 0.1, "guided": 0.3},
+           "overhead": 1.5, "speedup": None, "by_batch_size": [], "by_pairs": [],
+           "machine": {"processor": "x86_64", "threads": 2, "cpu_count": 2, "torch": "2"}}
+    text = "\n".join(mod._section(rec, "r.json"))
+    assert "`torch.compile`" in text and "first round, compiling included: 12 s" in text
+    assert "| — | 1.50 (misses ≤ 1.10) | — (naive step not timed) |" in text
