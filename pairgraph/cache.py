@@ -40,8 +40,8 @@ class CachedTap:
 class GuideCache:
     """Per-tap cached guide rows or grams over a fixed dataset, indexed by example number."""
 
-    def __init__(self, taps: dict[str, CachedTap], measure: str, sequence: str, n: int):
-        self.taps, self.measure, self.sequence, self.n = taps, measure, sequence, n
+    def __init__(self, taps: dict[str, CachedTap], measure: str):
+        self.taps, self.measure = taps, measure
 
     @property
     def nbytes(self) -> int:
@@ -101,6 +101,10 @@ class GuideCache:
                     dims = {t: rows[t][0].shape[1] for t in taps}
                     need = 4 * n * sum(min(d, n) for d in dims.values())
                     transient = 4 * n * sum(dims.values())
+                    wide = next((t for t, d in dims.items() if d >= n), None)
+                    if wide is not None and not m.supports_gram:  # fail before the rest of the pass
+                        raise PairgraphError(f"measure {measure!r} cannot be cached as a gram (tap {wide!r} is wide)",
+                                             "use cka or debiased_cka, or guidance.cache_guide: false")
                     if max(need, transient) > max_bytes:
                         raise PairgraphError(
                             f"the guide cache needs {max(need, transient) / 2**30:.1f} GiB for {n} examples "
@@ -114,11 +118,8 @@ class GuideCache:
             if r.shape[1] < n:
                 out[t] = CachedTap("feat", r)
             else:
-                if not m.supports_gram:
-                    raise PairgraphError(f"measure {measure!r} cannot be cached as a gram (tap {t!r} is wide)",
-                                         "use cka or debiased_cka, or guidance.cache_guide: false")
                 r = r - r.mean(dim=0, keepdim=True)  # dataset-centred: keeps the gram's entries small
                 out[t] = CachedTap("gram", r @ r.T)
             del r
-        return cls(out, measure, sequence, n)
+        return cls(out, measure)
 
