@@ -163,6 +163,8 @@ class Cell(_Strict):
     lrs: list[float] | None = Field(default=None, description="This cell's lr sweep (default: the study's).")
     metric: str | None = Field(default=None, description="Test metric to report (default: the task's primary).")
     paper: PaperNumbers | None = None
+    notes: str | None = Field(default=None, description="Markdown the report prints under the cell's table: what "
+                              "was tried and found (e.g. why a cell disagrees with the paper).")
     arms: list[Arm] = Field(min_length=1)
 
     @field_validator("overrides")
@@ -1677,6 +1679,8 @@ def _cell_section(study: Study, v: CellView) -> list[str]:
                      v.agreement(arm.name)])
     md += _table(["arm", "lr (chosen)", "n seeds", f"test {_unit(v.metric)} mean ± s.e.", "paper",
                   "agrees with the paper's direction vs baseline?"], rows, "lrrrrl") + [""]
+    if c.notes:
+        md += ["**Notes.** " + " ".join(c.notes.split()), ""]
     if "trained" in v.arms and v.guide_values():
         m, se = _mean_se(v.guide_values())
         md += [f"The trained guides alone (one per seed of `trained`): {_pm(m, se)} (n={len(v.guide_values())})"

@@ -337,3 +337,15 @@ def test_an_arm_without_a_paper_number_is_compared_with_the_arm_it_varies(tmp_pa
     monkeypatch.setattr(CellView, "stat", lambda self, key: stats.get(key))
     assert view.agreement("depth") == "n/a (no paper number); vs untrained: Δ -4.00 ± 5.00 (0.8 s.e.)"
     assert view.agreement("untrained").startswith("yes: Δ +26.00")
+
+
+def test_cell_notes_are_printed_under_the_cells_table(in_study):
+    root, sfile = in_study
+    data = yaml.safe_load(sfile.read_text())
+    data["cells"][0]["notes"] = "The guide\n  helps here;\n  see `untrained`."
+    noted = write(root / "noted_study.yaml", data)
+    text = report(noted, root / "docs" / "noted.md").read_text()
+    section = text.split("### cp")[1] if "### cp" in text else text.split("### ")[-1]
+    table_end = section.index("| untrained |")
+    assert "**Notes.** The guide helps here; see `untrained`." in section[table_end:]
+    assert "**Notes.**" not in report(sfile, root / "docs" / "plain.md").read_text()
