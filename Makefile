@@ -41,6 +41,8 @@ bench: install
 		-o results/bench/fcn_deep_1024_from_resnet18-cpu-compiled.json
 	$(BIN)/pairgraph bench specs/rnn_from_transformer.yaml --compile --no-memory \
 		-o results/bench/rnn_from_transformer-cpu-compiled.json
+	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --channels-last --no-memory \
+		--cache-pool 1024 -o results/bench/fcn_deep_1024_from_resnet18-cpu-channels-last.json
 	$(BIN)/python scripts/bench_report.py results/bench docs/performance.md
 
 clean:

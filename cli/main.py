@@ -225,6 +225,8 @@ def bench(
     cache_pool: Annotated[int, typer.Option(help="Also time the guided step with the guide cached over a pool of "
                                                  "N examples (guidance.cache_guide); 0 = off.")] = 0,
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks of every variant.")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="Run every variant's networks and image "
+                                                "inputs in the channels-last memory format.")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
     """Time the guided step against its floor (target step + guide forward) and a naive implementation."""
@@ -234,10 +236,11 @@ def bench(
         return tuple(int(v) for v in text.split(",") if v.strip())
 
     rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
-                    cache_pool, compile_)
+                    cache_pool, compile_, channels_last)
     sec = rec["seconds"]
     console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps"
-                  + (f" · torch.compile (first round {rec['first_round_seconds']:.0f} s)" if compile_ else ""))
+                  + (f" · torch.compile (first round {rec['first_round_seconds']:.0f} s)" if compile_ else "")
+                  + (" · channels_last" if channels_last else ""))
     console.print(f"  (a) target step {sec['target'] * 1e3:.1f} ms   (b) guide forward {sec['guide'] * 1e3:.1f} ms   "
                   f"(c) guided step {sec['guided'] * 1e3:.1f} ms"
                   + (f"   (d) naive step {sec['naive'] * 1e3:.1f} ms" if "naive" in sec else "   (d) not timed (compiled)"))

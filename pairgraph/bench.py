@@ -103,7 +103,8 @@ def _sync(device: torch.device) -> None:
 
 
 def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pairs: int | None = None,
-                   cache_pool: int = 0, compile_modules: bool = False) -> tuple[dict[str, Callable[[], None]], Any]:
+                   cache_pool: int = 0, compile_modules: bool = False,
+                   channels_last: bool = False) -> tuple[dict[str, Callable[[], None]], Any]:
     """Closures running one step of each variant on a fixed random batch.
 
     With ``cache_pool`` > 0 the batch is drawn from a pool of that many random examples, the
@@ -111,7 +112,8 @@ def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pai
     and a fifth variant, ``cached``, is the guided step reading the guide from the cache.
     ``compile_modules`` wraps the generated target and guide networks in ``torch.compile``; the
     naive step (d) is then left out, since registering hooks afresh on every call (what it
-    reproduces) would recompile the networks on every step.
+    reproduces) would recompile the networks on every step. ``channels_last`` puts both networks
+    and 4-d inputs in the channels-last memory format (every variant, the floor included).
     """
     from pairgraph.tasks import get_task
 
@@ -119,6 +121,9 @@ def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pai
     pair = compiled.build(device)
     if max_pairs is not None:
         pair.pairs = pair.pairs[:max_pairs]
+    if channels_last:
+        pair.target.to(memory_format=torch.channels_last)
+        pair.guide.to(memory_format=torch.channels_last)
     if compile_modules:
         pair.target = torch.compile(pair.target)
         pair.guide = torch.compile(pair.guide)
@@ -129,6 +134,8 @@ def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pai
         pool = torch.randn(pool.shape, generator=gen)
     else:
         pool = torch.randint(1, task.model_kwargs()["vocab_size"], pool.shape, generator=gen)
+    if channels_last and pool.dim() == 4:
+        pool = pool.contiguous(memory_format=torch.channels_last)
     index = torch.randperm(n, generator=gen)[:batch_size]
     x = pool[index].to(device)
     index = index.to(device)
@@ -265,19 +272,22 @@ def peak_memory(spec: str, variant: str, batch_size: int, device: str, overrides
 
 def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, device: str = "cpu",
           overrides: list[str] | None = None, memory: bool = True, batch_sizes: tuple[int, ...] = (),
-          pair_counts: tuple[int, ...] = (), cache_pool: int = 0, compile_modules: bool = False) -> dict[str, Any]:
+          pair_counts: tuple[int, ...] = (), cache_pool: int = 0, compile_modules: bool = False,
+          channels_last: bool = False) -> dict[str, Any]:
     """Benchmark one spec; returns a JSON-able record (also printed by the CLI).
 
     ``cache_pool`` > 0 adds the ``cached`` variant (guide cached over a pool of that many examples);
     ``compile_modules`` runs every variant with ``torch.compile``d networks (floor included), and
-    records the one-off compile time of the first round.
+    records the one-off compile time of the first round; ``channels_last`` runs every variant in the
+    channels-last memory format.
     """
     import pairgraph
 
     overrides = list(overrides or [])
     dev = torch.device(device)
     compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
-    fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool, compile_modules=compile_modules)
+    opts = {"compile_modules": compile_modules, "channels_last": channels_last}
+    fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool, **opts)
     variants = tuple(v for v in VARIANTS if v in fns)
     t0 = time.perf_counter()
     time_variants(fns, dev, 0, 1, variants)  # first round: compiles when compile_modules
@@ -286,6 +296,7 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "pairs": len(pair.pairs), "seconds": t, "compiled": compile_modules,
+        "channels_last": channels_last,
         "first_round_seconds": first_round,
         "overhead": t["guided"] / (t["target"] + t["guide"]),
         "speedup": t["naive"] / t["guided"] if "naive" in t else None,
@@ -316,12 +327,11 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
         return {**tt, "overhead": tt["guided"] / (tt["target"] + tt["guide"]), **extra}
 
     record["by_batch_size"] = [{"batch_size": bs, **row(build_variants(
-        compiled, bs, dev, cache_pool=cache_pool and max(cache_pool, bs), compile_modules=compile_modules)[0])}
+        compiled, bs, dev, cache_pool=cache_pool and max(cache_pool, bs), **opts)[0])}
         for bs in batch_sizes]
     rows = []
     for n in pair_counts:
-        f, p = build_variants(compiled, batch_size, dev, max_pairs=n, cache_pool=cache_pool,
-                              compile_modules=compile_modules)
+        f, p = build_variants(compiled, batch_size, dev, max_pairs=n, cache_pool=cache_pool, **opts)
         rows.append({"pairs": len(p.pairs), **row(f)})
     record["by_pairs"] = rows
     return record

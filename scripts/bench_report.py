@@ -34,7 +34,8 @@ def _section(rec: dict, source: str) -> list[str]:
     over = " ".join(f"`--set {o}`" for o in rec["overrides"])
     sec = rec["seconds"]
     compiled = rec.get("compiled", False)
-    md = [f"### `{rec['spec']}`" + (f" {over}" if over else "") + (" — `torch.compile`" if compiled else ""), "",
+    md = [f"### `{rec['spec']}`" + (f" {over}" if over else "") + (" — `torch.compile`" if compiled else "")
+          + (" — channels_last" if rec.get("channels_last") else ""), "",
           (f"{rec['device']} ({where}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
            f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up"
            + (f"; every variant's networks compiled (first round, compiling included: "

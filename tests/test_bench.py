@@ -52,3 +52,24 @@ def test_report_renders_a_compiled_record_without_the_naive_step():
     text = "\n".join(mod._section(rec, "r.json"))
     assert "`torch.compile`" in text and "first round, compiling included: 12 s" in text
     assert "| — | 1.50 (misses ≤ 1.10) | — (naive step not timed) |" in text
+
+
+def test_channels_last_runs_every_variant_in_that_format(tmp_path, monkeypatch):
+    import pairgraph
+    from pairgraph.bench import build_variants
+
+    monkeypatch.chdir(tmp_path)
+    spec = {
+        "name": "benchy_cl",
+        "task": {"kind": "image_classification", "dataset": "cifar10", "num_classes": 10, "image_size": [8, 8]},
+        "guide": {"model": "resnet18", "args": {"stem": "cifar"}},
+        "target": {"model": "deep_fcn", "args": {"num_blocks": 2, "width": 16}},
+    }
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(spec))
+    compiled = pairgraph.compile("s.yaml", tmp_path / "build", render=False, notify=None)
+    fns, pair = build_variants(compiled, 4, torch.device("cpu"), cache_pool=8, channels_last=True)
+    assert pair.guide.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    for fn in fns.values():
+        fn()
+    rec = bench("s.yaml", batch_size=4, steps=1, warmup=1, memory=False, channels_last=True)
+    assert rec["channels_last"] is True and rec["overhead"] > 0 and rec["speedup"] > 0
