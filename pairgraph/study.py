@@ -800,7 +800,8 @@ class StudyOutcome:
 
 def run_study(study: Study | str | Path, jobs: int = 1, only: Iterable[str] | None = None,
               echo: Callable[[str], None] = print) -> StudyOutcome:
-    """Run what is left of a study: sweeps first, each arm's seeds as soon as its sweep is complete.
+    """Run what is left of a study: sweeps first, each arm's seeds as soon as its sweep is complete,
+    jobs taken in the study file's order of cells and arms (a later cell waits for an earlier one's seeds).
 
     ``jobs == 1`` trains in this process (torch's threads untouched); ``jobs > 1`` uses that many
     spawned processes with ``max(1, cores // jobs)`` torch threads each. Runs that would train the
@@ -814,12 +815,19 @@ def run_study(study: Study | str | Path, jobs: int = 1, only: Iterable[str] | No
     ready: deque[Job] = deque()
     seen: set[tuple[str, str, str, int]] = set()
 
+    rank = {(p.cell.name, p.arm.name): i for i, p in enumerate(plans)}
+
     def enqueue(p: ArmPlan) -> None:
         for phase, lr, seed in p.ready():
             job = p.job(phase, lr, seed)
             if job.key not in seen:
                 seen.add(job.key)
                 ready.append(job)
+        # the study file's order: an earlier cell's seeds go before a later cell's sweep, so a study
+        # run in parts finishes whole cells (stable: an arm keeps its own sweep-then-seeds order)
+        jobs_ = sorted(ready, key=lambda j: rank[(j.cell, j.arm)] if (j.cell, j.arm) in rank else len(rank))
+        ready.clear()
+        ready.extend(jobs_)
 
     for p in plans:
         enqueue(p)

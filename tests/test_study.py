@@ -349,3 +349,17 @@ def test_cell_notes_are_printed_under_the_cells_table(in_study):
     table_end = section.index("| untrained |")
     assert "**Notes.** The guide helps here; see `untrained`." in section[table_end:]
     assert "**Notes.**" not in report(sfile, root / "docs" / "plain.md").read_text()
+
+
+def test_jobs_follow_the_study_files_order_so_an_earlier_cell_finishes_first(tmp_path, monkeypatch):
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "cache"))
+    data = tiny_study(arms=["baseline"])
+    data["cells"].append({**data["cells"][0], "name": "cp2"})
+    sfile = write(tmp_path / "s.yaml", data)
+    started: list[str] = []
+    run_study(sfile, echo=lambda m: started.append(m.removeprefix("start ")) if m.startswith("start ") else None)
+    cells = [s.split("/")[0] for s in started]
+    assert cells == ["cp"] * 3 + ["cp2"] * 3  # cp's seed run before cp2's sweep
+    assert "(seeds)" in started[2] and "(sweep)" in started[3]
