@@ -543,7 +543,7 @@ class ArmPlan:
         spec = self.spec_at(lr, seed)
         guide_key = None
         if spec.guide.weights == "train" and spec.guidance.mode != "baseline":
-            guide_key = guide_checkpoint_path(spec).stem
+            guide_key = str(guide_checkpoint_path(spec))
         return Job(self.study.name, self.cell.name, self.arm.name, float(lr), int(seed), phase, str(self.spec_file),
                    tuple(self.study.overrides_for(self.cell, self.arm, lr, seed)),
                    str(self.study.runs_path() / self.cell.name / self.arm.name),
@@ -805,7 +805,7 @@ def run_study(study: Study | str | Path, jobs: int = 1, only: Iterable[str] | No
 
     ``jobs == 1`` trains in this process (torch's threads untouched); ``jobs > 1`` uses that many
     spawned processes with ``max(1, cores // jobs)`` torch threads each. Runs that would train the
-    same guide (``guide.weights: train``) never run at the same time.
+    same guide (``guide.weights: train``) never run at the same time; once it is cached they share it.
     """
     if jobs < 1:
         raise PairgraphError(f"--jobs {jobs}: need at least 1", "pass --jobs 1 or more")
@@ -890,10 +890,11 @@ def _run_parallel(ready: deque[Job], jobs: int, finished: Callable[[Job, dict[st
             for job in list(ready):
                 if len(running) >= jobs:
                     break
-                if job.guide_key is not None and job.guide_key in busy:
-                    continue  # another process is training (or using) this guide right now
+                training = job.guide_key is not None and not Path(job.guide_key).exists()
+                if training and job.guide_key in busy:
+                    continue  # another process is training this guide right now; once it is cached, share it
                 ready.remove(job)
-                if job.guide_key is not None:
+                if training:
                     busy.add(job.guide_key)
                 echo(f"start {job.title()} ({threads} threads)")
                 running[pool.submit(_execute, job)] = job

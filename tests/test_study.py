@@ -363,3 +363,40 @@ def test_jobs_follow_the_study_files_order_so_an_earlier_cell_finishes_first(tmp
     cells = [s.split("/")[0] for s in started]
     assert cells == ["cp"] * 3 + ["cp2"] * 3  # cp's seed run before cp2's sweep
     assert "(seeds)" in started[2] and "(sweep)" in started[3]
+
+
+def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch):
+    """While a guide is being trained, no second run trains it too; once it is cached, runs share it."""
+    import concurrent.futures
+    import threading
+    import time
+    from collections import deque
+
+    from pairgraph.study import Job, _run_parallel
+
+    guide = tmp_path / "guide.safetensors"
+    lock, running, peak, order = threading.Lock(), [0], [0], []
+
+    def fake_execute(job):
+        with lock:
+            running[0] += 1
+            peak[0] = max(peak[0], running[0])
+            order.append((job.seed, guide.exists()))
+        time.sleep(0.05)
+        guide.write_bytes(b"trained")  # the first run trains (and caches) the guide
+        with lock:
+            running[0] -= 1
+        return {"status": "done"}
+
+    class Threads(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(study_mod, "_execute", fake_execute)
+    jobs = deque(Job("s", "c", "trained", 1e-3, seed, "seeds", "x.yaml", (), "runs", "out", str(guide))
+                 for seed in range(3))
+    _run_parallel(jobs, 2, lambda job, res: None, lambda m: None)
+    assert order[0] == (0, False)  # one run trains the guide, alone
+    assert all(cached for _, cached in order[1:])
+    assert peak[0] == 2  # the two runs after it share the cached guide
