@@ -1140,7 +1140,8 @@ class CellView:
                 + (f" ({_num(abs(d) / se, 1)} s.e.)" if se else ""))
 
     def agreement(self, arm: str) -> str:
-        """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes."""
+        """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes; a difference
+        smaller than ``_RESOLVED`` standard errors is "not resolved" rather than a yes or no."""
         if arm == "baseline":
             return "reference"
         paper = self.cell.paper
@@ -1160,8 +1161,13 @@ class CellView:
         size += f" vs paper Δ {_signed(d_paper)}"
         if better_paper == 0 or better_ours == 0:
             return f"tie: {size}"
+        if se is not None and abs(d_ours) < _RESOLVED * se:
+            return f"not resolved (under {_RESOLVED} s.e.): {size}"
         agree = (better_ours > 0) == (better_paper > 0)
         return f"{'yes' if agree else 'no'}: {size}"
+
+
+_RESOLVED = 2  # |Δ| / s.e. below which our direction is called unresolved
 
 
 def _cell_views(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[CellView]:
@@ -1451,7 +1457,10 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
            "reused as its seed). Each run is evaluated on the validation split every `eval_every` steps; its test "
            "metric is that of the checkpoint with the lowest validation loss. Tables show mean ± standard error "
            "(std with ddof = 1, / √n, n = seeds that finished). The paper instead picks the epoch with the lowest "
-           "seed-averaged validation loss; the per-run choice applies to every arm alike. Accuracies are in %."), ""]
+           "seed-averaged validation loss; the per-run choice applies to every arm alike. Accuracies are in %. "
+           "An arm agrees with the paper when (arm − baseline) has the sign of the paper's; a difference under "
+           f"{_RESOLVED} standard errors (of the difference) is reported as *not resolved*, neither yes nor no. "
+           "A chosen lr at either end of its sweep means the best lr may lie outside it."), ""]
     if study.overrides:
         md += ["Overrides applied to every run: " + ", ".join(f"`{o}`" for o in study.overrides) + ".", ""]
 

@@ -153,7 +153,7 @@ def test_report_is_byte_identical_with_mean_and_standard_error(in_study):
         assert " ± " in row and "/2" in row  # mean ± s.e. over 2 seeds
     assert "42.56 ± 1.51" in text  # the paper's number
     untrained = next(ln for ln in text.splitlines() if ln.startswith("| untrained |"))
-    assert any(w in untrained for w in ("yes: Δ", "no: Δ", "tie: Δ"))
+    assert any(w in untrained for w in ("yes: Δ", "no: Δ", "tie: Δ", "not resolved (under 2 s.e.): Δ"))
     assert "Untrained Transformer → RNN" in text  # the Table 3 shaped table
     assert "x86_64" in text or "aarch64" in text or "processor" in text
     assert (root / "docs" / "figures" / "tiny_study" / "cp-curves.png").exists()
@@ -337,6 +337,9 @@ def test_an_arm_without_a_paper_number_is_compared_with_the_arm_it_varies(tmp_pa
     monkeypatch.setattr(CellView, "stat", lambda self, key: stats.get(key))
     assert view.agreement("depth") == "n/a (no paper number); vs untrained: Δ -4.00 ± 5.00 (0.8 s.e.)"
     assert view.agreement("untrained").startswith("yes: Δ +26.00")
+    stats["untrained"] = (15.5, 0.5, 2)  # Δ 1.5 ± 1.1: 1.3 s.e. is no direction either way
+    assert view.agreement("untrained") == ("not resolved (under 2 s.e.): Δ +1.50 ± 1.12 (1.3 s.e.) "
+                                           "vs paper Δ +28.21")
 
 
 def test_cell_notes_are_printed_under_the_cells_table(in_study):
