@@ -1693,6 +1693,9 @@ def _cell_section(study: Study, v: CellView) -> list[str]:
         n_txt = f"{len(ar.seeds)}/{len(study.seeds)}" + (f", {len(ar.diverged_seeds)} diverged" if ar.diverged_seeds
                                                          else "")
         pinned = " (pinned)" if arm.lr is not None else f" (from {arm.lr_from})" if arm.lr_from else ""
+        swept = [float(t) for t in ar.sweep]
+        if arm.swept and ar.chosen is not None and len(swept) > 1 and ar.chosen in (min(swept), max(swept)):
+            pinned = " (sweep's edge)"
         rows.append([arm.name, lr_tag(ar.chosen) + pinned, n_txt, _pm(m, se), _paper_cell(paper, arm.name),
                      v.agreement(arm.name)])
     md += _table(["arm", "lr (chosen)", "n seeds", f"test {_unit(v.metric)} mean ± s.e.", "paper",

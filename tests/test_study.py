@@ -154,6 +154,7 @@ def test_report_is_byte_identical_with_mean_and_standard_error(in_study):
     assert "42.56 ± 1.51" in text  # the paper's number
     untrained = next(ln for ln in text.splitlines() if ln.startswith("| untrained |"))
     assert any(w in untrained for w in ("yes: Δ", "no: Δ", "tie: Δ", "not resolved (under 2 s.e.): Δ"))
+    assert "(sweep's edge)" in untrained  # 2 lrs: the chosen one is at an end of the sweep
     assert "Untrained Transformer → RNN" in text  # the Table 3 shaped table
     assert "x86_64" in text or "aarch64" in text or "processor" in text
     assert (root / "docs" / "figures" / "tiny_study" / "cp-curves.png").exists()
