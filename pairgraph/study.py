@@ -825,7 +825,7 @@ def run_study(study: Study | str | Path, jobs: int = 1, only: Iterable[str] | No
                 ready.append(job)
         # the study file's order: an earlier cell's seeds go before a later cell's sweep, so a study
         # run in parts finishes whole cells (stable: an arm keeps its own sweep-then-seeds order)
-        jobs_ = sorted(ready, key=lambda j: rank[(j.cell, j.arm)] if (j.cell, j.arm) in rank else len(rank))
+        jobs_ = sorted(ready, key=lambda j: rank[(j.cell, j.arm)])
         ready.clear()
         ready.extend(jobs_)
 
@@ -1134,10 +1134,7 @@ class CellView:
         ours, ref = self.stat(arm), self.stat(src) if src else None
         if ours is None or ref is None:
             return ""
-        se = math.sqrt(ours[1] ** 2 + ref[1] ** 2) if ours[1] is not None and ref[1] is not None else None
-        d = ours[0] - ref[0]
-        return (f"; vs {src}: Δ {_signed(d)}" + (f" ± {_num(se)}" if se is not None else "")
-                + (f" ({_num(abs(d) / se, 1)} s.e.)" if se else ""))
+        return f"; vs {src}: " + _difference(ours, ref)[2]
 
     def agreement(self, arm: str) -> str:
         """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes; a difference
@@ -1150,14 +1147,10 @@ class CellView:
         ours, base = self.stat(arm), self.stat("baseline")
         if ours is None or base is None:
             return "n/a (" + ("baseline" if base is None else "arm") + " not run)"
-        d_ours = ours[0] - base[0]
-        se = math.sqrt(ours[1] ** 2 + base[1] ** 2) if ours[1] is not None and base[1] is not None else None
+        d_ours, se, size = _difference(ours, base)
         d_paper = paper.get(arm)[0] - paper.get("baseline")[0]  # type: ignore[index]
         better_ours = d_ours if self.higher else -d_ours
         better_paper = d_paper if paper.higher() else -d_paper
-        size = f"Δ {_signed(d_ours)}" + (f" ± {_num(se)}" if se is not None else "")
-        if se:
-            size += f" ({_num(abs(d_ours) / se, 1)} s.e.)"
         size += f" vs paper Δ {_signed(d_paper)}"
         if better_paper == 0 or better_ours == 0:
             return f"tie: {size}"
@@ -1165,6 +1158,15 @@ class CellView:
             return f"not resolved (under {_RESOLVED} s.e.): {size}"
         agree = (better_ours > 0) == (better_paper > 0)
         return f"{'yes' if agree else 'no'}: {size}"
+
+
+def _difference(ours: tuple, ref: tuple) -> tuple[float, float | None, str]:
+    """(Δ, its s.e., ``Δ +d ± se (k s.e.)``) of two (mean, s.e., …) statistics."""
+    d = ours[0] - ref[0]
+    se = math.sqrt(ours[1] ** 2 + ref[1] ** 2) if ours[1] is not None and ref[1] is not None else None
+    text = (f"Δ {_signed(d)}" + (f" ± {_num(se)}" if se is not None else "")
+            + (f" ({_num(abs(d) / se, 1)} s.e.)" if se else ""))
+    return d, se, text
 
 
 _RESOLVED = 2  # |Δ| / s.e. below which our direction is called unresolved
