@@ -14,6 +14,7 @@ pyplot state of a notebook is left alone.
 
 from __future__ import annotations
 
+import gzip
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -157,9 +158,18 @@ def _flatten(d: Mapping[str, Any], prefix: tuple[Any, ...] = ()) -> dict[tuple[A
     return out
 
 
+def metrics_file(run: Path) -> Path | None:
+    """A run folder's metrics: ``metrics.jsonl`` (training) or ``metrics.jsonl.gz`` (a study's stored results)."""
+    for name in ("metrics.jsonl", "metrics.jsonl.gz"):
+        if (run / name).is_file():
+            return run / name
+    return None
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     records = []
-    for line in path.read_text().splitlines():
+    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
+    for line in text.splitlines():
         try:
             rec = json.loads(line)
         except json.JSONDecodeError:
@@ -174,9 +184,9 @@ def load_run(path: str | Path) -> RunData:
     p = Path(path).expanduser()
     if not p.exists():
         raise PairgraphError(f"run folder {p} does not exist", RUN_HINT)
-    metrics = p / "metrics.jsonl"
-    if not p.is_dir() or not metrics.exists():
-        inner = sorted(m.parent for m in p.glob("*/metrics.jsonl")) if p.is_dir() else []
+    metrics = metrics_file(p) if p.is_dir() else None
+    if metrics is None:
+        inner = sorted(m.parent for m in p.glob("*/metrics.jsonl*")) if p.is_dir() else []
         hint = (f"it holds runs: pass those instead, e.g. {inner[0]}" + (f" (and {len(inner) - 1} more)" if len(inner) > 1 else "")
                 if inner else RUN_HINT)
         raise PairgraphError(f"{p} is not a run folder (no metrics.jsonl)", hint)

@@ -158,6 +158,20 @@ def test_runs_are_complete(runs):
     assert load_run(runs["b0"]).guidance_terms() == {}
 
 
+def test_a_stored_run_with_gzipped_metrics_loads_the_same(runs, tmp_path):
+    """A study's results keep metrics.jsonl gzipped: load_run reads it as it reads the plain file."""
+    import gzip
+    import shutil
+
+    stored = tmp_path / "stored"
+    shutil.copytree(runs["g0"], stored, ignore=shutil.ignore_patterns("checkpoints", "tb", "build"))
+    raw = (stored / "metrics.jsonl").read_bytes()
+    (stored / "metrics.jsonl.gz").write_bytes(gzip.compress(raw, mtime=0))
+    (stored / "metrics.jsonl").unlink()
+    a, b = load_run(runs["g0"]), load_run(stored)
+    assert a.steps == b.steps and a.val == b.val and a.guidance_terms().keys() == b.guidance_terms().keys()
+
+
 def test_plot_runs_writes_png(runs, tmp_path):
     out = plot_runs([runs["g0"], runs["g1"], runs["b0"]], tmp_path / "plots" / "runs.png")
     assert is_png(out)

@@ -109,7 +109,7 @@ def test_sweep_then_seeds_picks_lowest_val_loss_and_lays_out_results(done):
         assert not (res / f"lr{other:g}-s1").exists()
         for run in res.iterdir():
             names = {p.name for p in run.iterdir()}
-            assert {"summary.json", "metrics.jsonl", "spec.yaml", "env.json", "study.json"} <= names
+            assert {"summary.json", "metrics.jsonl.gz", "spec.yaml", "env.json", "study.json"} <= names
             assert not names & {"checkpoints", "tb", "build"}  # never checkpoints in the results
             summary = json.loads((run / "summary.json").read_text())
             spec = yaml.safe_load((run / "spec.yaml").read_text())
