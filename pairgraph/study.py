@@ -1430,6 +1430,13 @@ def _error_consistency(view: CellView, seed: int) -> tuple[list[str], Any, list[
 # ---------------------------------------------------------------- the report
 
 
+
+def _sweep_text(cell: Cell, study: Study) -> str:
+    """The cell's lr sweep, or the pinned lrs when no arm of the cell sweeps."""
+    if any(a.swept for a in cell.arms):
+        return ", ".join(lr_tag(x) for x in (cell.lrs or study.lrs))
+    return "none; pinned: " + ", ".join(f"{a.name} {lr_tag(a.lr)}" for a in cell.arms if a.lr is not None)
+
 def report(study: Study | str | Path, output: str | Path = "docs/results.md", figures: str | Path | None = None,
            echo: Callable[[str], None] | None = None, readme: str | Path | None = None) -> Path:
     """Write the markdown report (byte-identical on every invocation) and its figures; returns the path.
@@ -1507,7 +1514,7 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
                      _args_text(s.get("target") or {}),
                      (f"{steps} steps, batch {t.get('batch_size', '?')}, eval every {t.get('eval_every', '?')}, "
                      f"{t.get('optimizer', '?')}"),
-                     ", ".join(lr_tag(x) for x in (v.cell.lrs or study.lrs))])
+                     _sweep_text(v.cell, study)])
     md += _table(["cell", "task", "guide", "target", "training", "lr sweep"], rows, "llllll") + [""]
 
     # -- compute

@@ -404,3 +404,16 @@ def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch
     assert order[0] == (0, False)  # one run trains the guide, alone
     assert all(cached for _, cached in order[1:])
     assert peak[0] == 2  # the two runs after it share the cached guide
+
+
+def test_sizes_table_says_when_a_cell_pins_its_lrs_instead_of_sweeping(tmp_path, monkeypatch):
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "cache"))
+    pinned = write(tmp_path / "pinned.yaml", tiny_study("pinned", arms=[{"name": "baseline", "lr": 1e-3},
+                                                                        {"name": "untrained", "lr": 3e-3}]))
+    swept = write(tmp_path / "swept.yaml", tiny_study("swept"))
+    row = next(line for line in report(pinned, tmp_path / "p.md").read_text().splitlines() if line.startswith("| cp |"))
+    assert row.endswith("| none; pinned: baseline 0.001, untrained 0.003 |")
+    row = next(line for line in report(swept, tmp_path / "s.md").read_text().splitlines() if line.startswith("| cp |"))
+    assert row.endswith("| 0.001, 0.003 |")
