@@ -683,8 +683,10 @@ def _guide_run_dir(guide_weights: str, spec_name: str) -> Path | None:
     p = Path(guide_weights)
     if p.parent.name != "guides" or "-" not in p.stem:
         return None
-    d = p.parent / "runs" / f"{spec_name}-guide" / p.stem.rsplit("-", 1)[1]
-    return d if (d / "summary.json").is_file() else None
+    key = p.stem.rsplit("-", 1)[1]
+    # the pair that trained it named the folder; another pair may share the cached guide (same key)
+    found = [p.parent / "runs" / f"{spec_name}-guide" / key, *sorted(p.parent.glob(f"runs/*-guide/{key}"))]
+    return next((d for d in found if (d / "summary.json").is_file()), None)
 
 
 def _copy_files(src: Path, dst: Path) -> None:
@@ -1153,15 +1155,18 @@ class CellView:
         if ours is None or base is None:
             return "n/a (" + ("baseline" if base is None else "arm") + " not run)"
         d_ours, se, size = _difference(ours, base)
-        d_paper = paper.get(arm)[0] - paper.get("baseline")[0]  # type: ignore[index]
+        d_paper, p_se, p_size = _difference(paper.get(arm), paper.get("baseline"))  # type: ignore[arg-type]
         better_ours = d_ours if self.higher else -d_ours
         better_paper = d_paper if paper.higher() else -d_paper
-        size += f" vs paper Δ {_signed(d_paper)}"
+        size += f" vs paper {p_size}"
         if better_paper == 0 or better_ours == 0:
             return f"tie: {size}"
         if se is not None and abs(d_ours) < _RESOLVED * se:
             return f"not resolved (under {_RESOLVED} s.e.): {size}"
         agree = (better_ours > 0) == (better_paper > 0)
+        if p_se is not None and abs(d_paper) < _RESOLVED * p_se:
+            # the paper's own difference is inside its error bars: there is no direction to agree with
+            return f"{'same' if agree else 'opposite'} sign, but the paper's Δ is under {_RESOLVED} s.e.: {size}"
         return f"{'yes' if agree else 'no'}: {size}"
 
 
@@ -1474,7 +1479,9 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
            "seed-averaged validation loss; the per-run choice applies to every arm alike. Accuracies are in %. "
            "An arm agrees with the paper when (arm − baseline) has the sign of the paper's; a difference under "
            f"{_RESOLVED} standard errors (of the difference) is reported as *not resolved*, neither yes nor no. "
-           "A chosen lr at either end of its sweep means the best lr may lie outside it."), ""]
+           "Where the paper gives standard errors and its own difference is under "
+           f"{_RESOLVED} of them, it has no direction to agree with: the verdict then says only *same* or "
+           "*opposite sign*. A chosen lr at either end of its sweep means the best lr may lie outside it."), ""]
     if study.overrides:
         md += ["Overrides applied to every run: " + ", ".join(f"`{o}`" for o in study.overrides) + ".", ""]
 

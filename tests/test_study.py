@@ -340,7 +340,24 @@ def test_an_arm_without_a_paper_number_is_compared_with_the_arm_it_varies(tmp_pa
     assert view.agreement("untrained").startswith("yes: Δ +26.00")
     stats["untrained"] = (15.5, 0.5, 2)  # Δ 1.5 ± 1.1: 1.3 s.e. is no direction either way
     assert view.agreement("untrained") == ("not resolved (under 2 s.e.): Δ +1.50 ± 1.12 (1.3 s.e.) "
-                                           "vs paper Δ +28.21")
+                                           "vs paper Δ +28.21 ± 1.51 (18.7 s.e.)")
+
+
+def test_a_paper_difference_inside_its_own_error_bars_is_not_called_a_direction(tmp_path, monkeypatch):
+    from pairgraph.study import CellView
+
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    monkeypatch.chdir(tmp_path)
+    data = tiny_study(arms=["baseline", "untrained", "trained"])
+    # paper: untrained −1.85 ± 2.96 (0.6 s.e., the Deep ConvNet's); trained has no s.e., so its sign counts
+    data["cells"][0]["paper"]["values"] = {"baseline": [70.02, 1.52], "untrained": [68.17, 2.54], "trained": 78.91}
+    study = load_study(write(tmp_path / "s.yaml", data))
+    view = CellView(study.cells[0], {}, {}, "accuracy", True)
+    stats = {"baseline": (33.3, 1.28, 3), "untrained": (28.2, 0.09, 3), "trained": (27.4, 1.11, 3)}
+    monkeypatch.setattr(CellView, "stat", lambda self, key: stats.get(key))
+    assert view.agreement("untrained") == ("same sign, but the paper's Δ is under 2 s.e.: Δ -5.10 ± 1.28 "
+                                           "(4.0 s.e.) vs paper Δ -1.85 ± 2.96 (0.6 s.e.)")
+    assert view.agreement("trained") == "no: Δ -5.90 ± 1.69 (3.5 s.e.) vs paper Δ +8.89"
 
 
 def test_cell_notes_are_printed_under_the_cells_table(in_study):
@@ -417,3 +434,18 @@ def test_sizes_table_says_when_a_cell_pins_its_lrs_instead_of_sweeping(tmp_path,
     assert row.endswith("| none; pinned: baseline 0.001, untrained 0.003 |")
     row = next(line for line in report(swept, tmp_path / "s.md").read_text().splitlines() if line.startswith("| cp |"))
     assert row.endswith("| 0.001, 0.003 |")
+
+
+def test_a_run_sharing_another_pairs_cached_guide_finds_that_guides_training_record(tmp_path):
+    from pairgraph.study import _guide_run_dir
+
+    guides = tmp_path / "guides"
+    weights = guides / "resnet18-0123456789ab.safetensors"
+    trained_by = guides / "runs" / "fcn_deep_from_resnet18-guide" / "0123456789ab"
+    trained_by.mkdir(parents=True)
+    assert _guide_run_dir(str(weights), "fcn_wide_from_resnet18") is None  # no record yet
+    (trained_by / "summary.json").write_text("{}")
+    assert _guide_run_dir(str(weights), "fcn_deep_from_resnet18") == trained_by
+    assert _guide_run_dir(str(weights), "fcn_wide_from_resnet18") == trained_by  # shared: same key
+    assert _guide_run_dir(str(guides / "resnet18-ffffffffffff.safetensors"), "fcn_wide_from_resnet18") is None
+    assert _guide_run_dir(str(tmp_path / "my_weights.safetensors"), "fcn_wide_from_resnet18") is None
