@@ -1435,12 +1435,12 @@ def _error_consistency(view: CellView, seed: int) -> tuple[list[str], Any, list[
 # ---------------------------------------------------------------- the report
 
 
-
 def _sweep_text(cell: Cell, study: Study) -> str:
     """The cell's lr sweep, or the pinned lrs when no arm of the cell sweeps."""
     if any(a.swept for a in cell.arms):
         return ", ".join(lr_tag(x) for x in (cell.lrs or study.lrs))
     return "none; pinned: " + ", ".join(f"{a.name} {lr_tag(a.lr)}" for a in cell.arms if a.lr is not None)
+
 
 def report(study: Study | str | Path, output: str | Path = "docs/results.md", figures: str | Path | None = None,
            echo: Callable[[str], None] | None = None, readme: str | Path | None = None) -> Path:
