@@ -32,7 +32,7 @@ SetOpt = Annotated[
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="A spec YAML file.")], set_: SetOpt = None) -> None:
     """Check a spec and print it resolved (every default filled in)."""
-    from pairgraph.spec import load_spec
+    from pairgraph.config import load_spec
 
     s = load_spec(spec, set_)
     console.print(f"[green]ok[/green] {spec}: pair {s.name!r}: {s.guide.model} → {s.target.model} on {s.task['kind']}")
@@ -43,7 +43,7 @@ def validate(spec: Annotated[Path, typer.Argument(help="A spec YAML file.")], se
 @app.command()
 def schema(output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to a file.")] = None) -> None:  # noqa: UP045
     """Print the JSON Schema of specs (point your editor's YAML plugin at it)."""
-    from pairgraph.spec import json_schema
+    from pairgraph.config import json_schema
 
     text = json.dumps(json_schema(), indent=2)
     if output:
@@ -58,13 +58,13 @@ def zoo() -> None:
     """List the zoo's models with their presets."""
     from rich.table import Table
 
-    from pairgraph.zoo import MODELS, _load_builtin
+    from pairgraph.zoo import MODELS, list_models
 
-    _load_builtin()
     table = Table(title="pairgraph zoo (also: torchvision:<name>, package.module:factory)")
     for col in ("model", "input", "presets", "description"):
         table.add_column(col)
-    for name, entry in MODELS.items():
+    for name in list_models():
+        entry = MODELS.get(name)
         presets = ", ".join(f"{k}" for k in entry.presets)
         table.add_row(name, entry.input, presets, entry.description)
     console.print(table)
@@ -80,7 +80,7 @@ def compile_cmd(
 ) -> None:
     """Trace guide and target, build the layer mapping, generate guided_pair.py and the renders."""
     import pairgraph
-    from pairgraph.render import print_mapping
+    from pairgraph.compiler.render import print_mapping
 
     cp = pairgraph.compile(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
     print_mapping(cp.guide, cp.target, cp.correspondence, console, None if all_rows else 40)
@@ -102,7 +102,7 @@ def train(
     import os
 
     import pairgraph
-    from pairgraph.train import resume_run
+    from pairgraph.training import resume_run
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _relaunch_with_torchrun(nproc, run_id)

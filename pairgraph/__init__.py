@@ -9,19 +9,21 @@ or drop :class:`GuidanceLoss` into your own loop.
 
 __version__ = "0.1.0"
 
-from pairgraph.compiler import CompiledPair, compile
+from pairgraph.api import compile
+from pairgraph.compiler.guidance_loss import GuidanceLoss
+from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.config import PairSpec, load_spec
+from pairgraph.core.loss import GuidedPair
 from pairgraph.errors import PairgraphError, SpecError
-from pairgraph.runtime import GuidanceLoss, GuidedPair
-from pairgraph.spec import PairSpec, load_spec
 
 __all__ = [
-           "CompiledPair",
-           "GuidanceLoss",
-           "GuidedPair",
-           "PairSpec",
-           "PairgraphError",
-           "SpecError",
-           "__version__",
-           "compile",
-           "load_spec",
+    "CompiledPair",
+    "GuidanceLoss",
+    "GuidedPair",
+    "PairSpec",
+    "PairgraphError",
+    "SpecError",
+    "__version__",
+    "compile",
+    "load_spec",
 ]

@@ -26,6 +26,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.errors import PairgraphError
 
 RUN_HINT = "pass run folders runs/<name>/<id> written by `pairgraph train`"
@@ -567,29 +568,6 @@ def _checkpoint_file(checkpoint: str | Path) -> tuple[Path, Path | None]:
     return p, (p.parent.parent if p.parent.name == "checkpoints" else None)
 
 
-def _guide_weights(spec: Any, run_dir: Path | None) -> str | None:
-    """The guide weights the run used (env.json), else what the spec says; never trains a guide."""
-    if run_dir is not None and (run_dir / "env.json").exists():
-        try:
-            used = json.loads((run_dir / "env.json").read_text()).get("guide_weights")
-        except json.JSONDecodeError:
-            used = None
-        if used and Path(used).exists():
-            return str(used)
-    w = spec.guide.weights
-    if w == "untrained":
-        return None
-    if w == "train":
-        from pairgraph.train import guide_checkpoint_path
-
-        cached = guide_checkpoint_path(spec)
-        if not cached.exists():
-            raise PairgraphError("guide.weights is 'train' but the trained guide is not cached yet",
-                                 "train the pair once (`pairgraph train` trains and caches its guide) or set guide.weights=untrained")
-        return str(cached)
-    return str(w)
-
-
 def _first_batch(compiled: Any, batch_size: int, seed: int) -> Tensor:
     from pairgraph.tasks import get_task
 
@@ -628,8 +606,8 @@ def similarity_heatmap(
     from matplotlib.colors import Normalize
     from matplotlib.patches import Rectangle
 
-    from pairgraph.runtime import load_weights
-    from pairgraph.similarity import get_measure, similarity_matrix
+    from pairgraph.core.similarity import get_measure, similarity_matrix
+    from pairgraph.core.weights import load_weights
     from pairgraph.tasks import get_task
 
     spec = compiled.spec
@@ -638,7 +616,7 @@ def similarity_heatmap(
     if batch_size < 2:
         raise PairgraphError(f"batch_size {batch_size} is too small for a similarity", "use at least a few dozen examples")
     ckpt, run_dir = _checkpoint_file(checkpoint) if checkpoint is not None else (None, None)
-    guide_weights = _guide_weights(spec, run_dir)
+    guide_weights = resolve_guide_weights(spec, run_dir=run_dir, baseline_too=True, purpose="the similarity heatmap")
     x = _first_batch(compiled, batch_size, seed)
     pair = compiled.build("cpu", guide_weights=guide_weights)
     if ckpt is not None:

@@ -34,7 +34,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pairgraph.runtime import select_output
+from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.compiler.pipeline import compile as compile_pair
+from pairgraph.core.taps import select_output
+from pairgraph.tasks import get_task
 
 VARIANTS = ("target", "guide", "guided", "naive", "cached")
 
@@ -102,7 +105,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pairs: int | None = None,
+def build_variants(compiled: CompiledPair, batch_size: int, device: torch.device, max_pairs: int | None = None,
                    cache_pool: int = 0, compile_modules: bool = False,
                    channels_last: bool = False) -> tuple[dict[str, Callable[[], None]], Any]:
     """Closures running one step of each variant on a fixed random batch.
@@ -115,8 +118,6 @@ def build_variants(compiled: Any, batch_size: int, device: torch.device, max_pai
     reproduces) would recompile the networks on every step. ``channels_last`` puts both networks
     and 4-d inputs in the channels-last memory format (every variant, the floor included).
     """
-    from pairgraph.tasks import get_task
-
     task = get_task(compiled.spec.task)
     pair = compiled.build(device)
     if max_pairs is not None:
@@ -237,10 +238,8 @@ def peak_memory_child(spec: str, variant: str, batch_size: int, device: str, ove
                       cache_pool: int = 0) -> dict[str, float]:
     """Run in a fresh process: peak memory of ``variant`` above the state after building the pair
     (and, for ``cached``, after building the cache, whose size is reported separately)."""
-    import pairgraph
-
     dev = torch.device(device)
-    compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
+    compiled = compile_pair(spec, Path("build") / "bench", overrides, render=False, notify=None)
     fns, _ = build_variants(compiled, batch_size, dev, cache_pool=cache_pool if variant == "cached" else 0)
     if dev.type == "cuda":
         torch.cuda.synchronize()
@@ -281,11 +280,9 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     records the one-off compile time of the first round; ``channels_last`` runs every variant in the
     channels-last memory format.
     """
-    import pairgraph
-
     overrides = list(overrides or [])
     dev = torch.device(device)
-    compiled = pairgraph.compile(spec, Path("build") / "bench", overrides, render=False, notify=None)
+    compiled = compile_pair(spec, Path("build") / "bench", overrides, render=False, notify=None)
     opts = {"compile_modules": compile_modules, "channels_last": channels_last}
     fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool, **opts)
     variants = tuple(v for v in VARIANTS if v in fns)

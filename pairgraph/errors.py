@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
 
 class PairgraphError(ValueError):
     """A mistake in user input (spec, path, model, data) that pairgraph explains in one line.
@@ -20,3 +23,32 @@ class PairgraphError(ValueError):
 
 class SpecError(PairgraphError):
     """A spec that does not validate: names the file, line (when YAML gives it) and field."""
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first non-empty line of ``exc``'s message (at most ``limit`` characters), or ``""``."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return ""
+
+
+def one_line(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message`` — one line whatever the exception says (even nothing)."""
+    text = first_line(exc, limit)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def io_error(e: OSError, where: Path | str | None = None, verb: str = "access") -> PairgraphError:
+    """A one-line error for a failed read or write: the file (default: the error's), the reason, the fix."""
+    where = where or e.filename or "?"
+    reason = e.strerror or first_line(e) or type(e).__name__
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        verb = "write"
+        hint = ("free space on that disk or pass --runs-dir on another one; checkpoints already written are "
+                "kept (continue with pairgraph train --resume RUN)")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = "make the folder writable or pass --runs-dir (or -o) pointing to a writable folder"
+    else:
+        hint = "check the path and the disk"
+    return PairgraphError(f"cannot {verb} {where}: {reason}", hint)

@@ -51,7 +51,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pairgraph.errors import PairgraphError
-from pairgraph.train import guide_checkpoint_path
+from pairgraph.compiler.guide_weights import guide_checkpoint_path
 
 #: predefined arm names and the overrides they stand for
 PRESET_ARMS: dict[str, list[str]] = {
@@ -336,7 +336,7 @@ def _loc_text(loc: tuple[Any, ...], data: Any) -> str:
 
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file; any mistake becomes a one-line :class:`PairgraphError`."""
-    from pairgraph.spec import _node_line
+    from pairgraph.config import node_line as _node_line
 
     p = Path(path)
     if not p.is_file():
@@ -536,7 +536,7 @@ class ArmPlan:
         return {"total": self.n_runs(), "done": done, "diverged": div, "left": self.n_runs() - done - div}
 
     def spec_at(self, lr: float, seed: int) -> Any:
-        from pairgraph.spec import as_spec
+        from pairgraph.config import as_spec
 
         return as_spec(self.base, [f"train.lr={_yaml_float(lr)}", f"train.seed={seed}"])
 
@@ -590,7 +590,7 @@ def _select(study: Study, only: Iterable[str] | None) -> list[tuple[Cell, Arm]]:
 
 def plan_study(study: Study | str | Path, only: Iterable[str] | None = None) -> list[ArmPlan]:
     """Validate every selected (cell, arm) spec (no data, no training) and read what is done."""
-    from pairgraph.spec import load_spec
+    from pairgraph.config import load_spec
 
     if not isinstance(study, Study):
         study = load_study(study)
@@ -679,7 +679,7 @@ def _diverged(e: PairgraphError) -> bool:
 
 
 def _guide_run_dir(guide_weights: str, spec_name: str) -> Path | None:
-    """The run folder in which pairgraph.train.train_guide trained a cached guide, if it is there."""
+    """The run folder in which pairgraph.training.train_guide trained a cached guide, if it is there."""
     p = Path(guide_weights)
     if p.parent.name != "guides" or "-" not in p.stem:
         return None
@@ -731,8 +731,8 @@ def _store(job: Job, run_dir: Path, spec: Any, record: dict[str, Any], diverged:
 
 def _train_run(job: Job) -> tuple[Path, Any, bool]:
     """Train (or resume, or just pick up) the run of ``job``; returns (run folder, spec, resumed)."""
-    import pairgraph
-    from pairgraph.spec import load_spec
+    from pairgraph.api import compile as compile_pair
+    from pairgraph.config import load_spec
 
     spec = load_spec(job.spec, list(job.overrides))
     runs_dir = Path(job.runs_dir)
@@ -747,7 +747,7 @@ def _train_run(job: Job) -> tuple[Path, Any, bool]:
         elif not (run_dir / "checkpoints" / "last_state.pt").is_file():
             shutil.rmtree(run_dir)  # crashed before its first checkpoint: start again
     resume = run_dir if (run_dir / "checkpoints" / "last_state.pt").is_file() else None
-    compiled = pairgraph.compile(spec, run_dir / "build", render=False, notify=None)
+    compiled = compile_pair(spec, run_dir / "build", render=False, notify=None)
     compiled.train(runs_dir=runs_dir, run_id=run_id, resume=resume, progress=False)
     return run_dir, spec, resume is not None
 
@@ -761,7 +761,7 @@ def _execute(job: Job) -> dict[str, Any]:
         run_dir, spec, resumed = _train_run(job)
     except PairgraphError as e:
         if _diverged(e):
-            from pairgraph.spec import load_spec
+            from pairgraph.config import load_spec
 
             spec = load_spec(job.spec, list(job.overrides))
             run_dir = Path(job.runs_dir) / spec.name / run_folder(job.lr, job.seed)
@@ -1183,7 +1183,7 @@ _RESOLVED = 2  # |Δ| / s.e. below which our direction is called unresolved
 
 
 def _cell_views(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[CellView]:
-    from pairgraph.spec import load_spec
+    from pairgraph.config import load_spec
 
     views = []
     for cell in study.cells:
@@ -1263,7 +1263,7 @@ def _arm_settings(study: Study, view: CellView, arm: Arm) -> dict[str, Any]:
     stored = next((r.spec for r in ar.all_runs if r.spec), None)
     if stored is not None:
         return _settings(stored)
-    from pairgraph.spec import apply_overrides
+    from pairgraph.config import apply_overrides
 
     data = json.loads(json.dumps(view.base_spec)) if view.base_spec else {}
     try:

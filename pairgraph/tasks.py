@@ -59,7 +59,8 @@ from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
 from pairgraph.errors import PairgraphError, SpecError
-from pairgraph.registry import Registry
+from pairgraph.config.names import TASKS
+from pairgraph.paths import cache_dir, data_root
 
 __all__ = [
     "IGNORE_INDEX",
@@ -90,36 +91,6 @@ _MEMO: dict[str, Any] = {}  # in-process memo of loaded arrays, keyed by cache f
 # ----------------------------------------------------------------------------------------------
 # locations
 # ----------------------------------------------------------------------------------------------
-
-
-def data_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """Folder holding offline data (CIFAR-10 archive, tinyshakespeare.txt, gpt2/ BPE files).
-
-    An explicit path (``task.data_dir``, a CLI flag) wins, then ``$PAIRGRAPH_DATA``; both are
-    returned as given even when they do not exist, so that errors name the user's path. Otherwise
-    the first existing of ``../shared/data`` relative to the current directory and relative to the
-    repository root (parent of the ``pairgraph`` package); when neither exists the former is
-    returned. Nothing is checked here: a missing file raises when it is actually needed.
-    """
-    if explicit is not None and str(explicit) != "":
-        return Path(explicit).expanduser()
-    env = os.environ.get("PAIRGRAPH_DATA")
-    if env:
-        return Path(env).expanduser()
-    candidates = [
-        Path.cwd() / ".." / "shared" / "data",
-        Path(__file__).resolve().parent.parent / ".." / "shared" / "data",
-    ]
-    for c in candidates:
-        if c.is_dir():
-            return c.resolve()
-    return candidates[0]
-
-
-def cache_dir() -> Path:
-    """Cache for decoded/tokenised data: ``$PAIRGRAPH_CACHE`` or ``~/.cache/pairgraph``."""
-    env = os.environ.get("PAIRGRAPH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "pairgraph"
 
 
 def _hash(*parts: object) -> str:
@@ -303,7 +274,6 @@ class Task:
             )
 
 
-TASKS: Registry[type[Task]] = Registry("task")
 
 
 def _validate_options(options_cls: type[BaseModel], data: Any) -> BaseModel:

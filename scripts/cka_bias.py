@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-from pairgraph.similarity import similarity
+from pairgraph.core.similarity import similarity
 
 GRID = [(64, 65536), (64, 4096), (64, 256), (64, 64), (16, 65536), (256, 65536)]
 MEASURES = ["cka", "debiased_cka", "rsa"]

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from pairgraph.bench import bench, naive_cka
-from pairgraph.similarity import get_measure
+from pairgraph.core.similarity import get_measure
 
 
 def test_naive_reference_computes_the_same_cka():

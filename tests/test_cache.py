@@ -10,7 +10,7 @@ from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.errors import PairgraphError
-from pairgraph.similarity import get_measure
+from pairgraph.core.similarity import get_measure
 from pairgraph.tasks import get_task
 
 
@@ -130,7 +130,7 @@ def test_unsafe_or_oversized_caches_are_refused_with_one_line(tmp_path, spec, me
 
 
 def test_caching_the_guide_is_not_a_different_configuration_for_a_study():
-    from pairgraph.spec import PairSpec
+    from pairgraph.config import PairSpec
     from pairgraph.study import _spec_diff
 
     def load_spec(d: dict) -> PairSpec:

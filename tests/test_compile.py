@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+
 import itertools
 import json
 from pathlib import Path
@@ -11,14 +13,14 @@ import torch
 from torch import nn
 
 import pairgraph
-from pairgraph.mapping import build_mapping, uniform_indices
-from pairgraph.spec import LayerSelection
+from pairgraph.compiler.build import build_root
+from pairgraph.compiler.mapping import build_mapping, uniform_indices
+from pairgraph.config import LayerSelection
 from pairgraph.tasks import data_root
-from pairgraph.trace import trace
-from pairgraph.zoo import MODELS, _load_builtin, build_model
+from pairgraph.core.trace import trace
+from pairgraph.zoo import MODELS, build_model
 
 ROOT = Path(__file__).resolve().parents[1]
-_load_builtin()
 
 
 def test_uniform_indices_algorithm1():
@@ -80,7 +82,7 @@ def test_generated_network_equals_eager(name, tmp_path):
     x = task.example_input(4, device="cpu")
     if not x.is_floating_point():
         x = torch.randint(1, 3 if "classifier" in name else 6, x.shape)
-    root = pairgraph.runtime.build_root(cp.spec.resolved(), "target", task)
+    root = build_root(cp.spec.resolved(), "target", task)
     root.eval()
     pair.target.eval()
     with torch.no_grad():
@@ -114,7 +116,15 @@ def test_compile_writes_outputs_and_module_is_importable(tmp_path):
     src = (tmp_path / "guided_pair.py").read_text()
     imports = [ln for ln in src.splitlines() if ln.startswith(("import ", "from "))]
     assert all(ln.split()[1].split(".")[0] in ("torch", "pairgraph") for ln in imports), imports
-    assert "class Guide(runtime.TappedNetwork)" in src and "def build(" in src
+    assert "class Guide(TappedNetwork)" in src and "def build(" in src
+    # reads like code a person wrote: no fx aliases for string annotations, no import it does not use
+    assert "_Tensor_" not in src and "def forward(self, x : torch.Tensor)" in src
+    tree = ast.parse(src)
+    used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} | {
+        n.value.id for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.value, ast.Name)}
+    imported = {a.asname or a.name.split(".")[0] for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)
+                for a in n.names}
+    assert imported <= used, imported - used
 
 
 @pytest.mark.parametrize("spec", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "specs").rglob("*.yaml")))

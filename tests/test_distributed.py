@@ -15,7 +15,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import pairgraph
-from pairgraph.compiler import import_generated
+from pairgraph.compiler.pipeline import import_generated
 
 ROOT = Path(__file__).resolve().parents[1]
 

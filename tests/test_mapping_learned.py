@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import pairgraph
-from pairgraph.mapping import build_mapping, monotone_assignment, uniform_indices
+from pairgraph.compiler.mapping import build_mapping, monotone_assignment, uniform_indices
 
 WIDTH = 48
 GUIDE_SEED = 1234
@@ -186,7 +186,7 @@ def test_learned_uses_the_guide_weights_of_the_spec(tmp_path, monkeypatch):
 
     monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "empty-cache"))
     spec["guide"]["weights"] = "train"
-    with pytest.raises(pairgraph.PairgraphError, match="trained guide .* not cached yet.*train_guide"):
+    with pytest.raises(pairgraph.PairgraphError, match="mapping 'learned' needs the trained guide .* not cached yet"):
         pairgraph.compile(spec, tmp_path / "train", render=False, notify=None)
 
 

@@ -30,9 +30,10 @@ from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.errors import PairgraphError
-from pairgraph.runtime import load_weights
-from pairgraph.spec import PairSpec, load_spec, parse_spec
-from pairgraph.train import Trainer, resume_run
+from pairgraph.core.weights import load_weights
+from pairgraph.config import PairSpec, load_spec, parse_spec
+from pairgraph.training.runs import truncate_metrics
+from pairgraph.training import Trainer, resume_run
 from tests.test_spec import run_cli
 
 torch.set_num_threads(1)
@@ -119,7 +120,7 @@ def test_brackets_in_a_bad_value_are_printed_verbatim(value, tmp_path, capsys, m
     p = tmp_path / "markup.yaml"
     p.write_text(f"name: x\ntrain: {{optimizer: {json.dumps(value)}}}\n")
     code, _, err = run_cli(["validate", str(p)], capsys, monkeypatch)
-    assert_one_line_error(code, err, f"(got {value!r})")
+    assert_one_line_error(code, err, f"unknown optimizer {value!r}")
 
 
 # ---------------------------------------------------------------- property-based: never a traceback
@@ -206,7 +207,7 @@ def test_truncate_metrics_drops_torn_and_garbage_lines(tmp_path):
     lines = [json.dumps({"step": s, "loss": 1.0}) for s in (1, 2, 3, 4, 5)]
     raw = ("\n".join(lines) + "\n").encode() + b'{"step": 6, "lo' + b"\n\x00\x00\xff\xfe\n7\n[]\n"
     (tmp_path / "metrics.jsonl").write_bytes(raw)
-    Trainer._truncate_metrics(SimpleNamespace(run_dir=tmp_path), 4)  # type: ignore[arg-type]
+    truncate_metrics(tmp_path, 4)
     assert [r["step"] for r in metrics(tmp_path)] == [1, 2, 3, 4]
 
 
@@ -238,7 +239,7 @@ def test_kill_with_torn_line_and_tmp_files_resumes_exactly(tmp_path, reference):
 def test_nan_loss_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path, monkeypatch, reference):
     from safetensors.torch import load_file
 
-    from pairgraph.runtime import GuidedPair
+    from pairgraph.core.loss import GuidedPair
 
     forward = GuidedPair.forward
 
@@ -276,7 +277,7 @@ def test_huge_lr_diverges_into_a_clear_error(tmp_path):
 
 def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch, reference):
     """ENOSPC while committing the 3rd checkpoint: one line naming the file; checkpoint 2 intact; resume exact."""
-    import pairgraph.train as train_mod
+    import pairgraph.paths as paths_mod
 
     real_replace, calls = os.replace, []
 
@@ -286,7 +287,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch, reference):
             raise OSError(errno.ENOSPC, "No space left on device", str(src))
         return real_replace(src, dst)
 
-    monkeypatch.setattr(train_mod.os, "replace", full)
+    monkeypatch.setattr(paths_mod.os, "replace", full)
     cp = pairgraph.compile(tiny(), tmp_path / "b", render=False, notify=None)
     with pytest.raises(PairgraphError) as e:
         cp.train(runs_dir=tmp_path, run_id="full", progress=False)
@@ -296,7 +297,7 @@ def test_disk_full_keeps_previous_checkpoint(tmp_path, monkeypatch, reference):
     assert "fix: free space on that disk" in msg
     assert torch.load(run / "checkpoints" / "last_state.pt", weights_only=True)["step"] == 4
     assert not list(run.rglob("*.tmp"))  # the failed write cleaned up after itself
-    monkeypatch.setattr(train_mod.os, "replace", real_replace)
+    monkeypatch.setattr(paths_mod.os, "replace", real_replace)
     ref, ref_summary = reference
     same_run(run, ref, resume_run(run, progress=False), ref_summary)
 

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import pairgraph
+from pairgraph.compiler.build import build_root
 from pairgraph.zoo import build_model
 
 
@@ -39,8 +40,8 @@ def test_guidance_loss_matches_compiled_pair(tmp_path):
     out = pair(x, y, 0)
     pair_spec = pairgraph.load_spec(tmp_path / "spec.yaml").resolved()
     task = pairgraph.tasks.get_task(pair_spec["task"])
-    guide_root = pairgraph.runtime.build_root(pair_spec, "guide", task)  # same seeds → same weights as the pair
-    target_root = pairgraph.runtime.build_root(pair_spec, "target", task)
+    guide_root = build_root(pair_spec, "guide", task)  # same seeds → same weights as the pair
+    target_root = build_root(pair_spec, "target", task)
     guide_root.eval()
     guidance = pairgraph.GuidanceLoss(guide_root, target_root, example_input=x)
     target_root(x)

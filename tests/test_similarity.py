@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from pairgraph.errors import PairgraphError
-from pairgraph.similarity import MEASURES, Measure, get_measure, similarity, similarity_matrix
+from pairgraph.config import MEASURES
+from pairgraph.core.similarity import Measure, get_measure, similarity, similarity_matrix
 
 NAMES = ["cka", "debiased_cka", "rsa"]
 
@@ -389,7 +390,7 @@ def test_other_errors():
 
 
 def test_gram_with_one_bmm_backward_has_the_exact_gradients_of_f_ft():
-    from pairgraph.similarity import gram
+    from pairgraph.core.similarity import gram
 
     f = torch.randn(2, 6, 9, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(gram, (f,))

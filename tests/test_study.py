@@ -20,7 +20,7 @@ import pairgraph.study as study_mod
 from pairgraph.cli.main import app
 from pairgraph.errors import PairgraphError
 from pairgraph.study import format_plan, load_study, plan_study, report, run_study
-from pairgraph.train import Trainer
+from pairgraph.training import Trainer
 
 LRS = [1.0e-3, 3.0e-3]
 

@@ -2,7 +2,8 @@
 
 A model is a factory registered with :func:`register_model`; its named presets are keyword
 arguments (``paper`` sizes and CPU sizes). :func:`build_model` resolves a spec's ``model:``
-reference: a zoo name, ``torchvision:<name>``, or ``package.module:factory``.
+reference: a zoo name, or a source prefix (:mod:`pairgraph.zoo.sources`: ``torchvision:<name>``,
+``package.module:factory``).
 
 Contract for every zoo model (what tasks, tracing and training rely on):
 
@@ -14,8 +15,6 @@ Contract for every zoo model (what tasks, tracing and training rely on):
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,8 +22,8 @@ from typing import Any, Literal
 
 from torch import nn
 
+from pairgraph.config.names import MODELS, resolve_model
 from pairgraph.errors import PairgraphError
-from pairgraph.registry import Registry
 
 
 @dataclass
@@ -51,9 +50,6 @@ class ModelEntry:
         return {p.name for p in inspect.signature(self.factory).parameters.values() if p.kind in kinds}
 
 
-MODELS: Registry[ModelEntry] = Registry("model")
-
-
 def register_model(
     name: str,
     *,
@@ -65,7 +61,7 @@ def register_model(
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-        MODELS.add(name, ModelEntry(name, factory, input, dict(presets or {}), doc))
+        MODELS.register(name)(ModelEntry(name, factory, input, dict(presets or {}), doc))
         return factory
 
     return deco
@@ -73,48 +69,12 @@ def register_model(
 
 def list_models(include: str = "*", exclude: str | list[str] = ()) -> list[str]:
     """Registered zoo model names matching the fnmatch ``include``/``exclude`` patterns."""
-    _load_builtin()
     return MODELS.names(include, exclude)
 
 
 def resolve(ref: str) -> ModelEntry:
-    """Find the factory a spec's ``model:`` names."""
-    if ref.startswith("torchvision:"):
-        import torchvision.models as tvm
-
-        name = ref.split(":", 1)[1]
-        available = tvm.list_models()
-        if name not in available:
-            close = difflib.get_close_matches(name, available, n=3)
-            hint = ("did you mean " + " or ".join(f"'torchvision:{c}'" for c in close) + "?") if close else (
-                "run `python -c 'import torchvision; print(torchvision.models.list_models())'`"
-            )
-            raise PairgraphError(f"unknown torchvision model {name!r}", hint)
-
-        def tv_factory(**kwargs: Any) -> nn.Module:
-            kwargs.setdefault("weights", None)
-            size = kwargs.get("image_size")
-            if isinstance(size, list | tuple):  # torchvision's ViT takes one int
-                kwargs["image_size"] = size[0]
-            return tvm.get_model(name, **kwargs)
-
-        keys = {"num_classes", "image_size"} if name.startswith(("vit", "swin", "maxvit")) else {"num_classes"}
-        return ModelEntry(ref, tv_factory, "image", {}, f"torchvision {name}", default_keys=keys)
-    if ":" in ref:
-        mod_name, _, attr = ref.partition(":")
-        try:
-            module = importlib.import_module(mod_name)
-        except ImportError as e:
-            raise PairgraphError(
-                f"cannot import module {mod_name!r} for model {ref!r} ({e})",
-                "check the module is installed or on PYTHONPATH",
-            ) from None
-        factory = getattr(module, attr, None)
-        if not callable(factory):
-            raise PairgraphError(f"module {mod_name!r} has no callable {attr!r}", "name a factory as 'package.module:function'")
-        return ModelEntry(ref, factory, "image", {}, f"user factory {ref}")
-    _load_builtin()
-    return MODELS.get(ref)
+    """Find the factory a spec's ``model:`` names (a zoo name, ``torchvision:<name>`` or ``package.module:factory``)."""
+    return resolve_model(ref)
 
 
 def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> nn.Module:
@@ -149,14 +109,3 @@ def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str
         return entry.factory(**kwargs)
     except TypeError as e:
         raise PairgraphError(f"model {ref!r} rejected its arguments: {e}", "check the model's args in the spec") from None
-
-
-_LOADED = False
-
-
-def _load_builtin() -> None:
-    """Import the zoo's model modules so their ``@register_model`` decorators run."""
-    global _LOADED
-    if not _LOADED:
-        _LOADED = True
-        from pairgraph.zoo import models  # noqa: F401

@@ -51,6 +51,7 @@ time axis and ignore the mask.
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from dataclasses import dataclass
 
@@ -58,7 +59,7 @@ import torch
 from torch import Tensor
 
 from pairgraph.errors import PairgraphError
-from pairgraph.registry import Registry
+from pairgraph.config.names import MEASURES
 
 __all__ = [
     "CKA",
@@ -217,7 +218,7 @@ class Measure:
     """A representational similarity: ``score(prepare(A), prepare(B))`` is a scalar, 1 = identical.
 
     Subclasses implement :meth:`_prepare_rows` (per-tap work on rows already arranged by the sequence
-    mode) and :meth:`_score` (per-pair work).  Register an instance: ``MEASURES.register("name")(M())``.
+    mode) and :meth:`_score` (per-pair work).  Register the class: ``@MEASURES.register("name")``.
     """
 
     name: str = "measure"
@@ -241,7 +242,7 @@ class Measure:
         """The state :meth:`prepare` gives for rows ``R`` (flatten mode, no mask), from ``R Rᵀ`` alone.
 
         ``gram`` (b×b) may be the gram of the rows minus any common vector (e.g. a dataset mean):
-        double centring removes it.  Used by :class:`pairgraph.cache.GuideCache`.
+        double centring removes it.  Used by :class:`pairgraph.core.cache.GuideCache`.
         """
         if not self.supports_gram:
             raise PairgraphError(f"{self.name} cannot be computed from a gram", "use cka or debiased_cka")
@@ -339,18 +340,7 @@ class Measure:
 
 # --------------------------------------------------------------------------------------- measures
 
-MEASURES: Registry[Measure] = Registry("measure")
-
-
-def _register(name: str):
-    def deco(cls: type[Measure]) -> type[Measure]:
-        MEASURES.register(name)(cls())
-        return cls
-
-    return deco
-
-
-@_register("cka")
+@MEASURES.register("cka")
 class CKA(Measure):
     """Linear CKA with the biased HSIC (paper eq. 2–6)."""
 
@@ -387,7 +377,7 @@ class CKA(Measure):
         return _trace_kl(a, b) / (a.norm.to(dt) * b.norm.to(dt))
 
 
-@_register("debiased_cka")
+@MEASURES.register("debiased_cka")
 class DebiasedCKA(Measure):
     """CKA with the unbiased HSIC estimator (Song et al. 2007), via U-centred grams."""
 
@@ -424,7 +414,7 @@ class DebiasedCKA(Measure):
         return (a.mat.to(dt) * b.mat.to(dt)).sum(dim=(1, 2)) / (a.norm.to(dt) * b.norm.to(dt))
 
 
-@_register("rsa")
+@MEASURES.register("rsa")
 class RSA(Measure):
     """RSA: Pearson correlation of the strict lower triangles of cosine-distance RDMs (appendix H)."""
 
@@ -485,8 +475,15 @@ class RSA(Measure):
 
 
 def get_measure(name: str) -> Measure:
-    """The registered measure called ``name`` (PairgraphError with suggestions when unknown)."""
-    return MEASURES.get(name)
+    """The measure registered as ``name`` (PairgraphError with suggestions when unknown): one shared
+    instance per class, so a measure's state is the same wherever it is looked up."""
+    measure = MEASURES.get(name)
+    return _instance(measure) if isinstance(measure, type) else measure
+
+
+@functools.cache
+def _instance(cls: type[Measure]) -> Measure:
+    return cls()
 
 
 def similarity(

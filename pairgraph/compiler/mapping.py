@@ -4,7 +4,7 @@ Every guide tap is mapped (none is dropped); several guide taps may share a targ
 pair its own loss term. Register a mapper with ``@MAPPERS.register("name")`` on a function
 ``(guide, target, **options) -> Correspondence``. A mapper that also names a ``context``
 parameter receives a :class:`MappingContext` (the spec and calibration activations, see
-``pairgraph.calibration``); the others never see it, so they stay on the meta device.
+``pairgraph.compiler.calibration``); the others never see it, so they stay on the meta device.
 See docs/mapping.md for what each mapper does and why.
 """
 
@@ -20,14 +20,14 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+from pairgraph.config import PairSpec
+from pairgraph.config.names import MAPPERS
+from pairgraph.core.similarity import get_measure, similarity_matrix
+from pairgraph.core.trace import LayerGraph
 from pairgraph.errors import PairgraphError
-from pairgraph.registry import Registry
-from pairgraph.similarity import get_measure, similarity_matrix
-from pairgraph.trace import LayerGraph
 
 if TYPE_CHECKING:
-    from pairgraph.calibration import TapActivations
-    from pairgraph.spec import PairSpec
+    from pairgraph.compiler.calibration import TapActivations
 
 
 @dataclass
@@ -70,15 +70,12 @@ class MappingContext(Protocol):
 
     ``spec`` is the validated spec. ``activations`` yields calibration batches — the guide's and
     the target's tap activations (batch first) on the same inputs, and the padding mask — building
-    the real models only when first called (:class:`pairgraph.calibration.CompileContext`).
+    the real models only when first called (:class:`pairgraph.compiler.calibration.CompileContext`).
     """
 
     spec: PairSpec
 
     def activations(self, batches: int, batch_size: int, warmup_steps: int = 0) -> Iterator[TapActivations]: ...
-
-
-MAPPERS: Registry[Mapper] = Registry("mapper")
 
 
 def uniform_indices(n_guide: int, n_target: int) -> list[int]:

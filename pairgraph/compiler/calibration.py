@@ -3,7 +3,7 @@
 :func:`pairgraph.compile` hands a :class:`CompileContext` to every mapper that takes a
 ``context`` argument (``learned``). It builds nothing until :meth:`CompileContext.activations`
 is called; then it builds the pair as training would at step 0 — both networks seeded by
-:func:`pairgraph.runtime.build_root`, the guide with the spec's weights — and yields, batch by
+:func:`pairgraph.compiler.build.build_root`, the guide with the spec's weights — and yields, batch by
 batch, every tap's activation of both networks on the same inputs.
 """
 
@@ -18,9 +18,14 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
+from pairgraph.compiler.build import assemble
+from pairgraph.compiler.guide_weights import resolve_guide_weights
+from pairgraph.config import PairSpec
+from pairgraph.core.optim import make_optimizer, pick_device
+from pairgraph.core.taps import hooked
+from pairgraph.core.trace import LayerGraph
 from pairgraph.errors import PairgraphError
-from pairgraph.spec import PairSpec
-from pairgraph.trace import LayerGraph
+from pairgraph.tasks import get_task
 
 
 class TapActivations(NamedTuple):
@@ -53,25 +58,6 @@ class _Rng:
             self.state = self._get()
 
 
-def _guide_weights(spec: PairSpec) -> str | None:
-    """The guide weights the trainer would use: None (seeded init), a checkpoint, or the cached trained guide."""
-    w = spec.guide.weights
-    if w == "untrained":
-        return None
-    if w != "train":
-        return w
-    from pairgraph.analysis import _guide_weights as cached  # the trainer's guide cache, never trains
-
-    try:
-        return cached(spec, None)
-    except PairgraphError:
-        raise PairgraphError(
-            "mapping 'learned' compares against the trained guide (guide.weights: train), which is not cached yet",
-            "train it first: python -c \"import pairgraph, pairgraph.train as t; t.train_guide(pairgraph.load_spec('SPEC'))\""
-            " — or set guide.weights=untrained, or map with uniform/depth",
-        ) from None
-
-
 def _quiet_dropout(net: nn.Module) -> None:
     """Dropout off (the mapping should not depend on its noise); BatchNorm stays on batch statistics."""
     for m in net.modules():
@@ -81,7 +67,7 @@ def _quiet_dropout(net: nn.Module) -> None:
 
 @dataclass
 class CompileContext:
-    """The :class:`pairgraph.mapping.MappingContext` that compile passes: spec, traced graphs, calibration data."""
+    """The :class:`pairgraph.compiler.mapping.MappingContext` that compile passes: spec, traced graphs, calibration data."""
 
     spec: PairSpec
     guide: LayerGraph
@@ -112,13 +98,9 @@ class CompileContext:
         runs in training mode without dropout, the guide frozen as in training. The caller's RNG
         state is left untouched.
         """
-        from pairgraph.runtime import assemble, hooked
-        from pairgraph.tasks import get_task
-        from pairgraph.train import pick_device
-
         spec = self.spec
         task = get_task(spec.task)
-        weights = _guide_weights(spec)
+        weights = resolve_guide_weights(spec, baseline_too=True, purpose="mapping 'learned'")
         train = self._train_split(task)
         device = pick_device(spec.train.device)
         n = len(train)
@@ -142,8 +124,6 @@ class CompileContext:
             pair = assemble(spec.resolved(), hooked(taps(self.guide)), hooked(taps(self.target)), [], device, weights)
             if warmup_steps:
                 pair.train()
-                from pairgraph.train import make_optimizer
-
                 opt = make_optimizer(spec.train, [p for p in pair.target.parameters() if p.requires_grad])
                 for step in range(warmup_steps):
                     x, y = batch(batches + step)

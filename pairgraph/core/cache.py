@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pairgraph.errors import PairgraphError
-from pairgraph.similarity import State, get_measure
+from pairgraph.core.similarity import State, get_measure
 
 
 @dataclass

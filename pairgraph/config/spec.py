@@ -6,15 +6,23 @@ name the file, the line (from the YAML node marks) and the dotted field, and say
 
 from __future__ import annotations
 
-import difflib
+import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from pairgraph.errors import SpecError
+from pairgraph.config.messages import describe
+from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model
+from pairgraph.config.yaml_io import parse_scalar, read_yaml, where
+from pairgraph.errors import PairgraphError, SpecError
+
+
+#: ``guide.weights`` values that are not a checkpoint path: a seeded init, or train the guide first
+UNTRAINED, TRAIN = "untrained", "train"
 
 
 class _Strict(BaseModel):
@@ -48,9 +56,7 @@ class NetworkSpec(_Strict):
     @field_validator("model")
     @classmethod
     def _known_model(cls, v: str) -> str:
-        from pairgraph.zoo import resolve
-
-        resolve(v)
+        resolve_model(v)
         return v
 
 
@@ -75,10 +81,15 @@ class GuideSpec(NetworkSpec):
         TrainSpec.model_validate(v)
         return v
 
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint file ``weights`` names, or None for ``untrained``/``train``."""
+        return None if self.weights in (UNTRAINED, TRAIN) else self.weights
+
     @field_validator("weights")
     @classmethod
     def _checkpoint_exists(cls, v: str) -> str:
-        if v not in ("untrained", "train"):
+        if v not in (UNTRAINED, TRAIN):
             p = Path(v).expanduser()
             if not p.exists():
                 raise ValueError(f"checkpoint file {v!r} not found")
@@ -104,8 +115,6 @@ class MappingSpec(BaseModel):
     @field_validator("kind")
     @classmethod
     def _known_mapper(cls, v: str) -> str:
-        from pairgraph.mapping import MAPPERS
-
         MAPPERS.get(v)
         return v
 
@@ -123,8 +132,6 @@ class SimilaritySpec(_Strict):
     @field_validator("measure")
     @classmethod
     def _known_measure(cls, v: str) -> str:
-        from pairgraph.similarity import MEASURES
-
         MEASURES.get(v)
         return v
 
@@ -150,7 +157,7 @@ class GuidanceSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    optimizer: Literal["adamw", "adam", "sgd"] = "adamw"
+    optimizer: str = Field(default="adamw", description="adamw | adam | sgd, or a name registered in OPTIMIZERS.")
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, description="SGD momentum.")
@@ -169,11 +176,15 @@ class TrainSpec(_Strict):
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)
 
+    @field_validator("optimizer")
+    @classmethod
+    def _known_optimizer(cls, v: str) -> str:
+        OPTIMIZERS.get(v)
+        return v
+
     @field_validator("device")
     @classmethod
     def _known_device(cls, v: str) -> str:
-        import re
-
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise SpecError(f"unknown device {v!r}", "use auto, cpu, cuda, cuda:N or mps")
         return v
@@ -194,8 +205,6 @@ class PairSpec(_Strict):
     @field_validator("task")
     @classmethod
     def _valid_task(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pairgraph.tasks import TASKS
-
         kind = v.get("kind", "copy_paste")
         if not isinstance(kind, str):
             raise SpecError(f"task kind must be a name, got {kind!r}", "use one of " + ", ".join(TASKS))
@@ -207,8 +216,6 @@ class PairSpec(_Strict):
 
     def digest(self, *parts: str) -> str:
         """A short hash of the named top-level sections (all when none): keys caches."""
-        import hashlib
-
         data = self.resolved()
         if parts:
             data = {p: data[p] for p in parts}
@@ -217,8 +224,6 @@ class PairSpec(_Strict):
 
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the spec language, with each registered task's options as a oneOf."""
-    from pairgraph.tasks import TASKS
-
     schema = PairSpec.model_json_schema()
     schema["properties"]["task"] = {
         "description": "Task 'kind' and its options.",
@@ -249,110 +254,14 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
         if "=" not in item:
             raise SpecError(f"--set {item!r} has no '='", "write --set section.field=value, e.g. --set train.lr=3e-4")
         key, _, raw = item.partition("=")
-        try:
-            value = yaml.safe_load(raw) if raw else None
-        except yaml.YAMLError:
-            value = raw
-        _set_path(data, key.strip(), value)
+        _set_path(data, key.strip(), parse_scalar(raw))
     return data
-
-
-def _node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
-    """1-based line of the YAML node at ``loc`` (or of its deepest existing parent)."""
-    node, line = root, None
-    for key in loc:
-        if node is None:
-            break
-        line = node.start_mark.line + 1
-        if isinstance(node, yaml.MappingNode):
-            nxt = None
-            for k, v in node.value:
-                if k.value == str(key):
-                    nxt, line = v, k.start_mark.line + 1
-                    break
-            node = nxt
-        elif isinstance(node, yaml.SequenceNode) and isinstance(key, int) and key < len(node.value):
-            node = node.value[key]
-            line = node.start_mark.line + 1
-        else:
-            node = None
-    if node is not None:
-        line = node.start_mark.line + 1
-    return line
-
-
-def _field_names(model: type[BaseModel], loc: tuple[Any, ...], data: Any = None) -> list[str]:
-    """Valid field names at ``loc`` (for 'did you mean' on unknown keys)."""
-    if loc and loc[0] == "task" and len(loc) == 2:
-        from pairgraph.tasks import TASKS
-
-        task = data.get("task") if isinstance(data, dict) else None
-        kind = task.get("kind", "copy_paste") if isinstance(task, dict) else "copy_paste"
-        return list(TASKS.get(kind).Options.model_fields) if isinstance(kind, str) and kind in TASKS else []
-    cur: Any = model
-    for key in loc[:-1]:
-        fields = getattr(cur, "model_fields", None)
-        if not fields or key not in fields:
-            return []
-        ann = fields[key].annotation
-        cur = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
-        if cur is None:
-            return []
-    return list(getattr(cur, "model_fields", {}) or [])
-
-
-def _describe(err: dict[str, Any], model: type[BaseModel], data: Any = None) -> tuple[str, str]:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-    field = ".".join(str(p) for p in loc) or "(spec)"
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        names = _field_names(model, loc, data)
-        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else ("valid fields: " + ", ".join(names) if names else "remove it")
-        return f"{field}: unknown field", hint
-    if kind == "missing":
-        return f"{field}: required field missing", f"add '{loc[-1]}:' to the spec"
-    msg = err["msg"]
-    msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    if kind in ("model_type", "model_attributes_type"):  # not "instance of TrainSpec": name no internals
-        msg = "Input should be a mapping of fields"
-    got = err.get("input")
-    shown = f" (got {got!r})" if got is not None and not isinstance(got, dict | list) else ""
-    return f"{field}: {msg}{shown}", _type_hint(kind, loc)
-
-
-def _type_hint(kind: str, loc: tuple[Any, ...]) -> str:
-    hints = {
-        "int_parsing": "write a whole number",
-        "int_type": "write a whole number",
-        "int_from_float": "write a whole number",
-        "finite_number": "write a finite number such as 3e-4",
-        "bool_type": "write true or false",
-        "model_type": "write a mapping (key: value lines)",
-        "model_attributes_type": "write a mapping (key: value lines)",
-        "float_parsing": "write a number such as 3e-4",
-        "float_type": "write a number such as 3e-4",
-        "bool_parsing": "write true or false",
-        "literal_error": "use one of the allowed values",
-        "dict_type": "write a mapping (key: value lines)",
-        "list_type": 'write a YAML list, e.g. ["blocks.*"]',
-        "tuple_type": "write a list such as [5, 10]",
-        "string_type": "write a string",
-        "greater_than": "use a larger value",
-        "greater_than_equal": "use a larger value",
-        "string_pattern_mismatch": "use letters, digits, '_', '-' or '.'",
-    }
-    if loc and loc[-1] == "weights":
-        return "give an existing checkpoint path, 'untrained' or 'train'"
-    return hints.get(kind, "see `pairgraph schema` for the allowed values")
 
 
 def parse_spec(
     data: Any, source: str = "<spec>", overrides: list[str] | None = None, root_node: yaml.Node | None = None
 ) -> PairSpec:
     """Validate a spec mapping; raise a one-line :class:`SpecError` naming source, line and field."""
-    from pairgraph.errors import PairgraphError
-
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -363,85 +272,36 @@ def parse_spec(
     except ValidationError as e:
         errors = e.errors()
         first = errors[0]
-        text, hint = _describe(first, PairSpec, data)
-        line = _node_line(root_node, tuple(first["loc"])) if root_node is not None else None
+        text, hint = describe(first, PairSpec, data)
+        at = where(source, root_node, tuple(first["loc"]))
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        where = f"{source}:{line}" if line else source
         cause = first.get("ctx", {}).get("error") if isinstance(first.get("ctx"), dict) else None
         if isinstance(cause, PairgraphError):
             field = ".".join(str(p) for p in first["loc"])
-            raise SpecError(f"{where}: {field}: {cause.message}{more}", cause.hint) from None
-        raise SpecError(f"{where}: {text}{more}", hint) from None
+            raise SpecError(f"{at}: {field}: {cause.message}{more}", cause.hint) from None
+        raise SpecError(f"{at}: {text}{more}", hint) from None
     _check_consistency(spec, source, root_node)
     return spec
 
 
 def _check_consistency(spec: PairSpec, source: str, root_node: yaml.Node | None) -> None:
     """Checks across sections that would otherwise fail only deep inside training."""
-    from pairgraph.similarity import get_measure
-
-    measure = get_measure(spec.similarity.measure)
+    measure = MEASURES.get(spec.similarity.measure)
     bs = spec.train.batch_size
     # per-sample (flatten) and per-position rows have one row per example: the batch must hold
     # min_batch of them (per-token rows pool the batch's tokens, so a smaller batch can work)
     if spec.guidance.mode == "guidance" and spec.similarity.sequence != "token" and bs < measure.min_batch:
-        line = _node_line(root_node, ("train", "batch_size")) if root_node is not None else None
-        where = f"{source}:{line}" if line else source
         raise SpecError(
-            f"{where}: train.batch_size: {bs} is too small for similarity.measure {measure.name!r}, "
-            f"which needs at least {measure.min_batch} examples per batch",
+            f"{where(source, root_node, ('train', 'batch_size'))}: train.batch_size: {bs} is too small for "
+            f"similarity.measure {measure.name!r}, which needs at least {measure.min_batch} examples per batch",
             f"set train.batch_size >= {measure.min_batch} (the paper uses 256)",
         )
 
 
-def _duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
-    """The first key written twice in one YAML mapping (safe_load would silently keep the last)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for k, v in node.value:
-            if isinstance(k, yaml.ScalarNode) and k.tag != "tag:yaml.org,2002:merge":
-                line = k.start_mark.line + 1
-                if k.value in seen:
-                    return k.value, seen[k.value], line
-                seen[k.value] = line
-            found = _duplicate_key(v)
-            if found:
-                return found
-    elif isinstance(node, yaml.SequenceNode):
-        for v in node.value:
-            found = _duplicate_key(v)
-            if found:
-                return found
-    return None
-
-
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:
     """Read and validate a YAML spec file (``yaml.safe_load``/``compose`` only — never arbitrary tags)."""
-    p = Path(path)
-    if not p.exists():
-        raise SpecError(f"spec file {str(p)!r} not found", "check the path (specs live in specs/)")
-    if p.is_dir():
-        raise SpecError(f"{p} is a directory, not a spec file", "pass a .yaml file such as specs/rnn_from_transformer.yaml")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise SpecError(f"{p}: not UTF-8 text (byte {e.start})", "save the spec as UTF-8 YAML") from None
-    except OSError as e:
-        raise SpecError(f"cannot read spec file {p}: {e.strerror or e}", "check the file's permissions") from None
-    try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError(f"{p}{line}: YAML syntax error: {problem}", "fix the YAML (indentation, ':' after keys, quotes)") from None
-    dup = _duplicate_key(root)
-    if dup:
-        key, first, again = dup
-        raise SpecError(f"{p}:{again}: key {key!r} appears twice (first on line {first})",
-                        "keep one of them: YAML would silently use the last")
-    return parse_spec(data, str(p), overrides, root)
+    data, root = read_yaml(path, "spec")
+    return parse_spec(data, str(path), overrides, root)
 
 
 def as_spec(spec: PairSpec | str | Path | dict[str, Any], overrides: list[str] | None = None) -> PairSpec:

@@ -21,82 +21,8 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
-from pairgraph.errors import PairgraphError
-
-# ---------------------------------------------------------------- policy registries
-
-
-@dataclass(frozen=True)
-class TapRule:
-    """How to read a module's output as an activation: tuple element and batch axis."""
-
-    output_index: int | None = None
-    batch_axis: Callable[[nn.Module], int] = lambda m: 0
-
-
-def _batch_first_axis(m: nn.Module) -> int:
-    return 0 if getattr(m, "batch_first", False) else 1
-
-
-TAP_RULES: dict[type, TapRule] = {}
-DEFAULT_TAP_TYPES: set[str] = set()
-LEAF_MODULES: set[type] = set()
-
-
-def register_tap_type(
-    cls: type, *, output_index: int | None = None, batch_axis: Callable[[nn.Module], int] | None = None, default: bool = True
-) -> type:
-    """Declare how ``cls`` outputs are tapped; ``default`` adds it to the default tap types."""
-    TAP_RULES[cls] = TapRule(output_index, batch_axis or (lambda m: 0))
-    if default:
-        DEFAULT_TAP_TYPES.add(cls.__name__)
-    return cls
-
-
-def register_leaf_module(cls: type) -> type:
-    """Keep torch.fx from tracing into ``cls`` (it becomes one node, and can be a tap point)."""
-    LEAF_MODULES.add(cls)
-    return cls
-
-
-for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-             nn.LayerNorm, nn.GroupNorm):
-    register_tap_type(_cls)
-for _cls in (nn.RNN, nn.LSTM, nn.GRU, nn.MultiheadAttention):
-    register_tap_type(_cls, output_index=0, batch_axis=_batch_first_axis)
-def _attention_batch_axis(m: nn.Module) -> int:
-    return _batch_first_axis(m.self_attn)
-
-
-for _cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
-    register_tap_type(_cls, batch_axis=_attention_batch_axis)
-for _cls in (nn.Embedding, nn.ConvTranspose2d, nn.InstanceNorm2d):
-    register_tap_type(_cls, default=False)
-
-
-# Registered by qualified class name, so that importing pairgraph does not import torchvision.
-LAZY_TAP_RULES: dict[str, TapRule] = {"torchvision.models.vision_transformer.EncoderBlock": TapRule()}
-LAZY_LEAVES: set[str] = {"torchvision.models.vision_transformer.EncoderBlock"}
-DEFAULT_TAP_TYPES.add("EncoderBlock")
-
-
-def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
-def rule_for(module: nn.Module) -> TapRule:
-    for cls in type(module).__mro__:
-        if cls in TAP_RULES:
-            return TAP_RULES[cls]
-        if _qualname(cls) in LAZY_TAP_RULES:
-            return LAZY_TAP_RULES[_qualname(cls)]
-    return TapRule()
-
-
-def is_leaf(module: nn.Module) -> bool:
-    """A registered leaf module (fx will not trace into it)."""
-    return isinstance(module, tuple(LEAF_MODULES)) or _qualname(type(module)) in LAZY_LEAVES
-
+from pairgraph.core.policy import default_tap_types, is_default_tap, is_leaf, rule_for
+from pairgraph.errors import PairgraphError, first_line, one_line
 
 class LeafTracer(fx.Tracer):
     """fx tracer whose leaves are torch.nn's own modules plus the registered leaf modules."""
@@ -192,7 +118,7 @@ def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPo
     include = list(getattr(selection, "include", ["*"]))
     exclude = list(getattr(selection, "exclude", []))
     types = getattr(selection, "types", None)
-    types = set(types) if types is not None else DEFAULT_TAP_TYPES
+    types = set(types) if types is not None else default_tap_types()
     exclude_types = set(getattr(selection, "exclude_types", []))
     drop_output = getattr(selection, "drop_output", True)
     chosen = [
@@ -212,7 +138,7 @@ def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPo
         if c.shape is None:
             raise PairgraphError(
                 f"{side} tap {c.name!r} ({c.type}) returns a tuple and no rule says which element is the activation",
-                f"call pairgraph.trace.register_tap_type({c.type}, output_index=0) or exclude it in {side}.layers",
+                f"call pairgraph.core.policy.register_tap_type({c.type}, output_index=0) or exclude it in {side}.layers",
             )
     return chosen
 
@@ -344,12 +270,11 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
                 records.append((name, mod, out))
         return hook
 
-    tap_types = tuple(t for t in TAP_RULES if t.__name__ in DEFAULT_TAP_TYPES)
     leaf_prefixes: list[str] = []
     for name, mod in model.named_modules():  # parents come before children
         if not name or any(name.startswith(p) for p in leaf_prefixes):
             continue
-        if is_leaf(mod) or isinstance(mod, tap_types) or not list(mod.children()):
+        if is_leaf(mod) or is_default_tap(mod) or not list(mod.children()):
             leaf_prefixes.append(name + ".")
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
@@ -391,7 +316,7 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
                     raise
                 except Exception as e:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError on Proxy bools, …)
                     use_hooks = True
-                    reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                    reason = first_line(e) or type(e).__name__
                     if notify:
                         notify(f"notice: torch.fx cannot trace the {side} ({type(model).__name__}: {reason[:160]}); "
                                "falling back to forward hooks — taps are module outputs in call order")
@@ -403,9 +328,8 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
         except Exception as e:  # noqa: BLE001 - any failure of the user model is reported below
             error = e
     assert error is not None
-    msg = str(error).strip().splitlines()[0] if str(error).strip() else ""
     raise PairgraphError(
         f"the {side} ({type(model).__name__}) fails on the example input of shape {tuple(example.shape)}: "
-        f"{type(error).__name__}: {msg[:300]}",
+        f"{one_line(error)}",
         f"check {side}.args match the task (input size, channels, vocabulary)",
     ) from None

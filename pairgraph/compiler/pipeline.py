@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,13 +15,18 @@ import torch
 import yaml
 from torch import nn
 
-from pairgraph.calibration import CompileContext
-from pairgraph.codegen import generate
-from pairgraph.errors import PairgraphError
-from pairgraph.mapping import Correspondence, build_mapping
-from pairgraph.render import render_mapping
-from pairgraph.spec import PairSpec, as_spec
-from pairgraph.trace import LayerGraph, trace
+from pairgraph.compiler.calibration import CompileContext
+from pairgraph.compiler.codegen import generate
+from pairgraph.compiler.mapping import Correspondence, build_mapping
+from pairgraph.compiler.render import render_mapping
+from pairgraph.config import PairSpec, as_spec
+from pairgraph.core.loss import GuidedPair
+from pairgraph.core.trace import LayerGraph, trace
+from pairgraph.core.weights import check_fits, read_state
+from pairgraph.errors import PairgraphError, one_line
+from pairgraph.paths import atomic_write
+from pairgraph.tasks import get_task
+from pairgraph.zoo import build_model
 
 
 @dataclass
@@ -35,21 +39,21 @@ class CompiledPair:
     correspondence: Correspondence
     out_dir: Path
     module: ModuleType
+    #: the training entry point (``pairgraph.training.train``), attached by ``pairgraph.compile``
+    trainer: Callable[..., dict[str, Any]] | None = None
 
-    def build(self, device: str | torch.device = "cpu", guide_weights: str | None = None) -> Any:
-        """A fresh :class:`pairgraph.runtime.GuidedPair` (seeded init) on ``device``."""
+    def build(self, device: str | torch.device = "cpu", guide_weights: str | None = None) -> GuidedPair:
+        """A fresh :class:`~pairgraph.core.loss.GuidedPair` (seeded init) on ``device``."""
         return self.module.build(device=device, guide_weights=guide_weights)
 
-    def train(self, **kwargs: Any) -> Any:
-        """Train this pair (see :func:`pairgraph.train.train`); returns the run's summary."""
-        from pairgraph.train import train
-
-        return train(self, **kwargs)
+    def train(self, **kwargs: Any) -> dict[str, Any]:
+        """Train this pair (see :func:`pairgraph.training.train`); returns the run's summary."""
+        if self.trainer is None:
+            raise PairgraphError("this CompiledPair has no trainer attached", "compile it with pairgraph.compile")
+        return self.trainer(self, **kwargs)
 
 
 def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "meta") -> nn.Module:
-    from pairgraph.zoo import build_model
-
     net = getattr(spec, side)
     try:
         with torch.device(device):
@@ -58,24 +62,14 @@ def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "m
         raise PairgraphError(f"{side}: {e.message}", e.hint) from None
     except Exception as e:  # noqa: BLE001 - any failure of user model code becomes one line
         raise PairgraphError(
-            f"{side}: building {net.model!r} with args {net.args} failed: {type(e).__name__}: {str(e).splitlines()[0]}",
+            f"{side}: building {net.model!r} with args {net.args} failed: {one_line(e)}",
             f"fix {side}.args (see `pairgraph zoo` for presets)",
         ) from None
 
 
 def _check_checkpoint(guide: nn.Module, path: str) -> None:
     """The guide checkpoint must have the guide's keys and shapes (checked on the meta model)."""
-    from pairgraph.runtime import check_fits, read_state
-
     check_fits(guide, read_state(path, "guide"), path, "guide")
-
-
-def _write(path: Path, text: str) -> None:
-    """Write via a temporary file and rename: processes compiling the same pair at once (torchrun
-    ranks) never import a half-written module."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def import_generated(path: Path) -> ModuleType:
@@ -103,8 +97,6 @@ def compile(
     ``out_dir`` (default ``build/<name>``) receives ``guided_pair.py``, ``mapping.json``,
     ``spec.yaml`` (resolved) and, with ``render``, ``mapping.png``/``mapping.svg``.
     """
-    from pairgraph.tasks import get_task
-
     source = str(spec) if isinstance(spec, str | Path) else "<python>"
     spec = as_spec(spec, overrides)
     task = get_task(spec.task)
@@ -113,8 +105,8 @@ def compile(
     graphs = {}
     for side in ("guide", "target"):
         model = _model(spec, side, defaults)
-        if side == "guide" and spec.guide.weights not in ("untrained", "train"):
-            _check_checkpoint(model, spec.guide.weights)  # fail now, not after data loading at train time
+        if side == "guide" and spec.guide.checkpoint:
+            _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
         real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
         graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
     context = CompileContext(spec, graphs["guide"], graphs["target"], notify)  # builds models only if a mapper asks
@@ -123,15 +115,15 @@ def compile(
     resolved = spec.resolved()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        _write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
-        _write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
+        atomic_write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
         mapping = {
             "name": spec.name,
             **corr.to_json(),
             "guide": graphs["guide"].to_json(),
             "target": graphs["target"].to_json(),
         }
-        _write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
+        atomic_write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
         if render:
             render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
                            title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")

@@ -14,8 +14,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from pairgraph.mapping import Correspondence
-from pairgraph.trace import LayerGraph
+from pairgraph.compiler.mapping import Correspondence
+from pairgraph.core.trace import LayerGraph
 
 TYPE_COLOURS = {
     "Conv2d": "#4c78a8", "Conv1d": "#4c78a8", "Linear": "#f58518", "BatchNorm1d": "#72b7b2",

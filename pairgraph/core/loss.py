@@ -1,0 +1,187 @@
+"""The guidance loss: task loss + Σ w·(1 − M(target tap, guide tap)), one forward of each network.
+
+* :func:`alignment_terms` — 1 − M for every mapped pair, each tap prepared once;
+* :class:`GuidedPair` — target + frozen guide (run under ``no_grad``); also the baseline and
+  distill modes, the guide cache and global-batch CKA under torchrun.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pairgraph.core.cache import GuideCache
+from pairgraph.core.distributed import gather_batch
+from pairgraph.core.similarity import get_measure
+from pairgraph.errors import PairgraphError
+
+
+def tap_key(guide: str, target: str) -> str:
+    """The name of a pair's loss term in logs: ``guide->target``."""
+    return f"{guide}->{target}"
+
+
+def alignment_terms(
+    guide_taps: dict[str, Tensor],
+    target_taps: dict[str, Tensor],
+    pairs: Sequence[tuple[str, str, float]],
+    measure: str = "cka",
+    mask: Tensor | None = None,
+    sequence: str = "flatten",
+    guide_states: dict[str, Any] | None = None,
+) -> dict[str, Tensor]:
+    """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs).
+
+    ``guide_states`` are already-prepared guide taps (from a :class:`pairgraph.core.cache.GuideCache`);
+    ``guide_taps`` is then not read.
+    """
+    m = get_measure(measure)
+    g_states = guide_states if guide_states is not None else {
+        g: m.prepare(guide_taps[g], mask, sequence) for g in dict.fromkeys(p[0] for p in pairs)}
+    t_states = {t: m.prepare(target_taps[t], mask, sequence) for t in dict.fromkeys(p[1] for p in pairs)}
+    return {tap_key(g, t): 1.0 - m.score(g_states[g], t_states[t]) for g, t, _ in pairs}
+
+
+def distill_loss(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
+    """Hinton distillation: T²·KL(softmax(teacher/T) ‖ softmax(student/T)); sigmoid for one logit."""
+    t = temperature
+    if student.shape[-1] == 1:
+        return F.binary_cross_entropy_with_logits(student / t, torch.sigmoid(teacher / t)) * t * t
+    s = student.reshape(-1, student.shape[-1])
+    g = teacher.reshape(-1, teacher.shape[-1])
+    if mask is not None and student.dim() == 3:
+        keep = mask.reshape(-1)
+        s, g = s[keep], g[keep]
+    kl = F.kl_div(F.log_softmax(s.float() / t, -1), F.log_softmax(g.float() / t, -1), log_target=True, reduction="batchmean")
+    return kl * t * t
+
+
+@dataclass
+class PairOutput:
+    """One step's result: the total loss to backpropagate and its parts (for logging)."""
+
+    loss: Tensor
+    task_loss: Tensor
+    guidance_loss: Tensor
+    output: Tensor
+    terms: dict[str, Tensor] = field(default_factory=dict)
+    guided: bool = False
+
+
+class GuidedPair(nn.Module):
+    """Target + frozen guide: ``forward(x, y, step)`` → :class:`PairOutput`.
+
+    mode ``guidance``: task + weight·Σ(1 − M); ``baseline``: task only (guide never called);
+    ``distill``: task + weight·logit distillation. With ``until_step`` the guide is called only
+    while ``step < until_step``; ``guide_input="noise"`` feeds it ``noise_fn(x)`` instead of x.
+    With a ``guide_cache`` (:meth:`cache_guide`) and the batch's example numbers passed as
+    ``index``, the guide is not run: its prepared taps come from the cache.
+    """
+
+    def __init__(
+        self,
+        guide: nn.Module,
+        target: nn.Module,
+        pairs: Sequence[tuple[str, str, float]],
+        *,
+        task_loss: Callable[[Tensor, Tensor], Tensor],
+        measure: str = "cka",
+        sequence: str = "flatten",
+        weight: float = 1.0,
+        mode: str = "guidance",
+        until_step: int | None = None,
+        guide_input: str = "same",
+        temperature: float = 4.0,
+        guide_bn: str = "eval",
+        noise_fn: Callable[[Tensor], Tensor] | None = None,
+        mask_fn: Callable[[Tensor], Tensor | None] | None = None,
+    ):
+        super().__init__()
+        self.target = target
+        self.guide = guide
+        self.pairs = [(g, t, float(w)) for g, t, w in pairs]
+        self.task_loss = task_loss
+        self.measure, self.sequence = measure, sequence
+        self.weight, self.mode, self.until_step = weight, mode, until_step
+        self.guide_input, self.temperature, self.guide_bn = guide_input, temperature, guide_bn
+        self.noise_fn, self.mask_fn = noise_fn, mask_fn
+        self.guide.requires_grad_(False)
+        self.guide_calls = 0
+        self.guide_cache: GuideCache | None = None  # set by cache_guide()
+        self.global_batch = False  # set by the trainer under torchrun (see pairgraph.core.distributed)
+        self.train()
+
+    def train(self, mode: bool = True) -> GuidedPair:
+        self.training = mode
+        self.target.train(mode)
+        self.guide.eval()  # the guide is never updated: running stats stay as they are
+        if self.guide_bn == "batch":
+            for m in self.guide.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.train()
+                    m.track_running_stats = False  # batch statistics, running buffers untouched
+        return self
+
+    def guiding(self, step: int | None) -> bool:
+        if self.mode == "baseline":
+            return False
+        return self.until_step is None or step is None or step < self.until_step
+
+    def cache_guide(self, inputs: Callable[[Tensor], Tensor], n: int, *, max_bytes: float = 4 * 2**30,
+                    chunk: int = 256) -> Any:
+        """Run the guide once over examples ``0..n-1`` (``inputs(index)`` → batch) and keep its taps.
+
+        Only valid when the guide sees exactly the training example on every step: mode guidance,
+        guide_input same, guide_bn eval, no augmentation, not data-parallel.
+        """
+        why = ("mode is " + self.mode if self.mode != "guidance" else
+               "guide_input is noise" if self.guide_input != "same" else
+               "guide_bn is batch (statistics depend on the batch)" if self.guide_bn != "eval" else None)
+        if why:
+            raise PairgraphError(f"cannot cache the guide: {why}", "set guidance.cache_guide: false")
+        device = next(iter(self.target.parameters())).device
+        self.guide_cache = GuideCache.build(
+            self.guide, inputs, n, [p[0] for p in self.pairs], measure=self.measure, sequence=self.sequence,
+            mask_fn=self.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device)
+        self.train(self.training)
+        return self.guide_cache
+
+    def forward(self, x: Tensor, y: Tensor, step: int | None = None, index: Tensor | None = None) -> PairOutput:
+        out, target_taps = self.target(x)
+        task = self.task_loss(out, y)
+        zero = task.new_zeros(())
+        if not self.guiding(step):
+            return PairOutput(task, task, zero, out)
+        cached = self.guide_cache is not None and index is not None and not self.global_batch
+        if cached:  # the guide's prepared taps come from the cache: no guide forward this step
+            guide_taps, g_out = {}, None
+        else:
+            gx = x
+            if self.guide_input == "noise":
+                if self.noise_fn is None:
+                    raise PairgraphError("guide_input 'noise' needs a task noise function", "build the pair from a spec")
+                gx = self.noise_fn(x)
+            self.guide_calls += 1
+            with torch.no_grad():
+                g_out, guide_taps = self.guide(gx)
+        mask = self.mask_fn(x) if self.mask_fn is not None else None
+        if self.mode == "distill":
+            d = distill_loss(out, g_out, self.temperature, mask)
+            return PairOutput(task + self.weight * d, task, d, out, {"distill": d}, True)
+        if self.global_batch:  # data-parallel: CKA over the global batch, not each rank's shard
+            # collectives must run in the same order on every rank: ordered, not set (hash-randomised)
+            guide_taps = {g: gather_batch(guide_taps[g]) for g in dict.fromkeys(p[0] for p in self.pairs)}
+            target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
+            mask = gather_batch(mask) if mask is not None else None
+        terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
+                                guide_states=self.guide_cache.states(index) if cached else None)
+        align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
+        return PairOutput(task + self.weight * align, task, align, out, terms, True)
+
+
+# ---------------------------------------------------------------- building from a spec

@@ -1,0 +1,100 @@
+"""The tracing policy (like timm's ``layers/_fx.py``): which modules torch.fx keeps whole, which
+become tap points by default, and how a module's output is read as an activation.
+
+Both are registries keyed by the module's qualified class name, so a type can be registered
+without importing its library (torchvision's ViT ``EncoderBlock`` is registered by name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torch import nn
+
+from pairgraph.registry import Registry
+
+
+def _batch_axis_0(m: nn.Module) -> int:
+    return 0
+
+
+@dataclass(frozen=True)
+class TapRule:
+    """How to read a module's output as an activation: tuple element and batch axis; ``default``:
+    tapped when a spec's ``layers.types`` is not set."""
+
+    output_index: int | None = None
+    batch_axis: Callable[[nn.Module], int] = _batch_axis_0
+    default: bool = True
+
+
+#: qualified class name → :class:`TapRule`
+TAP_TYPES: Registry[TapRule] = Registry("tap type")
+#: qualified class names torch.fx must not trace into
+LEAF_MODULES: Registry[bool] = Registry("leaf module")
+
+
+def qualname(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def register_tap_type(
+    cls: type | str, *, output_index: int | None = None, batch_axis: Callable[[nn.Module], int] | None = None,
+    default: bool = True,
+) -> type | str:
+    """Declare how ``cls`` outputs are tapped (a class, or its qualified name); ``default`` adds it to
+    the default tap types."""
+    key = cls if isinstance(cls, str) else qualname(cls)
+    TAP_TYPES.register(key)(TapRule(output_index, batch_axis or _batch_axis_0, default))
+    return cls
+
+
+def register_leaf_module(cls: type | str) -> type | str:
+    """Keep torch.fx from tracing into ``cls`` (it becomes one node, and can be a tap point)."""
+    LEAF_MODULES.register(cls if isinstance(cls, str) else qualname(cls))(True)
+    return cls
+
+
+def rule_for(module: nn.Module) -> TapRule:
+    """The rule of the nearest registered class in ``module``'s MRO (a plain rule when none)."""
+    for cls in type(module).__mro__:
+        if qualname(cls) in TAP_TYPES:
+            return TAP_TYPES.get(qualname(cls))
+    return TapRule(default=False)
+
+
+def is_default_tap(module: nn.Module) -> bool:
+    """A module of a default tap type (or a subclass of one)."""
+    return any(qualname(c) in TAP_TYPES and TAP_TYPES.get(qualname(c)).default for c in type(module).__mro__)
+
+
+def default_tap_types() -> set[str]:
+    """Short class names of the default tap types (what ``layers.types: null`` selects)."""
+    return {name.rsplit(".", 1)[-1] for name, rule in TAP_TYPES.items() if rule.default}
+
+
+def is_leaf(module: nn.Module) -> bool:
+    """A registered leaf module (fx will not trace into it)."""
+    return any(qualname(c) in LEAF_MODULES for c in type(module).__mro__)
+
+
+def _batch_first_axis(m: nn.Module) -> int:
+    return 0 if getattr(m, "batch_first", False) else 1
+
+
+def _attention_batch_axis(m: nn.Module) -> int:
+    return _batch_first_axis(m.self_attn)
+
+
+for _cls in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+             nn.LayerNorm, nn.GroupNorm):
+    register_tap_type(_cls)
+for _cls in (nn.RNN, nn.LSTM, nn.GRU, nn.MultiheadAttention):
+    register_tap_type(_cls, output_index=0, batch_axis=_batch_first_axis)
+for _cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
+    register_tap_type(_cls, batch_axis=_attention_batch_axis)
+for _cls in (nn.Embedding, nn.ConvTranspose2d, nn.InstanceNorm2d):
+    register_tap_type(_cls, default=False)
+register_tap_type("torchvision.models.vision_transformer.EncoderBlock")
+register_leaf_module("torchvision.models.vision_transformer.EncoderBlock")

@@ -1,0 +1,106 @@
+"""Networks that return their taps: what generated ``guided_pair.py`` modules build on.
+
+* :class:`TappedNetwork` — base of the generated networks: it adopts an eager model's
+  submodules, so the generated ``forward`` (from the fx graph) returns ``(output, taps)`` and
+  the state dict keys are the eager model's.
+* :class:`HookedNetwork` — the same contract for a model fx cannot trace, from forward hooks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+
+def disable_inplace(module: nn.Module) -> nn.Module:
+    """Turn off in-place activations (e.g. torchvision's ``ReLU(inplace=True)``): they would
+    overwrite a tapped BatchNorm output after it was captured."""
+    for m in module.modules():
+        if getattr(m, "inplace", False) is True:
+            m.inplace = False
+    return module
+
+
+class TappedNetwork(nn.Module):
+    """A network whose forward returns ``(output, {tap name: activation with batch first})``.
+
+    Generated subclasses set ``TAPS`` and define ``forward``; the constructor adopts ``root``'s
+    children, parameters and buffers under their own names.
+    """
+
+    TAPS: tuple[str, ...] = ()
+
+    def __init__(self, root: nn.Module):
+        super().__init__()
+        disable_inplace(root)
+        for name, child in root.named_children():
+            self.add_module(name, child)
+        for name, p in root.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in root.named_buffers(recurse=False):
+            self.register_buffer(name, b, persistent=name not in root._non_persistent_buffers_set)
+        for name, value in vars(root).items():
+            if isinstance(value, Tensor) and not hasattr(self, name):
+                setattr(self, name, value)
+
+
+class HookedNetwork(nn.Module):
+    """The fallback for models fx cannot trace: forward hooks (registered once) collect the taps."""
+
+    def __init__(self, root: nn.Module, taps: Sequence[tuple[str, int | None, int]]):
+        super().__init__()
+        self.root = disable_inplace(root)
+        self.TAPS = tuple(t[0] for t in taps)
+        self._captured: dict[str, Tensor] = {}
+        modules = dict(root.named_modules())
+        for name, index, axis in taps:
+            modules[name].register_forward_hook(capture_hook(self._captured, name, index, axis))
+
+    def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
+        self._captured.clear()
+        out = self.root(x)
+        taps = dict(self._captured)
+        self._captured.clear()
+        return out, taps
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # same keys as the eager model
+        return self.root.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.root.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def select_output(value: Any, index: int | None, batch_axis: int) -> Tensor:
+    """A tap's activation from a module output: tuple element ``index``, batch moved to axis 0."""
+    if index is not None:
+        value = value[index]
+    if batch_axis:
+        value = value.movedim(batch_axis, 0)
+    return value
+
+
+def capture_hook(
+    store: dict[str, Tensor], name: str, index: int | None, axis: int, first_only: bool = True
+) -> Callable[..., None]:
+    """Record a module's output; ``first_only`` keeps the first call of a module used twice.
+
+    The activation is cloned: eager code may modify a module's output in place after the hook
+    ran (torchvision's ``out += identity`` after ``bn2``), which would corrupt the tap.
+    """
+
+    def hook(module: nn.Module, args: Any, output: Any) -> None:
+        if not (first_only and name in store):
+            store[name] = select_output(output, index, axis).clone()
+
+    return hook
+
+
+def hooked(taps: Sequence[tuple[str, int | None, int]]) -> Callable[[nn.Module], HookedNetwork]:
+    """Class-like factory used by generated modules for networks traced with hooks."""
+
+    def make(root: nn.Module) -> HookedNetwork:
+        return HookedNetwork(root, taps)
+
+    return make

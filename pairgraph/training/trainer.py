@@ -1,0 +1,338 @@
+"""``pairgraph train``: the training loop, with exact resume.
+
+A run lives in ``runs/<name>/<id>/``: ``spec.yaml`` (resolved), ``env.json``, ``metrics.jsonl``,
+``tb/`` (TensorBoard), ``checkpoints/{last,best}`` and ``summary.json``. Data order is a
+function of (seed, epoch) and the RNG state is checkpointed, so a resumed run continues exactly
+where the last checkpoint stopped; metrics logged after that checkpoint are dropped on resume.
+The protocol is the paper's: evaluate on the validation split every ``eval_every`` steps and
+report test metrics of the checkpoint with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+from torch import Tensor, nn
+
+from pairgraph.compiler.guide_weights import guide_checkpoint_path, resolve_guide_weights
+from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.config import TRAIN, PairSpec
+from pairgraph.core import distributed
+from pairgraph.core.loss import GuidedPair, PairOutput
+from pairgraph.core.optim import make_optimizer, pick_device
+from pairgraph.errors import PairgraphError, io_error
+from pairgraph.paths import atomic_write
+from pairgraph.tasks import get_task
+from pairgraph.training.checkpoints import Checkpoints
+from pairgraph.training.data import EpochBatches, Indexed, to_device
+from pairgraph.training.evaluate import eval_subset, evaluate
+from pairgraph.training.runs import new_run_id, start_run, truncate_metrics, write_json
+
+@dataclass
+class Loop:
+    """What one training session carries from step to step."""
+
+    pair: GuidedPair
+    opt: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler | None
+    data: dict[str, Any]
+    total: int
+    step: int = 0
+    state: dict[str, Any] = field(default_factory=lambda: {"best_val_loss": math.inf, "best_step": None,
+                                                           "best_val": None})
+    writer: Any = None
+    metrics: IO[str] | None = None
+    progress: Any = None
+    task_id: Any = None
+    last: dict[str, Any] = field(default_factory=dict)  # the last step's metrics record
+
+
+class Trainer:
+    """Trains a compiled pair; ``run()`` returns the summary dict also written to summary.json.
+
+    ``guide_trainer`` trains a ``weights: train`` guide that is not cached yet
+    (:func:`pairgraph.training.guide.train_guide`; a guide's own training needs none).
+    """
+
+    def __init__(self, compiled: CompiledPair, runs_dir: str | Path = "runs", run_id: str | None = None,
+                 resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
+                 guide_trainer: Callable[..., Path] | None = None):
+        self.compiled = compiled
+        self.guide_trainer = guide_trainer
+        self.spec: PairSpec = compiled.spec
+        self.cfg = self.spec.train
+        self.dist = distributed.from_env()
+        self.device = pick_device(self.cfg.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        if self.dist.enabled and self.cfg.batch_size % self.dist.world:
+            raise PairgraphError(f"train.batch_size {self.cfg.batch_size} does not divide over {self.dist.world} processes",
+                                 "make the (global) batch size a multiple of the number of processes")
+        self.task = get_task(self.spec.task)
+        self.progress = progress
+        self.stop_after = stop_after
+        distributed.init(self.dist, self.device)
+        if resume is not None:
+            self.run_dir = Path(resume)
+        else:
+            rid = str(distributed.broadcast_object(run_id or new_run_id(self.spec)))  # the same folder on every rank
+            self.run_dir = Path(runs_dir) / self.spec.name / rid
+        self.checkpoints = Checkpoints(self.run_dir)
+        self.model: nn.Module | None = None  # the target, unwrapped (pair.target is DDP-wrapped under torchrun)
+
+    # -- setup ------------------------------------------------------------------------------
+    def _guide_weights(self) -> str | None:
+        trainer = self.guide_trainer
+        return resolve_guide_weights(self.spec, train=None if trainer is None else
+                                     lambda spec: trainer(spec, progress=self.progress))
+
+    def _datasets(self) -> dict[str, Any]:
+        data = self.task.datasets(self.cfg.seed)
+        for split in ("train", "val", "test"):
+            if split not in data:
+                raise PairgraphError(f"task {self.spec.task['kind']!r} gave no {split!r} split", "check the task options")
+        return data
+
+    def _autocast(self) -> AbstractContextManager[Any]:
+        p = self.cfg.precision
+        if p == "fp32":
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16 if p == "bf16" else torch.float16)
+
+    def evaluate(self, target: nn.Module, dataset: Any, predictions: list | None = None,
+                 batches: int | None = None) -> dict[str, float]:
+        """Loss and task metrics on ``dataset`` (see :func:`pairgraph.training.evaluate.evaluate`)."""
+        subset = eval_subset(dataset, batches, self.cfg.batch_size, self.cfg.seed)
+        return evaluate(target, subset, self.task, batch_size=self.cfg.batch_size, device=self.device,
+                        autocast=self._autocast, num_workers=self.cfg.num_workers, predictions=predictions)
+
+    def _check_can_start(self) -> bool:
+        """True when resuming; refuses a finished run and an uncached trained guide under torchrun."""
+        resuming = self.checkpoints.resumable
+        if not resuming and (self.run_dir / "summary.json").exists():
+            raise PairgraphError(f"run {self.run_dir} already finished", "pick another --run-id or delete the folder")
+        if self.dist.enabled and self.spec.guide.weights == TRAIN and not guide_checkpoint_path(self.spec).exists():
+            raise PairgraphError("guide.weights is 'train' but the trained guide is not cached, and several processes "
+                                 "would train it at once", "train the guide in one process first "
+                                 "(pairgraph train SPEC --set train.steps=1 caches it), then start torchrun")
+        return resuming
+
+    def _setup(self, data: dict[str, Any], resuming: bool) -> Loop:
+        """Build the pair, optimizer and scaler; restore them when resuming, else start the run folder."""
+        cfg = self.cfg
+        guide_weights = self._guide_weights()
+        pair = self.compiled.build(self.device, guide_weights=guide_weights)
+        self.model = pair.target
+        opt = make_optimizer(cfg, [p for p in pair.target.parameters() if p.requires_grad])
+        scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
+        per_epoch = len(data["train"]) // cfg.batch_size
+        loop = Loop(pair, opt, scaler, data, total=cfg.steps or (cfg.epochs or 1) * max(per_epoch, 1))
+        if resuming:
+            st = self.checkpoints.load(self.model)
+            opt.load_state_dict(st["optimizer"])
+            if scaler is not None and st.get("scaler"):
+                scaler.load_state_dict(st["scaler"])
+            pair.guide_calls = int(st.get("guide_calls", 0))
+            loop.step, loop.state = int(st["step"]), st["state"]
+            if self.dist.is_main:
+                truncate_metrics(self.run_dir, loop.step)
+        elif self.dist.is_main:
+            start_run(self.run_dir, self.spec, self.device, guide_weights)
+        if self.dist.enabled:  # every rank trains its slice of the same global batch; gradients are averaged
+            pair.target = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            pair.global_batch = True
+        return loop
+
+    def _loader(self, loop: Loop, cached: bool) -> Any:
+        train = loop.data["train"]
+        batches = EpochBatches(len(train), self.cfg.batch_size, self.cfg.seed, start_step=loop.step,
+                               rank=self.dist.rank, world=self.dist.world)
+        return torch.utils.data.DataLoader(Indexed(train) if cached else train, batch_sampler=batches,
+                                           num_workers=self.cfg.num_workers)
+
+    def _open_logs(self, loop: Loop, resuming: bool) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if self.dist.is_main:
+            loop.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=loop.step if resuming else None)
+        loop.metrics = open(self.run_dir / "metrics.jsonl" if self.dist.is_main else os.devnull, "a")  # noqa: SIM115
+        loop.progress, loop.task_id = self._progress_bar(loop.total, loop.step)
+
+    def _close_logs(self, loop: Loop) -> None:
+        if loop.metrics is not None:
+            loop.metrics.close()
+        if loop.writer is not None:
+            loop.writer.close()
+        if loop.progress is not None:
+            loop.progress.stop()
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        """Train (or resume); a failed read or write (disk full, permissions) becomes one line."""
+        try:
+            return self._run()
+        except OSError as e:
+            raise io_error(e, e.filename or self.run_dir) from None
+
+    def _run(self) -> dict[str, Any]:
+        resuming = self._check_can_start()
+        torch.manual_seed(self.cfg.seed + self.dist.rank)
+        data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        loop = self._setup(data, resuming)
+        cached = self._cache_guide(loop.pair, data["train"])
+        batches = iter(self._loader(loop, cached))
+        t0 = time.time()
+        self._open_logs(loop, resuming)
+        try:
+            while loop.step < loop.total:
+                out = self._step(loop, to_device(next(batches), self.device))
+                self._log_step(loop, out)
+                self._evaluate_and_save(loop)
+                if self.stop_after is not None and loop.step >= self.stop_after:
+                    return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
+        finally:
+            self._close_logs(loop)
+        if not self.dist.is_main:
+            distributed.shutdown()
+            return {"rank": self.dist.rank, "run_dir": str(self.run_dir)}
+        summary = self._finish(loop, time.time() - t0)
+        distributed.shutdown()
+        return summary
+
+    def _step(self, loop: Loop, batch: list[Tensor]) -> PairOutput:
+        """One optimizer step on ``batch`` (x, y[, example numbers for the guide cache])."""
+        x, y, *index = batch
+        pair, opt, scaler, cfg = loop.pair, loop.opt, loop.scaler, self.cfg
+        with self._autocast():
+            out = pair(x, y, loop.step, index=index[0]) if index else pair(x, y, loop.step)
+        loss = out.loss
+        if not torch.isfinite(loss):
+            raise PairgraphError(
+                f"loss became {loss.item()} at step {loop.step + 1} (task {out.task_loss.item():.4g}, "
+                f"guidance {out.guidance_loss.item():.4g}); {self.checkpoints.kept()}",
+                "lower train.lr, set train.grad_clip, or use precision fp32",
+            )
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(pair.target.parameters(), cfg.grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        loop.step += 1
+        return out
+
+    def _log_step(self, loop: Loop, out: PairOutput) -> None:
+        task_loss = distributed.mean_over_ranks(out.task_loss.item())  # the global batch's mean
+        rec = {"step": loop.step, "loss": task_loss + out.loss.item() - out.task_loss.item(), "task_loss": task_loss,
+               "guidance_loss": out.guidance_loss.item(), "guided": out.guided,
+               "terms": {k: v.item() for k, v in out.terms.items()}}
+        loop.metrics.write(json.dumps(rec) + "\n")
+        loop.last = rec
+        if loop.writer is not None:
+            loop.writer.add_scalar("train/loss", rec["loss"], loop.step)
+            loop.writer.add_scalar("train/task_loss", rec["task_loss"], loop.step)
+            if out.guided:
+                loop.writer.add_scalar("train/guidance_loss", rec["guidance_loss"], loop.step)
+        if loop.progress is not None:
+            loop.progress.update(loop.task_id, advance=1, loss=rec["task_loss"], dis=rec["guidance_loss"])
+
+    def _resume_state(self, loop: Loop) -> dict[str, Any]:
+        return {"optimizer": loop.opt.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler else None,
+                "state": json.dumps(loop.state), "guide_calls": loop.pair.guide_calls}
+
+    def _evaluate_and_save(self, loop: Loop) -> None:
+        """Rank 0 evaluates every ``eval_every`` steps and checkpoints; other ranks carry on."""
+        step, cfg = loop.step, self.cfg
+        if not self.dist.is_main:
+            return  # the next collective keeps the ranks in step
+        if step % cfg.eval_every == 0 or step == loop.total:
+            val = self.evaluate(self.model, loop.data["val"], batches=cfg.eval_batches)
+            loop.metrics.write(json.dumps({"step": step, "split": "val", **val}) + "\n")
+            for k, v in val.items():
+                loop.writer.add_scalar(f"val/{k}", v, step)
+            if val["loss"] < loop.state["best_val_loss"]:
+                loop.state.update(best_val_loss=val["loss"], best_step=step, best_val=val)
+                self.checkpoints.save("best", self.model, step)
+            loop.metrics.flush()
+            os.fsync(loop.metrics.fileno())
+            self.checkpoints.save("last", self.model, step, self._resume_state(loop))
+            if loop.progress is None and self.progress:
+                print(f"step {step}/{loop.total} train {loop.last['task_loss']:.4f} val {val['loss']:.4f} "
+                      + " ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"), flush=True)
+        elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
+            loop.metrics.flush()
+            self.checkpoints.save("last", self.model, step, self._resume_state(loop))
+
+    def _cache_guide(self, pair: GuidedPair, train: Any) -> bool:
+        """Build the guide cache when the spec asks for it (guidance.cache_guide); True if built."""
+        g = self.spec.guidance
+        if not g.cache_guide or g.mode != "guidance":
+            return False
+        if self.spec.task.get("augment"):
+            raise PairgraphError("guidance.cache_guide needs fixed inputs, but task.augment is on",
+                                 "set task.augment: false or guidance.cache_guide: false")
+        if self.dist.enabled:
+            raise PairgraphError("guidance.cache_guide is not supported under torchrun",
+                                 "set guidance.cache_guide: false for data-parallel runs")
+
+        def inputs(index: Tensor) -> Tensor:
+            return torch.stack([train[int(i)][0] for i in index])
+
+        t0 = time.time()
+        cache = pair.cache_guide(inputs, len(train), max_bytes=g.cache_max_gb * 2**30, chunk=self.cfg.batch_size)
+        if self.progress:
+            print(f"guide cache: {len(train)} examples, {cache.nbytes / 2**20:.0f} MiB, "
+                  f"built in {time.time() - t0:.1f} s", flush=True)
+        return True
+
+    def _progress_bar(self, total: int, start: int) -> tuple[Any, Any]:
+        if not (self.progress and sys.stderr.isatty()):
+            return None, None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        prog = Progress(TextColumn(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}"), BarColumn(),
+                        MofNCompleteColumn(), TextColumn("task {task.fields[loss]:.4f}  dissim {task.fields[dis]:.3f}"),
+                        TimeRemainingColumn())
+        prog.start()
+        return prog, prog.add_task("train", total=total, completed=start, loss=float("nan"), dis=0.0)
+
+    def _finish(self, loop: Loop, wall: float) -> dict[str, Any]:
+        """Test the best checkpoint, write test predictions and summary.json."""
+        self.checkpoints.load_best(self.model)
+        preds: list = []
+        test = self.evaluate(self.model, loop.data["test"], preds)
+        if preds:
+            record = {"pred": [p for p, _ in preds], "label": [label for _, label in preds]}
+            atomic_write(self.run_dir / "test_predictions.json", json.dumps(record) + "\n")
+        state = loop.state
+        summary = {
+            "name": self.spec.name, "run_dir": str(self.run_dir), "mode": self.spec.guidance.mode,
+            "guide_weights": self.spec.guide.weights, "seed": self.cfg.seed, "lr": self.cfg.lr, "steps": loop.step,
+            "best_step": state["best_step"], "best_val_loss": state["best_val_loss"], "val": state["best_val"],
+            "test": test, "primary_metric": self.task.primary_metric, "guide_calls": loop.pair.guide_calls,
+            "wall_seconds_this_session": round(wall, 2), "device": str(self.device),
+            "processes": self.dist.world,
+        }
+        write_json(self.run_dir / "summary.json", summary)
+        return summary
