@@ -26,8 +26,10 @@ test: install
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
 
+# ruff, then the structure: import-linter's layers contract, no import cycle, module/function sizes
 lint: install
 	$(BIN)/ruff check pairgraph zoo cli tests scripts
+	$(BIN)/python scripts/check_layout.py
 
 # Guidance cost against its floor (issue #7): CPU, fp32, batch 256; tables by batch size and by pairs.
 BENCH_SIZES ?= 64,128,256,512,1024

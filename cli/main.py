@@ -79,10 +79,10 @@ def compile_cmd(
     all_rows: Annotated[bool, typer.Option("--all", help="Show every pair in the terminal view.")] = False,
 ) -> None:
     """Trace guide and target, build the layer mapping, generate guided_pair.py and the renders."""
-    import pairgraph
+    from pairgraph.api import compile as compile_pair
     from pairgraph.compiler.render import print_mapping
 
-    cp = pairgraph.compile(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
+    cp = compile_pair(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
     print_mapping(cp.guide, cp.target, cp.correspondence, console, None if all_rows else 40)
     console.print(f"[green]compiled[/green] {cp.spec.name} → {cp.out_dir}/ (guided_pair.py, mapping.json"
                   + (", mapping.png, mapping.svg)" if render else ")"))
@@ -101,7 +101,7 @@ def train(
     """Train a pair (compiling the spec on the fly) and print the run's summary."""
     import os
 
-    import pairgraph
+    from pairgraph.api import compile as compile_pair
     from pairgraph.training import resume_run
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
@@ -115,7 +115,7 @@ def train(
             raise PairgraphError("no spec given", "pass a spec file: pairgraph train specs/rnn_from_transformer.yaml")
         if spec.is_dir():
             spec = spec / "spec.yaml"
-        compiled = pairgraph.compile(spec, None, set_, render=False,
+        compiled = compile_pair(spec, None, set_, render=False,
                                      notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
         summary = compiled.train(runs_dir=runs_dir, run_id=run_id, progress=progress)
     _print_summary(summary)
@@ -172,8 +172,8 @@ def similarity(
     """Heatmap of the similarity of every guide layer with every target layer on one validation batch."""
     import torch
 
-    import pairgraph
     from pairgraph.analysis import similarity_heatmap
+    from pairgraph.api import compile as compile_pair
 
     src = spec_or_run
     run_dir: Path | None = None
@@ -190,10 +190,10 @@ def similarity(
         raise PairgraphError(f"{src} not found", "pass a spec YAML or a run folder runs/<name>/<id>")
     notify = lambda m: err_console.print(f"[yellow]{m}[/yellow]")
     if run_dir is not None:
-        cp = pairgraph.compile(spec_file, run_dir / "build", set_, render=False, notify=notify)
+        cp = compile_pair(spec_file, run_dir / "build", set_, render=False, notify=notify)
         checkpoint = checkpoint if checkpoint is not None else run_dir
     else:
-        cp = pairgraph.compile(spec_file, None, set_, render=False, notify=notify)
+        cp = compile_pair(spec_file, None, set_, render=False, notify=notify)
     if output is None:
         output = (run_dir if run_dir is not None else cp.out_dir) / "similarity.png"
     matrix, g_names, t_names = similarity_heatmap(cp, output, checkpoint=checkpoint, batch_size=batch_size,

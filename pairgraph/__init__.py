@@ -7,14 +7,13 @@
 or drop :class:`GuidanceLoss` into your own loop.
 """
 
-__version__ = "0.1.0"
-
 from pairgraph.api import compile
 from pairgraph.compiler.guidance_loss import GuidanceLoss
 from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.config import PairSpec, load_spec
 from pairgraph.core.loss import GuidedPair
 from pairgraph.errors import PairgraphError, SpecError
+from pairgraph.version import __version__
 
 __all__ = [
     "CompiledPair",

@@ -129,14 +129,7 @@ def build_variants(compiled: CompiledPair, batch_size: int, device: torch.device
         pair.target = torch.compile(pair.target)
         pair.guide = torch.compile(pair.guide)
     n = max(cache_pool, batch_size)
-    pool = task.example_input(n, device="cpu")
-    gen = torch.Generator().manual_seed(0)
-    if pool.is_floating_point():
-        pool = torch.randn(pool.shape, generator=gen)
-    else:
-        pool = torch.randint(1, task.model_kwargs()["vocab_size"], pool.shape, generator=gen)
-    if channels_last and pool.dim() == 4:
-        pool = pool.contiguous(memory_format=torch.channels_last)
+    pool, gen = _random_pool(task, n, channels_last)
     index = torch.randperm(n, generator=gen)[:batch_size]
     x = pool[index].to(device)
     index = index.to(device)
@@ -154,41 +147,42 @@ def build_variants(compiled: CompiledPair, batch_size: int, device: torch.device
     ttaps = {t.name: (t.output_index, t.batch_axis) for t in compiled.target.taps if t.name in {p[1] for p in pair.pairs}}
     naive = NaiveStep(pair, gtaps, ttaps)
 
-    def target_step() -> None:
-        out, _ = pair.target(x)
-        loss = pair.task_loss(out, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
     def guide_forward() -> None:
         with torch.no_grad():
             pair.guide(x)
 
-    def guided_step() -> None:
-        loss = pair(x, y, 0).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def naive_step() -> None:
-        loss = naive.loss(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    def cached_step() -> None:
-        loss = pair(x, y, 0, index).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    fns = {"target": target_step, "guide": guide_forward, "guided": guided_step}
+    fns = {"target": _optimizer_step(opt, lambda: pair.task_loss(pair.target(x)[0], y)), "guide": guide_forward,
+           "guided": _optimizer_step(opt, lambda: pair(x, y, 0).loss)}
     if not compile_modules:
-        fns["naive"] = naive_step
+        fns["naive"] = _optimizer_step(opt, lambda: naive.loss(x, y))
     if cache_pool:
-        fns["cached"] = cached_step
+        fns["cached"] = _optimizer_step(opt, lambda: pair(x, y, 0, index).loss)
     return fns, pair
+
+
+def _random_pool(task: Any, n: int, channels_last: bool) -> tuple[Tensor, torch.Generator]:
+    """``n`` random inputs of the task's kind (images: normal noise; tokens: uniform ids) and the generator."""
+    pool = task.example_input(n, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    if pool.is_floating_point():
+        pool = torch.randn(pool.shape, generator=gen)
+    else:
+        pool = torch.randint(1, task.model_kwargs()["vocab_size"], pool.shape, generator=gen)
+    if channels_last and pool.dim() == 4:
+        pool = pool.contiguous(memory_format=torch.channels_last)
+    return pool, gen
+
+
+def _optimizer_step(opt: torch.optim.Optimizer, loss_of: Callable[[], Tensor]) -> Callable[[], None]:
+    """One optimizer step on the loss ``loss_of()`` computes."""
+
+    def step() -> None:
+        loss = loss_of()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
 
 
 def _fake_labels(out: Tensor, task: Any) -> Tensor:

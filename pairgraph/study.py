@@ -50,8 +50,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pairgraph.errors import PairgraphError
 from pairgraph.compiler.guide_weights import guide_checkpoint_path
+from pairgraph.errors import PairgraphError
 
 #: predefined arm names and the overrides they stand for
 PRESET_ARMS: dict[str, list[str]] = {

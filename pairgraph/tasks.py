@@ -58,8 +58,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import Tensor
 from torch.utils.data import Dataset, TensorDataset
 
-from pairgraph.errors import PairgraphError, SpecError
 from pairgraph.config.names import TASKS
+from pairgraph.errors import PairgraphError, SpecError
 from pairgraph.paths import cache_dir, data_root
 
 __all__ = [

@@ -9,8 +9,8 @@ import torch
 from tiny_specs import copy_paste_pair
 
 import pairgraph
-from pairgraph.errors import PairgraphError
 from pairgraph.core.similarity import get_measure
+from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-
 import itertools
 import json
 from pathlib import Path
@@ -16,8 +15,8 @@ import pairgraph
 from pairgraph.compiler.build import build_root
 from pairgraph.compiler.mapping import build_mapping, uniform_indices
 from pairgraph.config import LayerSelection
-from pairgraph.tasks import data_root
 from pairgraph.core.trace import trace
+from pairgraph.tasks import data_root
 from pairgraph.zoo import MODELS, build_model
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -29,11 +28,11 @@ from hypothesis import strategies as st
 from tiny_specs import copy_paste_pair
 
 import pairgraph
-from pairgraph.errors import PairgraphError
-from pairgraph.core.weights import load_weights
 from pairgraph.config import PairSpec, load_spec, parse_spec
+from pairgraph.core.weights import load_weights
+from pairgraph.errors import PairgraphError
+from pairgraph.training import resume_run
 from pairgraph.training.runs import truncate_metrics
-from pairgraph.training import Trainer, resume_run
 from tests.test_spec import run_cli
 
 torch.set_num_threads(1)

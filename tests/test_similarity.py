@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from pairgraph.errors import PairgraphError
 from pairgraph.config import MEASURES
 from pairgraph.core.similarity import Measure, get_measure, similarity, similarity_matrix
+from pairgraph.errors import PairgraphError
 
 NAMES = ["cka", "debiased_cka", "rsa"]
 

@@ -10,8 +10,8 @@ import yaml
 
 import pairgraph
 from pairgraph.cli.main import main
-from pairgraph.errors import SpecError
 from pairgraph.config import PairSpec, json_schema, load_spec, parse_spec
+from pairgraph.errors import SpecError
 
 BAD = Path(__file__).parent / "bad_specs"
 ROOT = Path(__file__).resolve().parents[1]

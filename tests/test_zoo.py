@@ -11,7 +11,6 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from pairgraph.errors import PairgraphError
 from pairgraph.zoo import MODELS, build_model, list_models
-from pairgraph.zoo import models as _models  # noqa: F401  (registers the built-in models)
 
 EXPECTED = {
     "deep_fcn",

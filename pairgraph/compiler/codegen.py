@@ -23,6 +23,7 @@ from torch import fx
 
 from pairgraph.compiler.mapping import Correspondence
 from pairgraph.core.trace import LayerGraph
+from pairgraph.version import __version__
 
 
 def tapped_graph(graph: LayerGraph) -> fx.Graph:
@@ -88,8 +89,6 @@ def network_source(cls_name: str, graph: LayerGraph, title: str) -> tuple[str, l
 
 def generate(spec: dict[str, Any], guide: LayerGraph, target: LayerGraph, corr: Correspondence, source: str) -> str:
     """The text of ``guided_pair.py``."""
-    from pairgraph import __version__
-
     g_src, g_imp = network_source("Guide", guide, f"Guide `{spec['guide']['model']}`")
     t_src, t_imp = network_source("Target", target, f"Target `{spec['target']['model']}`")
     extra = sorted(set(g_imp + t_imp) - {"import torch"})

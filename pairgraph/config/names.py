@@ -12,7 +12,7 @@ from typing import Any
 from pairgraph.registry import Registry
 
 #: zoo models: ``@register_model`` in :mod:`pairgraph.zoo` (entries are ``ModelEntry``)
-MODELS: Registry[Any] = Registry("model", builtins=["pairgraph.zoo.models"])
+MODELS: Registry[Any] = Registry("model", builtins=["pairgraph.zoo.vision", "pairgraph.zoo.sequence"])
 #: ``prefix:`` model sources (``torchvision``, ``python`` for ``package.module:factory``): ref → ``ModelEntry``
 MODEL_SOURCES: Registry[Any] = Registry("model source", builtins=["pairgraph.zoo.sources"])
 #: mappers ``(guide graph, target graph, **options) -> Correspondence``

@@ -20,7 +20,6 @@ from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve
 from pairgraph.config.yaml_io import parse_scalar, read_yaml, where
 from pairgraph.errors import PairgraphError, SpecError
 
-
 #: ``guide.weights`` values that are not a checkpoint path: a seeded init, or train the guide first
 UNTRAINED, TRAIN = "untrained", "train"
 

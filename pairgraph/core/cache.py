@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pairgraph.errors import PairgraphError
 from pairgraph.core.similarity import State, get_measure
+from pairgraph.errors import PairgraphError
 
 
 @dataclass

@@ -24,6 +24,7 @@ from torch import fx, nn
 from pairgraph.core.policy import default_tap_types, is_default_tap, is_leaf, rule_for
 from pairgraph.errors import PairgraphError, first_line, one_line
 
+
 class LeafTracer(fx.Tracer):
     """fx tracer whose leaves are torch.nn's own modules plus the registered leaf modules."""
 

@@ -15,6 +15,7 @@ import yaml
 
 from pairgraph.config import PairSpec
 from pairgraph.paths import atomic_write
+from pairgraph.version import __version__
 
 
 def new_run_id(spec: PairSpec) -> str:
@@ -25,8 +26,6 @@ def new_run_id(spec: PairSpec) -> str:
 def environment(device: torch.device, seed: int) -> dict[str, Any]:
     """Versions, machine, device and seed: what a reader needs to say where a number came from."""
     import torchvision
-
-    from pairgraph import __version__
 
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False,

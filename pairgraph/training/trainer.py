@@ -38,6 +38,7 @@ from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
 from pairgraph.training.runs import new_run_id, start_run, truncate_metrics, write_json
 
+
 @dataclass
 class Loop:
     """What one training session carries from step to step."""

@@ -1,0 +1,98 @@
+"""Check the package's structure: the layers contract, no import cycle, module and function sizes.
+
+    python scripts/check_layout.py            # exit 0 when clean; one line per problem otherwise
+
+``zoo/`` and ``cli/`` are installed as ``pairgraph.zoo`` and ``pairgraph.cli`` (setuptools
+``package-dir``), which import-linter cannot see in the source tree, so the package is first staged
+as it installs (a copy under a temporary folder) and checked there. Function-local imports count
+(TYPE_CHECKING-only imports do not). Limits: modules ≤ 450 lines, functions ≤ 80 lines.
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MAX_MODULE_LINES = 450
+MAX_FUNCTION_LINES = 80
+
+
+def stage(dest: Path) -> Path:
+    """Copy the package into ``dest`` laid out as installed: pairgraph/{…, zoo/, cli/}."""
+    pkg = dest / "pairgraph"
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+    shutil.copytree(ROOT / "pairgraph", pkg, ignore=ignore)
+    shutil.copytree(ROOT / "zoo", pkg / "zoo", ignore=ignore)
+    shutil.copytree(ROOT / "cli", pkg / "cli", ignore=ignore)
+    return pkg
+
+
+def size_problems(pkg: Path) -> list[str]:
+    problems = []
+    for path in sorted(pkg.rglob("*.py")):
+        rel = path.relative_to(pkg.parent)
+        text = path.read_text()
+        n = len(text.splitlines())
+        if n > MAX_MODULE_LINES:
+            problems.append(f"{rel}: {n} lines (limit {MAX_MODULE_LINES})")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    problems.append(f"{rel}:{node.lineno}: {node.name}() is {length} lines (limit {MAX_FUNCTION_LINES})")
+    return problems
+
+
+def cycle_problems(staged: Path) -> list[str]:
+    """Import cycles between modules (all imports, function-local ones too; TYPE_CHECKING aside)."""
+    import grimp
+    import networkx as nx
+
+    sys.path.insert(0, str(staged))
+    try:
+        graph = grimp.build_graph("pairgraph", exclude_type_checking_imports=True, cache_dir=None)
+    finally:
+        sys.path.remove(str(staged))
+    g = nx.DiGraph()
+    for module in graph.modules:
+        for imported in graph.find_modules_directly_imported_by(module):
+            if not _is_ancestor(imported, module):  # a module's own package __init__ runs first anyway
+                g.add_edge(module, imported)
+    return [f"import cycle: {' -> '.join([*c, c[0]])}" for c in nx.simple_cycles(g)][:20]
+
+
+def _is_ancestor(package: str, module: str) -> bool:
+    return module.startswith(package + ".")
+
+
+def contract_problems(staged: Path) -> list[str]:
+    env = {**os.environ, "PYTHONPATH": str(staged)}
+    lint = Path(sys.executable).with_name("lint-imports")
+    cmd = [str(lint)] if lint.exists() else [sys.executable, "-m", "importlinter.cli"]
+    proc = subprocess.run([*cmd, "--config", str(ROOT / "pyproject.toml"), "--no-cache"], cwd=staged, env=env,
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 0:
+        return []
+    return ["import-linter: " + line.strip() for line in proc.stdout.splitlines() if "->" in line][-40:] or [
+        "import-linter failed: " + (proc.stderr.strip().splitlines() or ["(no output)"])[-1]]
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp)
+        pkg = stage(staged)
+        problems = size_problems(pkg) + cycle_problems(staged) + contract_problems(staged)
+    for p in problems:
+        print(p)
+    print(f"layout: {len(problems)} problem(s)" if problems else "layout: layers kept, no import cycle, sizes within limits")
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
