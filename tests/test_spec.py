@@ -87,5 +87,11 @@ def test_validate_and_zoo_commands(capsys, monkeypatch):
     assert "deep_fcn" in out and "transformer_decoder" in out
 
 
-def test_compile_api_accepts_dicts():
-    assert hasattr(pairgraph, "compile") and hasattr(pairgraph, "GuidanceLoss")
+def test_compile_api_accepts_dicts(tmp_path):
+    spec = {"name": "from_dict", "task": {"kind": "copy_paste", "length": [2, 4], "size": 64},
+            "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 2, "d_model": 16}},
+            "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 16}}}
+    cp = pairgraph.compile(spec, tmp_path, render=False, notify=None)
+    assert isinstance(cp, pairgraph.CompiledPair) and cp.spec.name == "from_dict"
+    assert cp.spec.target.model == "rnn" and len(cp.correspondence) == len(cp.guide) > 0
+    assert (tmp_path / "guided_pair.py").exists() and callable(cp.trainer)

@@ -32,10 +32,7 @@ def _shape(t_shape: tuple[int, ...]) -> str:
 def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, path: str | Path,
                    title: str = "") -> list[Path]:
     """Draw the mapping; writes ``<path>.png`` and ``<path>.svg``; returns the files written."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: a caller's (a notebook's) backend is left alone
 
     n = max(len(guide), len(target))
     row = 0.22
@@ -43,10 +40,12 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
     matrix = corr.info.get("matrix")
     if matrix:  # a data-driven mapping: the similarity matrix that justified it goes beside the columns
         width = min(max(4.5, 0.28 * len(target) + 2.5), 14.0)
-        fig, (ax, ax_m) = plt.subplots(1, 2, figsize=(11 + width, height), gridspec_kw={"width_ratios": [11, width]})
+        fig = Figure(figsize=(11 + width, height))
+        ax, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [11, width]})
         _matrix_panel(ax_m, guide, target, corr, matrix)
     else:
-        fig, ax = plt.subplots(figsize=(11, height))
+        fig = Figure(figsize=(11, height))
+        ax = fig.subplots()
     ax.set_xlim(0, 1)
     ax.set_ylim(-1.8, n - 0.5)  # the top 1.3 rows hold the column headers
     ax.invert_yaxis()
@@ -79,7 +78,6 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
         out = base.with_suffix(f".{ext}")
         fig.savefig(out, dpi=130 if ext == "png" else None)
         written.append(out)
-    plt.close(fig)
     return written
 
 

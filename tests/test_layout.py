@@ -1,0 +1,183 @@
+"""The package's structure and its single homes: layers, sizes, registries, the atomic write,
+one-line errors, the guide-cache key and the installed package list."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tomllib
+import warnings
+from pathlib import Path
+
+import pytest
+
+import pairgraph
+from pairgraph.compiler.guide_weights import guide_key, resolve_guide_weights
+from pairgraph.config import TrainSpec, parse_spec
+from pairgraph.errors import PairgraphError, first_line, one_line
+from pairgraph.paths import atomic_write
+from pairgraph.registry import Registry
+from tiny_specs import copy_paste_pair
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_layers_cycles_and_sizes_are_clean():
+    """import-linter's layers contract, no import cycle (function-local imports count), modules ≤ 450
+    lines, functions ≤ 80 lines — the same check `make lint` runs."""
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "check_layout.py")], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_the_layout_check_sees_a_function_local_upward_import(tmp_path):
+    """The check is not vacuous: an upward import inside a function body is reported, with its cycle."""
+    code = f"""
+import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r})
+from pathlib import Path
+import check_layout
+staged = Path({str(tmp_path)!r})
+optim = check_layout.stage(staged) / "core" / "optim.py"
+optim.write_text(optim.read_text() + "\\n\\ndef _sneaky():\\n    from pairgraph.training import train  # noqa\\n")
+print("\\n".join(check_layout.contract_problems(staged) + check_layout.cycle_problems(staged)))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path).stdout  # a fresh process: grimp must not find the imported package
+    assert "pairgraph.core.optim -> pairgraph.training" in out, out
+    assert any(line.startswith("import cycle:") and "pairgraph.core.optim" in line for line in out.splitlines()), out
+
+
+def test_pyproject_lists_every_package():
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {"pairgraph." + ".".join(p.parent.relative_to(ROOT / "pairgraph").parts)
+             for p in (ROOT / "pairgraph").rglob("__init__.py")}
+    found = {f.rstrip(".") for f in found} | {"pairgraph.zoo", "pairgraph.cli"}
+    assert listed == found
+
+
+# ---------------------------------------------------------------- one home each
+
+
+@pytest.mark.parametrize("exc", [RuntimeError(), ValueError(""), KeyError(), OSError("  \n  "), TypeError("\n\nbad\nmore")])
+def test_one_line_never_fails_and_is_one_line(exc):
+    text = one_line(exc)
+    assert "\n" not in text and text.startswith(type(exc).__name__)
+    assert first_line(TypeError("\n\nbad\nmore")) == "bad"
+
+
+def test_a_factory_raising_an_empty_exception_is_a_one_line_error(tmp_path, monkeypatch):
+    (tmp_path / "emptyerr.py").write_text("def build(**kw):\n    raise RuntimeError()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = copy_paste_pair({"batch_size": 16}, name="emptyerr")
+    spec["target"] = {"model": "emptyerr:build"}
+    with pytest.raises(PairgraphError, match=r"target: building 'emptyerr:build' .* failed: RuntimeError") as e:
+        pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
+    assert "\n" not in str(e.value)
+
+
+def test_registry_decorator_warns_on_overwrite_and_suggests():
+    reg: Registry[object] = Registry("thing")
+
+    @reg.register("alpha")
+    def alpha():
+        return 1
+
+    assert reg.get("alpha") is alpha and "alpha" in reg
+    with pytest.warns(UserWarning, match="thing 'alpha' re-registered"):
+        reg.register("alpha")(lambda: 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.register("alpha", overwrite=True)(alpha)  # said on purpose: no warning
+    with pytest.raises(PairgraphError, match="unknown thing 'alhpa' — fix: did you mean 'alpha'"):
+        reg.get("alhpa")
+    assert not hasattr(reg, "add")  # one way to register
+
+
+def test_registry_loads_its_builtins_on_first_read(tmp_path, monkeypatch):
+    (tmp_path / "lazy_builtins_mod.py").write_text(
+        "from test_layout import LAZY\n@LAZY.register('late')\ndef late():\n    return 3\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "late" in LAZY and LAZY.get("late")() == 3
+
+
+LAZY: Registry[object] = Registry("lazy thing", builtins=["lazy_builtins_mod"])
+
+
+def test_atomic_write_fsyncs_renames_and_cleans_up(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd)))
+    target = tmp_path / "out.json"
+    atomic_write(target, "one")
+    atomic_write(target, b"two")
+    assert target.read_text() == "two" and len(synced) == 2
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+    def fail(src, dst):
+        raise OSError(28, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(PairgraphError, match="cannot write .*out.json: No space left on device"):
+        atomic_write(target, "three")
+    assert target.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def _spec(**train):
+    return parse_spec(copy_paste_pair({"batch_size": 16, **train}))
+
+
+def _other_value(name: str, value):
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 or 0.5
+    if value is None:
+        return {"grad_clip": 1.0, "epochs": 3, "steps": 7, "eval_batches": 2, "checkpoint_every": 5}[name]
+    return {"optimizer": "sgd", "device": "cpu", "precision": "bf16"}[name]
+
+
+@pytest.mark.parametrize("name", sorted(TrainSpec.model_fields))
+def test_guide_cache_key_changes_with_every_field_of_the_guides_training(name):
+    """The trained-guide cache is keyed by the whole train section (eval_batches was once missing)."""
+    base = _spec()
+    value = getattr(base.train, name)
+    changed = _spec(**{name: _other_value(name, value)})
+    assert guide_key(changed) != guide_key(base)
+    via_guide = parse_spec({**copy_paste_pair({"batch_size": 16}),
+                            "guide": {**copy_paste_pair({})["guide"], "train": {name: _other_value(name, value)}}})
+    assert guide_key(via_guide) == guide_key(changed)
+
+
+def test_guide_cache_key_ignores_the_target_and_the_guidance():
+    base = _spec()
+    other = parse_spec({**copy_paste_pair({"batch_size": 16}, hidden=64), "guidance": {"weight": 3.0}})
+    assert guide_key(other) == guide_key(base)
+
+
+def test_one_resolver_for_the_guide_weights(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path))
+    untrained = _spec()
+    assert resolve_guide_weights(untrained) is None
+    trained = parse_spec({**copy_paste_pair({"batch_size": 16}),
+                          "guide": {**copy_paste_pair({})["guide"], "weights": "train"}})
+    with pytest.raises(PairgraphError, match="the heatmap needs the trained guide .* not cached yet"):
+        resolve_guide_weights(trained, purpose="the heatmap")
+    baseline = trained.model_copy(update={"guidance": trained.guidance.model_copy(update={"mode": "baseline"})})
+    assert resolve_guide_weights(baseline) is None  # a baseline never calls its guide
+    made = tmp_path / "made.safetensors"
+    assert resolve_guide_weights(trained, train=lambda s: made) == str(made)
+
+
+def test_compile_leaves_the_callers_matplotlib_backend_alone(tmp_path):
+    """Rendering the mapping must not switch a notebook's backend (it once called matplotlib.use('Agg'))."""
+    code = f"""
+import matplotlib, pairgraph
+pairgraph.compile({str(ROOT / 'specs' / 'rnn_from_transformer.yaml')!r}, {str(tmp_path)!r}, notify=None)
+print(matplotlib.get_backend())
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "MPLBACKEND": "svg"}).stdout
+    assert out.strip().lower() == "svg" and (tmp_path / "mapping.png").exists()
