@@ -6,7 +6,7 @@ SPEC ?= specs/rnn_from_transformer.yaml
 # The torch build these machines hold offline; pyproject.toml states the compatible ranges.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench clean
+.PHONY: install demo test test-all lint bench gpu-check clean
 
 $(BIN)/pairgraph: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -46,6 +46,13 @@ bench: install
 	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --channels-last --no-memory \
 		--cache-pool 1024 -o results/bench/fcn_deep_1024_from_resnet18-cpu-channels-last.json
 	$(BIN)/python scripts/bench_report.py results/bench docs/performance.md
+
+# On a machine with an NVIDIA GPU (never required): CPU-vs-GPU agreement of the guided loss, the
+# benchmark on the GPU (fp32 and TF32), short fp32/bf16 training runs and the device tests;
+# records under results/gpu/. GPU_PY: a Python with torch for that GPU (the Makefile's CPU venv is not).
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) scripts/gpu_check.py --out results/gpu
 
 clean:
 	rm -rf build runs .pytest_cache

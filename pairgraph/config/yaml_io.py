@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from pairgraph.errors import SpecError
+from pairgraph.errors import SpecError, first_line
 
 
 def node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -80,7 +80,7 @@ def read_yaml(path: str | Path, what: str = "spec", example: str = "specs/rnn_fr
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or (str(e).splitlines() or ["invalid YAML"])[0]
+        problem = getattr(e, "problem", None) or first_line(e) or "invalid YAML"
         raise SpecError(f"{p}{line}: YAML syntax error: {problem}", "fix the YAML (indentation, ':' after keys, quotes)") from None
     dup = duplicate_key(root)
     if dup:
