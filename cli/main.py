@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import Interrupted, PairgraphError
 
 app = typer.Typer(
     name="pairgraph",
@@ -311,9 +311,14 @@ def report_cmd(
 
 
 def main() -> None:
-    """Entry point: user mistakes become one line on stderr and exit code 2."""
+    """Entry point: exit 0 for success only; a user mistake is one line on stderr and exit 2; an
+    interrupt (Ctrl-C) exits 130."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)  # returns the exit code of a typer.Exit (130 for Ctrl-C)
+    except Interrupted as e:
+        err_console.print(f"[yellow]interrupted:[/yellow] {escape(str(e).removeprefix('interrupted '))}",
+                          highlight=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     except PairgraphError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
@@ -322,15 +327,17 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors come through here with standalone_mode=False
-        import click
-
-        if isinstance(e, click.ClickException):
+    except typer.Abort:
+        sys.exit(1)
+    except Exception as e:  # usage errors (typer's own click) come through here with standalone_mode=False
+        if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
         raise
+    if isinstance(code, int) and code:
+        if code == 130:
+            err_console.print("interrupted")
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,12 @@ class SpecError(PairgraphError):
     """A spec that does not validate: names the file, line (when YAML gives it) and field."""
 
 
+class Interrupted(PairgraphError):
+    """The user stopped the work (Ctrl-C, SIGINT): exit code 130, like any interrupted command."""
+
+    exit_code = 130
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
     """The first non-empty line of ``exc``'s message (at most ``limit`` characters), or ``""``."""
     for line in str(exc).splitlines():

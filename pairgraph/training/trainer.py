@@ -30,7 +30,7 @@ from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
 from pairgraph.core.optim import make_optimizer, pick_device
-from pairgraph.errors import PairgraphError, io_error
+from pairgraph.errors import Interrupted, PairgraphError, io_error
 from pairgraph.paths import atomic_write
 from pairgraph.tasks import get_task
 from pairgraph.training.checkpoints import Checkpoints
@@ -205,6 +205,8 @@ class Trainer:
                 self._evaluate_and_save(loop)
                 if self.stop_after is not None and loop.step >= self.stop_after:
                     return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
+        except KeyboardInterrupt:
+            raise self._interrupted(loop.step) from None
         finally:
             self._close_logs(loop)
         if not self.dist.is_main:
@@ -213,6 +215,13 @@ class Trainer:
         summary = self._finish(loop, time.time() - t0)
         distributed.shutdown()
         return summary
+
+    def _interrupted(self, step: int) -> Interrupted:
+        if self.checkpoints.last_saved is None:
+            return Interrupted(f"interrupted at step {step}, before the first checkpoint of {self.run_dir}",
+                               "start the run again (it saves every train.eval_every or train.checkpoint_every steps)")
+        return Interrupted(f"interrupted at step {step}; {self.checkpoints.kept()}",
+                           f"resume with: pairgraph train --resume {self.run_dir}")
 
     def _step(self, loop: Loop, batch: list[Tensor]) -> PairOutput:
         """One optimizer step on ``batch`` (x, y[, example numbers for the guide cache])."""
