@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from tiny_specs import copy_paste_pair
 
 SCRIPT = Path(sys.executable).with_name("pairgraph")
@@ -21,7 +20,8 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
 def _cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300)
+    return subprocess.run([str(SCRIPT), *args], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=300,
+                          check=False)
 
 
 def _spec_file(tmp_path: Path, **train) -> Path:
@@ -40,7 +40,7 @@ def test_success_is_0_and_a_user_error_is_2_with_one_line(tmp_path):
     assert ok.returncode == 0 and "ok" in ok.stdout
     bad = _cli(["validate", str(tmp_path / "missing.yaml")], tmp_path)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert [ln for ln in bad.stderr.splitlines() if ln.strip()][0].startswith("error:")
+    assert next(ln for ln in bad.stderr.splitlines() if ln.strip()).startswith("error:")
 
 
 def test_an_unknown_flag_is_a_usage_error_not_success(tmp_path):

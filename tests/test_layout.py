@@ -6,11 +6,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tomllib
 import warnings
 from pathlib import Path
 
 import pytest
+import tomllib
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.compiler.guide_weights import guide_key, resolve_guide_weights
@@ -18,7 +19,6 @@ from pairgraph.config import TrainSpec, parse_spec
 from pairgraph.errors import PairgraphError, first_line, one_line
 from pairgraph.paths import atomic_write
 from pairgraph.registry import Registry
-from tiny_specs import copy_paste_pair
 
 ROOT = Path(__file__).resolve().parents[1]
 
