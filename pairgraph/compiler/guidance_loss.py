@@ -49,11 +49,8 @@ class GuidanceLoss(nn.Module):
         example = example_input[:2]
         disable_inplace(guide)
         disable_inplace(target)  # a captured activation must not be modified in place afterwards
-        with torch.no_grad():
-            was = target.training
-            gg = trace(guide, example, selection(guide_layers), "guide")
-            tg = trace(target, example, selection(target_layers), "target")
-            target.train(was)
+        gg = trace(guide, example, selection(guide_layers), "guide")  # leaves both models as they were
+        tg = trace(target, example, selection(target_layers), "target")
         if isinstance(mapping, str):
             self.correspondence = build_mapping(mapping, gg, tg)
             pairs = self.correspondence.pairs

@@ -10,9 +10,10 @@ said explicitly per type (:func:`register_tap_type`) — never guessed from tens
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
@@ -294,14 +295,42 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     return _finish(chosen, edges, "hooks", None, candidates)
 
 
+@contextlib.contextmanager
+def preserved_state(model: nn.Module) -> Iterator[None]:
+    """Run a forward of a caller's model without changing it: buffers (BatchNorm statistics,
+    ``num_batches_tracked``), every submodule's train/eval flag and the global RNG (dropout) are
+    as before afterwards."""
+    modes = [(m, m.training) for m in model.modules()]
+    buffers = [(b, b.detach().clone()) for b in model.buffers() if b.device.type != "meta"]
+    devices = [d for d in range(torch.cuda.device_count())] if torch.cuda.is_initialized() else []
+    try:
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            yield
+    finally:
+        for m, training in modes:
+            m.training = training
+        with torch.no_grad():
+            for b, saved in buffers:
+                b.copy_(saved)
+
+
 def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model",
           notify: Callable[[str], None] | None = print,
           materialize: Callable[[], tuple[nn.Module, torch.Tensor]] | None = None) -> LayerGraph:
     """Trace ``model`` on ``example`` (meta tensors welcome); hooks when fx cannot trace it.
 
-    ``materialize`` builds a real (CPU) model and example for the hook fallback when the model
-    cannot even run on the meta device (e.g. it reads tensor values to decide what to do).
+    The model is left as it was (:func:`preserved_state`): tracing a user's pretrained guide in
+    training mode must not move its BatchNorm statistics. ``materialize`` builds a real (CPU) model
+    and example for the hook fallback when the model cannot even run on the meta device (e.g. it
+    reads tensor values to decide what to do).
     """
+    with preserved_state(model):
+        return _trace(model, example, selection, side, notify, materialize)
+
+
+def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
+           notify: Callable[[str], None] | None,
+           materialize: Callable[[], tuple[nn.Module, torch.Tensor]] | None) -> LayerGraph:
     attempts: list[Callable[[], tuple[nn.Module, torch.Tensor]]] = [lambda: (model, example)]
     if example.device.type == "meta" and materialize is not None:
         attempts.append(materialize)  # build a real model only if the meta run fails

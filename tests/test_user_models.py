@@ -1,0 +1,48 @@
+"""User code and user models entering pairgraph: nothing of theirs is changed, failures are one line."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import pairgraph
+
+
+def _bn_net(width: int = 8) -> nn.Module:
+    return nn.Sequential(nn.Linear(6, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Dropout(0.5),
+                         nn.Linear(width, width), nn.BatchNorm1d(width), nn.Linear(width, 3))
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_guidance_loss_leaves_a_training_mode_guide_and_target_untouched():
+    torch.manual_seed(0)
+    guide, target = _bn_net(), _bn_net(16)
+    guide.train()
+    target.train()
+    before_g, before_t = _snapshot(guide), _snapshot(target)
+    x = torch.randn(32, 6)
+    rng = torch.get_rng_state()
+    guidance = pairgraph.GuidanceLoss(guide, target, example_input=x[:8])
+    for name, value in guide.state_dict().items():
+        assert torch.equal(value, before_g[name]), name  # num_batches_tracked too
+    for name, value in target.state_dict().items():
+        assert torch.equal(value, before_t[name]), name
+    assert target.training and all(m.training for m in target.modules())
+    assert torch.equal(torch.get_rng_state(), rng)  # dropout in the trace drew no random numbers of the caller's
+    loss = torch.nn.functional.cross_entropy(target(x), torch.randint(0, 3, (32,))) + guidance(x)
+    loss.backward()
+    assert torch.isfinite(loss)
+
+
+def test_compiling_a_spec_twice_gives_the_same_module(tmp_path):
+    from tiny_specs import copy_paste_pair
+
+    spec = copy_paste_pair({"batch_size": 16})
+    a = pairgraph.compile(spec, tmp_path / "a", render=False, notify=None)
+    b = pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
+    assert (tmp_path / "a" / "guided_pair.py").read_text().split("\n", 3)[3] == \
+        (tmp_path / "b" / "guided_pair.py").read_text().split("\n", 3)[3]
+    assert a.correspondence.pairs == b.correspondence.pairs
