@@ -31,11 +31,16 @@ SetOpt = Annotated[
 
 @app.command()
 def validate(spec: Annotated[Path, typer.Argument(help="A spec YAML file.")], set_: SetOpt = None) -> None:
-    """Check a spec and print it resolved (every default filled in)."""
-    from pairgraph.config import load_spec
+    """Check a spec as far as it can be checked without data: fields, models (built on the meta device),
+    layer selections, guide checkpoint and mapping; writes nothing."""
+    from pairgraph.compiler.pipeline import check
 
-    s = load_spec(spec, set_)
-    console.print(f"[green]ok[/green] {spec}: pair {s.name!r}: {s.guide.model} → {s.target.model} on {s.task['kind']}")
+    c = check(spec, set_, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
+    s = c.spec
+    mapped = (f"{len(c.correspondence)} pairs ({c.correspondence.kind})" if c.correspondence is not None
+              else f"mapping {s.mapping.kind!r} is measured on data when compiled")
+    console.print(f"[green]ok[/green] {spec}: pair {s.name!r}: {s.guide.model} ({len(c.guide)} taps) → "
+                  f"{s.target.model} ({len(c.target)} taps) on {s.task['kind']}; {mapped}", highlight=False)
 
 
 

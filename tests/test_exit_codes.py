@@ -101,3 +101,25 @@ def test_summary_of_a_finished_run_is_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     summary = json.loads((tmp_path / "runs" / "tiny" / "done" / "summary.json").read_text())
     assert summary["steps"] == 12
+
+
+def test_validate_rejects_what_compile_rejects_without_data(tmp_path):
+    """`validate` once said ok for specs that `compile` refused (an unknown preset, a layer selection
+    that selects nothing); it now builds and traces both models on the meta device."""
+    spec = yaml.safe_load(_spec_file(tmp_path).read_text())
+    cases = {
+        "preset": ({**spec, "guide": {**spec["guide"], "args": {"preset": "nope"}}}, "has no preset 'nope'"),
+        "layers": ({**spec, "target": {**spec["target"], "layers": {"include": ["nothing.*"]}}},
+                   "target.layers selects no tap points"),
+        "mapping": ({**spec, "mapping": {"kind": "learned", "batches": 0}}, "mapping option batches"),
+    }
+    for name, (bad, expect) in cases.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        for command in (["validate", str(path)], ["compile", str(path), "-o", str(tmp_path / "b"), "--no-render"]):
+            proc = _cli(command, tmp_path)
+            assert proc.returncode == 2 and expect in " ".join(proc.stderr.split()), (name, command, proc.stderr)
+    learned = tmp_path / "learned.yaml"
+    learned.write_text(yaml.safe_dump({**spec, "mapping": {"kind": "learned", "batches": 1}}))
+    ok = _cli(["validate", str(learned)], tmp_path)
+    assert ok.returncode == 0 and "measured on data when compiled" in " ".join(ok.stdout.split())

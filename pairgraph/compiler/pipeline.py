@@ -82,6 +82,79 @@ def import_generated(path: Path) -> ModuleType:
     return module
 
 
+def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> dict[str, LayerGraph]:
+    """Both networks built on the meta device (no memory, no data) and traced to layer graphs; a
+    guide checkpoint is checked against the guide's keys and shapes."""
+    task = get_task(spec.task)
+    defaults = task.model_kwargs()
+    example = task.example_input(2, device="meta")
+    graphs = {}
+    for side in ("guide", "target"):
+        model = _model(spec, side, defaults)
+        if side == "guide" and spec.guide.checkpoint:
+            _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
+        real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
+        graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
+    return graphs
+
+
+class _DataNeeded(Exception):
+    """Raised by :class:`_NoDataContext` where a mapper would measure on data."""
+
+
+@dataclass
+class _NoDataContext:
+    """A mapping context for checking a spec: the spec is there, data is not."""
+
+    spec: PairSpec
+
+    def activations(self, *args: Any, **kwargs: Any) -> Any:
+        raise _DataNeeded
+
+
+@dataclass
+class CheckedSpec:
+    """What :func:`check` found: the layer graphs, and the mapping when it needs no data."""
+
+    spec: PairSpec
+    guide: LayerGraph
+    target: LayerGraph
+    correspondence: Correspondence | None
+
+
+def check(spec: PairSpec | str | Path | dict[str, Any], overrides: list[str] | None = None,
+          notify: Callable[[str], None] | None = print) -> CheckedSpec:
+    """Everything ``compile`` checks that needs no data: the spec, both models built and traced on the
+    meta device, the guide checkpoint, the layer selections, and the mapping (a data-driven mapper's
+    options are checked; its measurement is left to ``compile``). Writes nothing."""
+    spec = as_spec(spec, overrides)
+    graphs = trace_pair(spec, notify)
+    try:
+        corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], _NoDataContext(spec),
+                             **spec.mapping.options())
+    except _DataNeeded:
+        corr = None
+    return CheckedSpec(spec, graphs["guide"], graphs["target"], corr)
+
+
+def _write_outputs(out: Path, spec: PairSpec, graphs: dict[str, LayerGraph], corr: Correspondence, source: str,
+                   render: bool) -> None:
+    resolved = spec.resolved()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
+        atomic_write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        mapping = {"name": spec.name, **corr.to_json(), "guide": graphs["guide"].to_json(),
+                   "target": graphs["target"].to_json()}
+        atomic_write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
+        if render:
+            render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
+                           title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")
+    except OSError as e:
+        raise PairgraphError(f"cannot write the compiled pair to {e.filename or out}: {e.strerror or e}",
+                             "free disk space, make the folder writable, or pass another output folder (-o)") from None
+
+
 def compile(
     spec: PairSpec | str | Path | dict[str, Any],
     out_dir: str | Path | None = None,
@@ -99,36 +172,10 @@ def compile(
     """
     source = str(spec) if isinstance(spec, str | Path) else "<python>"
     spec = as_spec(spec, overrides)
-    task = get_task(spec.task)
-    defaults = task.model_kwargs()
-    example = task.example_input(2, device="meta")
-    graphs = {}
-    for side in ("guide", "target"):
-        model = _model(spec, side, defaults)
-        if side == "guide" and spec.guide.checkpoint:
-            _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
-        real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
-        graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
+    graphs = trace_pair(spec, notify)
     context = CompileContext(spec, graphs["guide"], graphs["target"], notify)  # builds models only if a mapper asks
     corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], context, **spec.mapping.options())
     out = Path(out_dir) if out_dir is not None else Path("build") / spec.name
-    resolved = spec.resolved()
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
-        atomic_write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        mapping = {
-            "name": spec.name,
-            **corr.to_json(),
-            "guide": graphs["guide"].to_json(),
-            "target": graphs["target"].to_json(),
-        }
-        atomic_write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
-        if render:
-            render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
-                           title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")
-    except OSError as e:
-        raise PairgraphError(f"cannot write the compiled pair to {e.filename or out}: {e.strerror or e}",
-                             "free disk space, make the folder writable, or pass another output folder (-o)") from None
+    _write_outputs(out, spec, graphs, corr, source, render)
     module = import_generated(out / "guided_pair.py")
     return CompiledPair(spec, graphs["guide"], graphs["target"], corr, out, module)
