@@ -114,7 +114,8 @@ def train(
         return
 
     if resume is not None:
-        summary = resume_run(resume, progress=progress)
+        summary = resume_run(resume, progress=progress, overrides=set_, spec=spec,
+                             notify=lambda m: err_console.print(m, highlight=False))
     else:
         if spec is None:
             raise PairgraphError("no spec given", "pass a spec file: pairgraph train specs/rnn_from_transformer.yaml")

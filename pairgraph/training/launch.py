@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pairgraph.compiler.pipeline import CompiledPair, compile
-from pairgraph.config import PairSpec
+from pairgraph.config import PairSpec, load_spec, parse_spec
+from pairgraph.config.diff import EXTENDABLE_FIELDS, RUNTIME_FIELDS, changed_fields
 from pairgraph.errors import PairgraphError
 from pairgraph.training.guide import train_guide
+from pairgraph.training.runs import stored_spec
 from pairgraph.training.trainer import Trainer
 
 
@@ -21,11 +25,31 @@ def train(compiled: CompiledPair | PairSpec | str | Path | dict[str, Any], *, ru
     return Trainer(compiled, runs_dir, run_id, resume, progress, stop_after, guide_trainer=train_guide).run()
 
 
-def resume_run(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Continue a killed run from its last checkpoint, with the spec it was started with."""
+def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] | None = None,
+               spec: str | Path | None = None, notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Continue a run from its last checkpoint, with the spec it was started with.
+
+    ``overrides`` (``--set``) or a ``spec`` file may change only what does not change what the run
+    computes — train.steps, train.epochs, train.checkpoint_every (to run longer) and the runtime
+    fields (device, workers, guide cache); anything else is refused with one line.
+    """
     run = Path(run_dir)
-    spec_file = run / "spec.yaml"
-    if not spec_file.exists():
+    if not (run / "spec.yaml").exists():
         raise PairgraphError(f"{run} is not a run folder (no spec.yaml)", "pass runs/<name>/<id>")
-    compiled = compile(spec_file, out_dir=run / "build", render=False, notify=None)
+    stored = stored_spec(run)
+    if stored is None:
+        raise PairgraphError(f"{run / 'spec.yaml'} cannot be read", "pass a run folder written by pairgraph train")
+    new = (load_spec(spec, overrides) if spec is not None
+           else parse_spec(copy.deepcopy(stored), str(run / "spec.yaml"), overrides))
+    changes = changed_fields(stored, new.resolved(), frozenset())
+    refused = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS | EXTENDABLE_FIELDS}
+    if refused:
+        k, (old, value) = next(iter(refused.items()))
+        raise PairgraphError(f"cannot resume {run} with {k}: {value!r} (it was started with {old!r})"
+                             + (f" and {len(refused) - 1} more change(s)" if len(refused) > 1 else ""),
+                             "a resumed run keeps what it computes; only train.steps, train.epochs, "
+                             "train.checkpoint_every and device/workers may change — start a new run instead")
+    if changes and notify is not None:
+        notify("resuming with " + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
+    compiled = compile(new, out_dir=run / "build", render=False, notify=None)
     return Trainer(compiled, resume=run, progress=progress, guide_trainer=train_guide).run()

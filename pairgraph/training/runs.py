@@ -14,6 +14,8 @@ import torch
 import yaml
 
 from pairgraph.config import PairSpec
+from pairgraph.config.diff import EXTENDABLE_FIELDS, RUNTIME_FIELDS, changed_fields
+from pairgraph.errors import PairgraphError
 from pairgraph.paths import atomic_write
 from pairgraph.version import __version__
 
@@ -53,6 +55,47 @@ def start_run(run_dir: Path, spec: PairSpec, device: torch.device, guide_weights
     env = environment(device, spec.train.seed)
     env["guide_weights"] = guide_weights
     write_json(run_dir / "env.json", env)
+
+
+def stored_spec(run_dir: Path) -> dict[str, Any] | None:
+    """The resolved spec a run folder was started with (None when there is none to read)."""
+    try:
+        data = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _differences(changes: dict[str, tuple[Any, Any]]) -> str:
+    shown = "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in list(changes.items())[:3])
+    return shown + (f" (and {len(changes) - 3} more)" if len(changes) > 3 else "")
+
+
+def check_run_folder(run_dir: Path, spec: PairSpec) -> None:
+    """Refuse to write into a run folder that holds another run: a run of a spec that differs in what
+    it computes, or a finished run asked for no more steps than it ran. (Runtime fields — device,
+    workers, the guide cache — may differ; steps, epochs and checkpoint_every may grow.)"""
+    stored = stored_spec(run_dir)
+    if stored is None:
+        return
+    ours = spec.resolved()
+    changes = changed_fields(stored, ours, RUNTIME_FIELDS | EXTENDABLE_FIELDS)
+    if changes:
+        raise PairgraphError(f"run folder {run_dir} holds a run of another spec ({_differences(changes)})",
+                             f"pick another --run-id, or continue that run as it was: pairgraph train --resume {run_dir}")
+    if (run_dir / "summary.json").exists() and not changed_fields(stored, ours, RUNTIME_FIELDS):
+        raise PairgraphError(f"run {run_dir} already finished",
+                             f"pick another --run-id, or continue it for longer: pairgraph train --resume {run_dir} "
+                             "--set train.steps=N")
+
+
+def continue_run(run_dir: Path, spec: PairSpec) -> None:
+    """A run continued with new extendable settings records them, and is no longer finished until it is."""
+    stored = stored_spec(run_dir)
+    if stored is not None and changed_fields(stored, spec.resolved(), frozenset()):
+        atomic_write(run_dir / "spec.yaml", yaml.safe_dump(spec.resolved(), sort_keys=False))
+    for name in ("summary.json", "test_predictions.json"):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def truncate_metrics(run_dir: Path, step: int) -> None:

@@ -36,7 +36,7 @@ from pairgraph.tasks import get_task
 from pairgraph.training.checkpoints import Checkpoints
 from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
-from pairgraph.training.runs import new_run_id, start_run, truncate_metrics, write_json
+from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
 
 
 @dataclass
@@ -119,10 +119,10 @@ class Trainer:
                         autocast=self._autocast, num_workers=self.cfg.num_workers, predictions=predictions)
 
     def _check_can_start(self) -> bool:
-        """True when resuming; refuses a finished run and an uncached trained guide under torchrun."""
+        """True when resuming. Refuses a folder holding a run of another spec, a finished run asked for
+        no more steps, and an uncached trained guide under torchrun."""
+        check_run_folder(self.run_dir, self.spec)
         resuming = self.checkpoints.resumable
-        if not resuming and (self.run_dir / "summary.json").exists():
-            raise PairgraphError(f"run {self.run_dir} already finished", "pick another --run-id or delete the folder")
         if self.dist.enabled and self.spec.guide.weights == TRAIN and not guide_checkpoint_path(self.spec).exists():
             raise PairgraphError("guide.weights is 'train' but the trained guide is not cached, and several processes "
                                  "would train it at once", "train the guide in one process first "
@@ -148,6 +148,7 @@ class Trainer:
             loop.step, loop.state = int(st["step"]), st["state"]
             if self.dist.is_main:
                 truncate_metrics(self.run_dir, loop.step)
+                continue_run(self.run_dir, self.spec)
         elif self.dist.is_main:
             start_run(self.run_dir, self.spec, self.device, guide_weights)
         if self.dist.enabled:  # every rank trains its slice of the same global batch; gradients are averaged
