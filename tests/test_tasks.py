@@ -13,9 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from pairgraph import paths
 from pairgraph import tasks as T
 from pairgraph.errors import PairgraphError, SpecError
-from pairgraph.tasks import IGNORE_INDEX, TASKS, data_root, get_task
+from pairgraph.tasks import IGNORE_INDEX, TASKS, data_root, get_task, hf, image_sources
 
 SHARED = data_root(None)  # the offline data folder, located as the library does
 
@@ -86,7 +87,7 @@ def test_data_root_and_cache_dir(tmp_path, monkeypatch):
     (tmp_path / "proj").mkdir()
     monkeypatch.chdir(tmp_path / "proj")
     default = T.data_root(None)  # ../shared/data from cwd when present, else the repo-relative one
-    repo_rel = Path(T.__file__).resolve().parent.parent / ".." / "shared" / "data"
+    repo_rel = Path(paths.__file__).resolve().parent.parent / ".." / "shared" / "data"
     if repo_rel.is_dir():
         assert default == repo_rel.resolve()
     else:
@@ -369,7 +370,7 @@ def test_lm_hf_source_uses_dataset_splits(monkeypatch):
             "test": datasets.Dataset.from_dict({"text": ["there general"] * 5}),
         }
     )
-    monkeypatch.setattr(T, "_hf_load", lambda source: dd)
+    monkeypatch.setattr(hf, "load", lambda source: dd)
     task = get_task({"kind": "language_modeling", "source": "hf:fake/thing:cfg", "tokenizer": "char", "context": 6})
     ds = task.datasets(0)
     vocab = task.char_vocab()
@@ -384,7 +385,7 @@ def test_lm_hf_source_gpt2(monkeypatch):
     root = need_shared("gpt2/encoder.json", "gpt2/vocab.bpe")
     rows = ["Hello world\n", "", "Hello world\n"] * 30
     dd = datasets.DatasetDict({"train": datasets.Dataset.from_dict({"text": rows})})
-    monkeypatch.setattr(T, "_hf_load", lambda source: dd)
+    monkeypatch.setattr(hf, "load", lambda source: dd)
     task = get_task({"kind": "language_modeling", "source": "hf:fake", "data_dir": str(root), "context": 4})
     s = task._streams()
     assert sum(len(s[k]) for k in ("train", "val", "test")) == 60 * 3  # "Hello", " world", "\n"; no val/test: carved
@@ -464,7 +465,7 @@ def test_cifar10_fake_archive_labels_decoding_cache(tmp_path, monkeypatch):
     # decoded once: the .npz cache serves the next load without touching the archive
     assert len(list((tmp_path / "cache" / "cifar10").glob("*.npz"))) == 1
     T._MEMO.clear()
-    monkeypatch.setattr(T, "_decode_cifar_archive", lambda p: pytest.fail("archive decoded twice"))
+    monkeypatch.setattr(image_sources, "decode_cifar_archive", lambda p: pytest.fail("archive decoded twice"))
     ds2 = get_task({**spec, "train_size": 2, "test_size": 4, "augment": True, "normalize": False}).datasets(0)
     assert [len(ds2[s]) for s in ("train", "val", "test")] == [2, 3, 4]
     x, _ = ds2["train"][0]
@@ -554,7 +555,7 @@ def test_image_hf_source(monkeypatch):
             features=feats,
         )
 
-    monkeypatch.setattr(T, "_hf_load", lambda source: datasets.DatasetDict({"train": split(10), "test": split(4)}))
+    monkeypatch.setattr(hf, "load", lambda source: datasets.DatasetDict({"train": split(10), "test": split(4)}))
     task = get_task({"kind": "image_classification", "dataset": "hf:fake/mnistish", "val_size": 2})
     assert task.model_kwargs() == {"num_classes": 2, "in_channels": 1, "image_size": (5, 5)}
     ds = task.datasets(0)
