@@ -9,12 +9,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pairgraph.tasks import predicted_class
 from pairgraph.training.data import to_device
-
-
-def predicted_class(out: torch.Tensor) -> torch.Tensor:
-    """The class a classifier's logits ``(b, k)`` predict: argmax, or ``logit > 0`` for one logit."""
-    return (out[:, 0] > 0).long() if out.shape[1] == 1 else out.argmax(1)
 
 
 def eval_subset(dataset: Any, batches: int | None, batch_size: int, seed: int) -> Any:
