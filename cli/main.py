@@ -110,6 +110,7 @@ def train(
     from pairgraph.training import resume_run
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        _check_before_launch(spec, set_, resume, nproc)
         _relaunch_with_torchrun(nproc, run_id)
         return
 
@@ -127,22 +128,46 @@ def train(
     _print_summary(summary)
 
 
+def _check_before_launch(spec: Path | None, set_: list[str] | None, resume: Path | None, nproc: int) -> None:
+    """Fail in this process, in one line, before starting workers that would each fail the same way."""
+    from pairgraph.compiler.pipeline import check
+
+    if resume is not None:
+        return  # the run folder's spec was checked when the run started
+    if spec is None:
+        raise PairgraphError("no spec given", "pass a spec file: pairgraph train specs/rnn_from_transformer.yaml")
+    checked = check(spec / "spec.yaml" if spec.is_dir() else spec, set_, notify=None)
+    if checked.spec.train.batch_size % nproc:
+        raise PairgraphError(f"train.batch_size {checked.spec.train.batch_size} does not divide over {nproc} processes",
+                             "make the (global) batch size a multiple of --nproc")
+
+
 def _relaunch_with_torchrun(nproc: int, run_id: str | None) -> None:
-    """``--nproc N`` is ``torchrun --standalone --nproc_per_node N -m pairgraph train …`` (same arguments)."""
-    import subprocess
+    """``--nproc N`` is ``torchrun --standalone --nproc_per_node N -m pairgraph train …`` (same arguments).
+
+    The workers print their own one-line errors; a failed worker ends this command with its exit
+    code and one line, not torchrun's traceback.
+    """
     import time
+
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import parse_args, run
 
     args = sys.argv[1:]
     i = args.index("--nproc") if "--nproc" in args else next(k for k, a in enumerate(args) if a.startswith("--nproc="))
     del args[i: i + (2 if args[i] == "--nproc" else 1)]
     if run_id is None:  # one folder for all ranks
         args += ["--run-id", time.strftime("%Y%m%d-%H%M%S") + f"-ddp{nproc}"]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "pairgraph", *args]
-    err_console.print("running: " + " ".join(cmd[2:]), highlight=False)
-    code = subprocess.call(cmd)
-    if code:
-        raise typer.Exit(code)
+    torchrun = ["--standalone", f"--nproc_per_node={nproc}", "-m", "pairgraph", *args]
+    err_console.print("running: torchrun " + " ".join(torchrun), highlight=False)
+    try:
+        run(parse_args(torchrun))
+    except ChildFailedError as e:
+        rank, failure = e.get_first_failure()
+        code = failure.exitcode if isinstance(failure.exitcode, int) and failure.exitcode > 0 else 1
+        err_console.print(f"[red]error:[/red] {len(e.failures)} of {nproc} worker processes failed (first: rank {rank}, "
+                          f"exit code {failure.exitcode}); its message is above", highlight=False)
+        raise typer.Exit(code) from None
 
 
 def _print_summary(summary: dict) -> None:

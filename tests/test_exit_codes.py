@@ -123,3 +123,23 @@ def test_validate_rejects_what_compile_rejects_without_data(tmp_path):
     learned.write_text(yaml.safe_dump({**spec, "mapping": {"kind": "learned", "batches": 1}}))
     ok = _cli(["validate", str(learned)], tmp_path)
     assert ok.returncode == 0 and "measured on data when compiled" in " ".join(ok.stdout.split())
+
+
+def test_nproc_checks_the_spec_before_launching_and_a_failed_worker_is_not_success(tmp_path):
+    spec = yaml.safe_load(_spec_file(tmp_path).read_text())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**spec, "guide": {**spec["guide"], "args": {"preset": "nope"}}}))
+    proc = _cli(["train", str(bad), "--nproc", "2", "--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert proc.returncode == 2 and "running: torchrun" not in proc.stderr and "has no preset" in proc.stderr
+    odd = tmp_path / "odd.yaml"
+    odd.write_text(yaml.safe_dump({**spec, "train": {**spec["train"], "batch_size": 15}}))
+    proc = _cli(["train", str(odd), "--nproc", "2", "--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert proc.returncode == 2 and "does not divide over 2 processes" in proc.stderr
+    missing = tmp_path / "missing.yaml"  # passes the check (no data read), fails in the workers
+    missing.write_text(yaml.safe_dump({
+        "name": "nodata", "task": {"kind": "language_modeling", "data_dir": str(tmp_path / "none"), "context": 8},
+        "guide": {"model": "transformer_decoder", "args": {"preset": "cpu", "num_layers": 1, "d_model": 16}},
+        "target": {"model": "rnn", "args": {"num_layers": 1, "hidden": 16}}, "train": {"batch_size": 8, "steps": 2}}))
+    proc = _cli(["train", str(missing), "--nproc", "2", "--runs-dir", str(tmp_path / "runs")], tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr and "worker processes failed" in proc.stderr
