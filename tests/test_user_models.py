@@ -46,3 +46,31 @@ def test_compiling_a_spec_twice_gives_the_same_module(tmp_path):
     assert (tmp_path / "a" / "guided_pair.py").read_text().split("\n", 3)[3] == \
         (tmp_path / "b" / "guided_pair.py").read_text().split("\n", 3)[3]
     assert a.correspondence.pairs == b.correspondence.pairs
+
+
+class _DictOut(nn.Module):
+    def __init__(self, num_classes: int = 10, **kwargs):
+        super().__init__()
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 32), nn.ReLU(), nn.Linear(32, num_classes))
+
+    def forward(self, x):
+        return {"logits": self.body(x)}
+
+
+def dict_model(**kwargs) -> nn.Module:
+    return _DictOut(**kwargs)
+
+
+def test_a_forward_returning_a_dict_is_refused_at_compile_in_one_line(tmp_path, monkeypatch):
+    """It once compiled, then crashed in training with AttributeError, leaving an incomplete run."""
+    import pytest
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    spec = {"name": "dictout", "task": {"kind": "image_classification", "dataset": "cifar10", "num_classes": 10,
+                                        "image_size": [32, 32]},
+            "guide": {"model": "resnet18", "args": {"preset": "cpu"}},
+            "target": {"model": "test_user_models:dict_model"}}
+    with pytest.raises(pairgraph.PairgraphError, match="target 'test_user_models:dict_model' returns a dict from "
+                                                        "forward.* fix: wrap it so forward returns the logits tensor"):
+        pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
+    assert not (tmp_path / "b").exists()

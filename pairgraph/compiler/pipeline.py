@@ -95,7 +95,16 @@ def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> 
             _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
         real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
         graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
+        _check_output(graphs[side], side, getattr(spec, side).model)
     return graphs
+
+
+def _check_output(graph: LayerGraph, side: str, model: str) -> None:
+    """The task loss needs the network's outputs as one tensor; say so at compile, not mid-training."""
+    if graph.output_type not in ("Tensor", "Parameter"):
+        raise PairgraphError(
+            f"{side} {model!r} returns a {graph.output_type} from forward, but pairgraph needs one tensor of outputs "
+            "(logits)", f"wrap it so forward returns the logits tensor, e.g. return model(x).logits or model(x)[0]")
 
 
 class _DataNeeded(Exception):

@@ -69,6 +69,7 @@ class LayerGraph:
     method: str  # "fx" or "hooks"
     gm: fx.GraphModule | None = None
     candidates: list[TapPoint] = field(default_factory=list)
+    output_type: str = "Tensor"  # what forward returns (pairgraph needs a tensor of outputs)
 
     @property
     def names(self) -> list[str]:
@@ -202,7 +203,7 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
     """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
     gm = fx.GraphModule(model, LeafTracer().trace(model), type(model).__name__)
     try:
-        _ShapeRecorder(gm).run(example)
+        result = _ShapeRecorder(gm).run(example)
     except Exception as e:  # noqa: BLE001 - traced fine, but the model does not run on this input
         raise ShapePropError(e) from None
     modules = dict(model.named_modules())
@@ -222,7 +223,9 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
     chosen = _select(candidates, selection, side)
     chosen_nodes = {n: c for n, c in by_node.items() if c in chosen}
     edges = _tap_edges(gm, chosen_nodes)
-    return _finish(chosen, edges, "fx", gm, candidates)
+    graph = _finish(chosen, edges, "fx", gm, candidates)
+    graph.output_type = type(result).__name__.removeprefix("immutable_")  # fx's immutable_dict/_list
+    return graph
 
 
 def _only_reshapes_to_output(node: fx.Node, output_node: fx.Node) -> bool:
@@ -292,7 +295,9 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
         candidates.append(cand)
     chosen = _select(candidates, selection, side)
     edges = [(a.name, b.name) for a, b in itertools.pairwise(chosen)]
-    return _finish(chosen, edges, "hooks", None, candidates)
+    graph = _finish(chosen, edges, "hooks", None, candidates)
+    graph.output_type = type(out).__name__
+    return graph
 
 
 @contextlib.contextmanager
