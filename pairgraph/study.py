@@ -1277,19 +1277,19 @@ def _plot_arms(groups: list[tuple[str, list[Any]]], path: Path, title: str) -> P
     """Two panels for named arms: task loss (train moving average, validation ○) and Σ dissimilarity."""
     from matplotlib.lines import Line2D
 
-    from pairgraph.analysis import _band, _figure, _save, _window, aggregate, smooth
+    from pairgraph.analysis import aggregate, band, new_figure, save_figure, smooth, smoothing_window
 
-    fig = _figure((13, 4.8), layout="constrained")
+    fig = new_figure((13, 4.8), layout="constrained")
     ax_loss, ax_dis = fig.subplots(1, 2)
     longest = max((len(r.steps) for _, runs in groups for r in runs), default=1)
-    w = _window(longest)
+    w = smoothing_window(longest)
     handles = []
     any_dis = False
     for i, (name, runs) in enumerate(groups):
         color = f"C{i % 10}"
         curves = [(s, smooth(v, w)) for s, v in (r.series("task_loss") for r in runs) if s.size]
         if curves:
-            _band(ax_loss, aggregate(curves), color)
+            band(ax_loss, aggregate(curves), color)
         vals = [([e["step"] for e in r.val], [e["loss"] for e in r.val]) for r in runs if r.val]
         if vals:
             import numpy as np
@@ -1300,7 +1300,7 @@ def _plot_arms(groups: list[tuple[str, list[Any]]], path: Path, title: str) -> P
         dis = [(s, smooth(v, w)) for s, v in (r.total_dissimilarity() for r in runs) if s.size]
         if dis:
             any_dis = True
-            _band(ax_dis, aggregate(dis), color)
+            band(ax_dis, aggregate(dis), color)
         measure = runs[0].measure.upper() if runs and dis else ""
         handles.append(Line2D([], [], color=color, lw=2, label=f"{name}" + (f" (1 − {measure})" if measure else "")
                               + f", n={len(runs)}"))
@@ -1316,7 +1316,7 @@ def _plot_arms(groups: list[tuple[str, list[Any]]], path: Path, title: str) -> P
         ax.grid(alpha=0.3)
     fig.suptitle(title, fontsize=11)
     fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), fontsize=9, frameon=False)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 @dataclass
