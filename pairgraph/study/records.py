@@ -12,6 +12,7 @@ import yaml
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -20,6 +21,7 @@ def read_json(path: Path) -> dict[str, Any] | None:
 
 
 def read_spec_yaml(path: Path) -> dict[str, Any] | None:
+    """A stored (resolved) spec.yaml as a dict; None when it is missing or unreadable."""
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError):
@@ -28,6 +30,7 @@ def read_spec_yaml(path: Path) -> dict[str, Any] | None:
 
 
 def best_val(summary: dict[str, Any] | None) -> float:
+    """A run's best validation loss from its summary; inf when there is none (diverged, unreadable)."""
     v = (summary or {}).get("best_val_loss")
     try:
         v = float(v)
