@@ -130,8 +130,8 @@ def test_unsafe_or_oversized_caches_are_refused_with_one_line(tmp_path, spec, me
 
 
 def test_caching_the_guide_is_not_a_different_configuration_for_a_study():
+    from pairgraph.analysis import spec_diff
     from pairgraph.config import PairSpec
-    from pairgraph.study import _spec_diff
 
     def load_spec(d: dict) -> PairSpec:
         return PairSpec.model_validate(d)
@@ -139,5 +139,5 @@ def test_caching_the_guide_is_not_a_different_configuration_for_a_study():
     plain = load_spec(copy_spec(cache_guide=False)).resolved()
     cached = load_spec(copy_spec(cache_guide=True, cache_max_gb=1.0)).resolved()
     older = {**plain, "guidance": {k: v for k, v in plain["guidance"].items() if not k.startswith("cache")}}
-    assert _spec_diff(plain, cached) == [] and _spec_diff(older, cached) == []
-    assert _spec_diff(plain, load_spec(copy_spec(guide_input="noise")).resolved())  # a real difference is seen
+    assert spec_diff(plain, cached) == [] and spec_diff(older, cached) == []
+    assert spec_diff(plain, load_spec(copy_spec(guide_input="noise")).resolved())  # a real difference is seen

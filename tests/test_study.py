@@ -16,7 +16,7 @@ import yaml
 from tiny_specs import copy_paste_pair
 from typer.testing import CliRunner
 
-import pairgraph.study as study_mod
+import pairgraph.study.execute as execute_mod
 from pairgraph.cli.main import app
 from pairgraph.errors import PairgraphError
 from pairgraph.study import format_plan, load_study, plan_study, report, run_study
@@ -156,7 +156,11 @@ def test_report_is_byte_identical_with_mean_and_standard_error(in_study):
     assert any(w in untrained for w in ("yes: Δ", "no: Δ", "tie: Δ", "not resolved (under 2 s.e.): Δ"))
     assert "(sweep's edge)" in untrained  # 2 lrs: the chosen one is at an end of the sweep
     assert "Untrained Transformer → RNN" in text  # the Table 3 shaped table
-    assert "x86_64" in text or "aarch64" in text or "processor" in text
+    # the Machines table names where the runs ran (their env.json), counting all 6 finished runs there
+    env = json.loads(next((root / "results" / "tiny_study" / "cp" / "baseline").glob("*/env.json")).read_text())
+    machine = next(ln for ln in text.splitlines() if ln.startswith(f"| {env['processor']} | "))
+    assert machine.startswith(f"| {env['processor']} | {env['cpu_count']} | {env['threads']} | {env['torch']} | "
+                              f"{env['device']} |") and machine.endswith("| 6 |")
     assert (root / "docs" / "figures" / "tiny_study" / "cp-curves.png").exists()
     assert "Guide disconnected after 150 steps" in text and "no arm with guidance.until_step" in text
 
@@ -201,7 +205,7 @@ def test_error_consistency_from_stored_predictions(in_study, tmp_path):
 def test_diverged_lr_loses_the_sweep(in_study, monkeypatch):
     root, _ = in_study
     sfile = write(root / "div.yaml", tiny_study("div_study", arms=["baseline"]))
-    original = study_mod._train_run
+    original = execute_mod.train_job
 
     def diverge_at_high_lr(job):
         if job.lr == 3e-3:
@@ -209,7 +213,7 @@ def test_diverged_lr_loses_the_sweep(in_study, monkeypatch):
                                  "lower train.lr")
         return original(job)
 
-    monkeypatch.setattr(study_mod, "_train_run", diverge_at_high_lr)
+    monkeypatch.setattr(execute_mod, "train_job", diverge_at_high_lr)
     outcome = run_study(sfile, echo=lambda m: None)
     assert outcome.diverged == 1 and outcome.trained == 2 and outcome.chosen["cp/baseline"] == 1e-3
     assert (root / "results" / "div_study" / "cp" / "baseline" / f"lr{3e-3:g}-s0" / "diverged.json").exists()
@@ -281,6 +285,20 @@ def test_study_file_errors_are_one_line(tmp_path, change, words):
     with pytest.raises(PairgraphError) as e:
         load_study(path)
     assert words in str(e.value) and "\n" not in str(e.value)
+
+
+def test_a_key_written_twice_in_a_study_file_is_a_one_line_error_naming_its_line(tmp_path):
+    text = yaml.safe_dump(tiny_study(), sort_keys=False)
+    lines = text.splitlines()
+    at = next(i for i, ln in enumerate(lines) if ln.strip().startswith("spec: tiny.yaml"))
+    lines.insert(at + 1, lines[at].replace("tiny.yaml", "other.yaml"))  # the cell's spec, twice
+    path = write(tmp_path / "dup.yaml", "\n".join(lines) + "\n")
+    with pytest.raises(PairgraphError) as e:
+        load_study(path)
+    assert f"dup.yaml:{at + 2}: key 'spec' appears twice (first on line {at + 1})" in str(e.value)
+    assert "\n" not in str(e.value)
+    res = CliRunner().invoke(app, ["study", str(path), "--dry-run"])
+    assert isinstance(res.exception, PairgraphError) and res.exception.exit_code == 2
 
 
 def test_study_errors_outside_the_schema(tmp_path, monkeypatch):
@@ -393,7 +411,8 @@ def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch
     import time
     from collections import deque
 
-    from pairgraph.study import Job, _run_parallel
+    from pairgraph.study import Job
+    from pairgraph.study.execute import run_parallel
 
     guide = tmp_path / "guide.safetensors"
     lock, running, peak, order = threading.Lock(), [0], [0], []
@@ -414,10 +433,10 @@ def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch
             super().__init__(max_workers)
 
     monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
-    monkeypatch.setattr(study_mod, "_execute", fake_execute)
+    monkeypatch.setattr(execute_mod, "execute_job", fake_execute)
     jobs = deque(Job("s", "c", "trained", 1e-3, seed, "seeds", "x.yaml", (), "runs", "out", str(guide))
                  for seed in range(3))
-    _run_parallel(jobs, 2, lambda job, res: None, lambda m: None)
+    run_parallel(jobs, 2, lambda job, res: None, lambda m: None)
     assert order[0] == (0, False)  # one run trains the guide, alone
     assert all(cached for _, cached in order[1:])
     assert peak[0] == 2  # the two runs after it share the cached guide
@@ -437,15 +456,15 @@ def test_sizes_table_says_when_a_cell_pins_its_lrs_instead_of_sweeping(tmp_path,
 
 
 def test_a_run_sharing_another_pairs_cached_guide_finds_that_guides_training_record(tmp_path):
-    from pairgraph.study import _guide_run_dir
+    from pairgraph.study.execute import guide_run_dir
 
     guides = tmp_path / "guides"
     weights = guides / "resnet18-0123456789ab.safetensors"
     trained_by = guides / "runs" / "fcn_deep_from_resnet18-guide" / "0123456789ab"
     trained_by.mkdir(parents=True)
-    assert _guide_run_dir(str(weights), "fcn_wide_from_resnet18") is None  # no record yet
+    assert guide_run_dir(str(weights), "fcn_wide_from_resnet18") is None  # no record yet
     (trained_by / "summary.json").write_text("{}")
-    assert _guide_run_dir(str(weights), "fcn_deep_from_resnet18") == trained_by
-    assert _guide_run_dir(str(weights), "fcn_wide_from_resnet18") == trained_by  # shared: same key
-    assert _guide_run_dir(str(guides / "resnet18-ffffffffffff.safetensors"), "fcn_wide_from_resnet18") is None
-    assert _guide_run_dir(str(tmp_path / "my_weights.safetensors"), "fcn_wide_from_resnet18") is None
+    assert guide_run_dir(str(weights), "fcn_deep_from_resnet18") == trained_by
+    assert guide_run_dir(str(weights), "fcn_wide_from_resnet18") == trained_by  # shared: same key
+    assert guide_run_dir(str(guides / "resnet18-ffffffffffff.safetensors"), "fcn_wide_from_resnet18") is None
+    assert guide_run_dir(str(tmp_path / "my_weights.safetensors"), "fcn_wide_from_resnet18") is None

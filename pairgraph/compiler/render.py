@@ -8,9 +8,11 @@ drawn beside the columns with the chosen cells boxed.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from rich.console import Console
 from rich.table import Table
 
@@ -83,22 +85,14 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
 
 def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspondence, matrix: list[list[Any]]) -> None:
     """Heatmap of ``corr.info['matrix']`` (rows guide taps, columns target taps), chosen cells boxed."""
-    import numpy as np
-    from matplotlib.patches import Rectangle
-
-    m = np.array([[np.nan if v is None else v for v in r] for r in matrix], dtype=float)
-    finite = m[np.isfinite(m)]
-    lo = min(0.0, float(finite.min())) if finite.size else 0.0
-    im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", vmin=lo, vmax=1.0, aspect="auto", interpolation="nearest")
     gi = {name: i for i, name in enumerate(guide.names)}
     tj = {name: j for j, name in enumerate(target.names)}
-    for g, t, _ in corr.pairs:
-        ax.add_patch(Rectangle((tj[t] - 0.5, gi[g] - 0.5), 1, 1, fill=False, edgecolor="#ff1f1f", lw=1.8, zorder=3))
-    fs = 7 if max(m.shape) <= 30 else 5
-    names = max(m.shape) <= 40  # tick labels with tap names while they fit, indices beyond
-    ax.set_yticks(range(m.shape[0]), guide.names if names else range(m.shape[0]), fontsize=fs, family="monospace")
-    ax.set_xticks(range(m.shape[1]), target.names if names else range(m.shape[1]), fontsize=fs, family="monospace",
-                  rotation=60, ha="right", rotation_mode="anchor")
+    shape = (len(matrix), len(matrix[0]) if matrix else 0)
+    names = max(shape) <= 40  # tick labels with tap names while they fit, indices beyond
+    im = draw_similarity_matrix(ax, matrix, guide.names if names else range(shape[0]),
+                                target.names if names else range(shape[1]),
+                                [(gi[g], tj[t]) for g, t, _ in corr.pairs],
+                                fontsize=7 if max(shape) <= 30 else 5, family="monospace")
     ax.set_ylabel("guide taps", fontsize=8)
     ax.set_xlabel("target taps", fontsize=8)
     info = corr.info
@@ -106,6 +100,34 @@ def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspo
     ax.set_title(f"{info.get('measure', 'similarity')} on {info.get('batches', '?')}×{info.get('batch_size', '?')} "
                  f"calibration examples\nred: chosen, {order}", fontsize=9)
     ax.figure.colorbar(im, ax=ax, shrink=0.7, pad=0.02)
+
+
+def draw_similarity_matrix(ax: Any, matrix: Any, rows: Iterable[Any], cols: Iterable[Any],
+                           chosen: Iterable[tuple[int, int]], *, fontsize: float = 7, family: str | None = None,
+                           box_lw: float = 1.8, bad: str | None = None) -> Any:
+    """A guide × target similarity matrix on ``ax``; returns the image (for a colorbar).
+
+    Rows are guide taps, columns target taps; ``None``/NaN cells are masked (drawn in ``bad``, default
+    transparent). Colours: viridis from min(0, smallest value) to 1. The ``chosen`` (row, column) cells
+    are boxed in red; ``rows``/``cols`` label the ticks. The mapping render and
+    :func:`pairgraph.analysis.similarity_heatmap` both draw with it.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import Normalize
+    from matplotlib.patches import Rectangle
+
+    m = np.array([[np.nan if v is None else v for v in r] for r in matrix], dtype=float)
+    finite = m[np.isfinite(m)]
+    lo = min(0.0, float(finite.min())) if finite.size else 0.0
+    cmap = colormaps["viridis"] if bad is None else colormaps["viridis"].with_extremes(bad=bad)
+    im = ax.imshow(np.ma.masked_invalid(m), cmap=cmap, norm=Normalize(lo, 1.0), aspect="auto",
+                   interpolation="nearest")
+    for i, j in chosen:
+        ax.add_patch(Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor="#ff1f1f", lw=box_lw, zorder=3))
+    font: dict[str, Any] = {"fontsize": fontsize} if family is None else {"fontsize": fontsize, "family": family}
+    ax.set_yticks(range(m.shape[0]), list(rows), **font)
+    ax.set_xticks(range(m.shape[1]), list(cols), rotation=60, ha="right", rotation_mode="anchor", **font)
+    return im
 
 
 def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:

@@ -1,0 +1,48 @@
+"""L6 — ``pairgraph study`` and ``pairgraph report``: the paper's protocol over cells × arms, and its report.
+
+A *study file* (YAML, ``yaml.safe_load``) names cells — a spec and the arms to compare on it — and
+the protocol of the paper's §4.3: for every (cell, arm) sweep the learning rates on one seed, keep
+the one with the lowest best-validation loss, then train every seed at it. Mean ± standard error
+(std with ddof=1 / √n) over the seeds of the test metric at each run's best-validation evaluation
+is what the report shows.
+
+::
+
+    name: paper_cpu
+    lrs: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]   # the sweep (a cell may give its own)
+    sweep_seed: 0
+    seeds: [0, 1, 2]
+    overrides: [train.steps=200]                   # --set-style, every run
+    cells:
+      - name: fcn_deep
+        spec: specs/fcn_deep_from_resnet18.yaml
+        paper: {metric: ImageNet top-5 accuracy (%), source: Table 2,
+                values: {baseline: [1.65, 0.51], trained: [7.50, 1.51], untrained: [13.10, 0.72]}}
+        arms: [baseline, untrained, trained, {name: slow, overrides: [guidance.weight=0.1], lr: 1.0e-4}]
+
+Results land in ``results/<study>/<cell>/<arm>/lr<lr>-s<seed>/`` (summary.json, metrics.jsonl.gz,
+spec.yaml, env.json, test_predictions.json when the run wrote one, study.json, and guide/ with the
+trained guide's own record); never checkpoints. Training happens in ``runs/study/...``. A run whose
+summary.json is in the results is done; a run that diverged (non-finite loss or weights) is recorded
+as ``diverged.json`` and counts as done (an lr that diverges loses the sweep); anything else that
+failed is retried by the next invocation, resuming from its last checkpoint when it has one.
+
+``pairgraph report`` reads only the results (and the study/spec files) and writes a markdown file
+that is byte-identical on every invocation, plus figures.
+
+Modules: ``schema`` (the study file and :func:`load_study`), ``plan`` (what is done and left; the
+lr choice), ``execute`` (jobs, the scheduler, storing runs), ``results`` (reading the results
+folder), ``tables``/``formatting`` (markdown), ``figures`` and ``report``.
+"""
+
+from pairgraph.study.execute import StudyOutcome, run_study
+from pairgraph.study.plan import ArmPlan, ArmState, Job, chosen_lr, format_plan, plan_study
+from pairgraph.study.report import report
+from pairgraph.study.results import ArmResult, CellView, StoredRun, collect
+from pairgraph.study.schema import GUIDE_KEYS, PRESET_ARMS, Arm, Cell, PaperNumbers, Study, load_study
+
+__all__ = [
+    "GUIDE_KEYS", "PRESET_ARMS", "Arm", "ArmPlan", "ArmResult", "ArmState", "Cell", "CellView", "Job", "PaperNumbers",
+    "StoredRun", "Study", "StudyOutcome", "chosen_lr", "collect", "format_plan", "load_study", "plan_study", "report",
+    "run_study",
+]

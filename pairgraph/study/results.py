@@ -1,0 +1,239 @@
+"""The report's view of a study: the runs stored in its results folder (:func:`collect`), each arm's
+chosen lr and finished seeds (:class:`ArmResult`), and per cell the numbers the tables show, with
+the comparison against the paper's direction (:class:`CellView`). Reads results only: no training."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pairgraph.config import load_spec
+from pairgraph.errors import PairgraphError
+from pairgraph.study.formatting import higher_is_better, mean_se, num, scale, signed
+from pairgraph.study.plan import chosen_lr
+from pairgraph.study.records import best_val, read_json, read_spec_yaml
+from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, lr_tag
+from pairgraph.tasks import TASKS
+
+
+@dataclass
+class StoredRun:
+    """One run folder of the results: its records (summary None when it diverged)."""
+
+    path: Path
+    lr: float
+    seed: int
+    summary: dict[str, Any] | None
+    spec: dict[str, Any]
+    env: dict[str, Any]
+    record: dict[str, Any]
+    diverged: dict[str, Any] | None
+
+    @property
+    def done(self) -> bool:
+        return self.summary is not None
+
+
+def _load_stored(d: Path) -> StoredRun | None:
+    m = RUN_FOLDER.match(d.name)
+    if not d.is_dir() or m is None:
+        return None
+    summary = read_json(d / "summary.json")
+    diverged = read_json(d / "diverged.json")
+    if summary is None and diverged is None:
+        return None
+    record = read_json(d / "study.json") or {}
+    try:
+        lr = float(record.get("lr", m.group(1)))
+        seed = int(record.get("seed", m.group(2)))
+    except (TypeError, ValueError):
+        return None
+    return StoredRun(d, lr, seed, summary, read_spec_yaml(d / "spec.yaml") or {}, read_json(d / "env.json") or {},
+                     record, diverged)
+
+
+@dataclass
+class ArmResult:
+    """One (cell, arm) as its results folder holds it."""
+
+    cell: Cell
+    arm: Arm
+    sweep: dict[str, StoredRun | None]  # lr tag → the sweep run (None: not run)
+    chosen: float | None
+    seeds: list[StoredRun]  # completed seed runs at the chosen lr
+    diverged_seeds: list[int]
+    all_runs: list[StoredRun]
+    n_seeds: int = 0
+
+    @property
+    def status(self) -> str:
+        if not self.all_runs:
+            return "not run"
+        if self.chosen is None:
+            if self.sweep and all(r is not None for r in self.sweep.values()):
+                return "every lr diverged"
+            return f"sweep {sum(r is not None for r in self.sweep.values())}/{len(self.sweep)}"
+        finished = len(self.seeds) + len(self.diverged_seeds)
+        return "done" if finished >= self.n_seeds else f"seeds {finished}/{self.n_seeds}"
+
+
+def collect(study: Study) -> dict[tuple[str, str], ArmResult]:
+    """Every (cell, arm) of the study as its results folder holds it: sweep, chosen lr, finished seeds."""
+    out: dict[tuple[str, str], ArmResult] = {}
+    for cell in study.cells:
+        for arm in sorted(cell.arms, key=lambda a: a.lr_from is not None):  # lr_from arms after their source
+            out[(cell.name, arm.name)] = _arm_result(study, cell, arm, out)
+    return out
+
+
+def _arm_result(study: Study, cell: Cell, arm: Arm, done: dict[tuple[str, str], ArmResult]) -> ArmResult:
+    d = study.results_path() / cell.name / arm.name
+    runs = [r for r in (_load_stored(x) for x in sorted(d.iterdir())) if r is not None] if d.is_dir() else []
+    by = {(lr_tag(r.lr), r.seed): r for r in runs}
+    lrs = study.sweep_lrs(cell, arm)
+    sweep = {lr_tag(lr): by.get((lr_tag(lr), study.sweep_seed)) for lr in lrs}
+    scores = {lr: None if r is None else best_val(r.summary) for lr, r in zip(lrs, sweep.values())}
+    chosen = chosen_lr(arm, scores, lambda: done[(cell.name, arm.lr_from)].chosen)
+    seeds: list[StoredRun] = []
+    div: list[int] = []
+    if chosen is not None:
+        for s in study.seeds:
+            r = by.get((lr_tag(chosen), s))
+            if r is not None and r.done:
+                seeds.append(r)
+            elif r is not None:
+                div.append(s)
+    return ArmResult(cell, arm, sweep, chosen, seeds, div, runs, len(study.seeds))
+
+
+#: |Δ| / s.e. below which our direction is called unresolved
+RESOLVED = 2
+
+
+@dataclass
+class CellView:
+    """A cell's resolved facts for the report."""
+
+    cell: Cell
+    arms: dict[str, ArmResult]
+    base_spec: dict[str, Any]
+    metric: str
+    higher: bool
+
+    @property
+    def label(self) -> str:
+        return self.cell.label or self.cell.name
+
+    @property
+    def task_kind(self) -> str:
+        return str((self.base_spec.get("task") or {}).get("kind", "?"))
+
+    def guide_label(self) -> str:
+        return self.cell.guide_label or str((self.base_spec.get("guide") or {}).get("model", "guide"))
+
+    def target_label(self) -> str:
+        return self.cell.target_label or str((self.base_spec.get("target") or {}).get("model", "target"))
+
+    def values(self, arm: str) -> list[float]:
+        ar = self.arms.get(arm)
+        if ar is None:
+            return []
+        out = []
+        for r in ar.seeds:
+            v = ((r.summary or {}).get("test") or {}).get(self.metric)
+            if isinstance(v, int | float):
+                out.append(scale(self.metric, float(v)))
+        return out
+
+    def guide_values(self) -> list[float]:
+        """The trained guide's own test metric (from guide/ of the trained arm's seed runs)."""
+        ar = self.arms.get("trained")
+        if ar is None:
+            return []
+        out = []
+        for r in ar.seeds:
+            s = read_json(r.path / "guide" / "summary.json")
+            v = ((s or {}).get("test") or {}).get(self.metric)
+            if isinstance(v, int | float):
+                out.append(scale(self.metric, float(v)))
+        return out
+
+    def stat(self, key: str) -> tuple[float, float | None, int] | None:
+        vals = self.guide_values() if key == "guide" else [] if key == "untrained_guide" else self.values(key)
+        if not vals:
+            return None
+        m, se = mean_se(vals)
+        return m, se, len(vals)
+
+    def _versus_source(self, arm: str) -> str:
+        """``; vs <source>: Δ …`` for an arm that varies another (``lr_from``), when both have results."""
+        src = next((a.lr_from for a in self.cell.arms if a.name == arm), None)
+        ours, ref = self.stat(arm), self.stat(src) if src else None
+        if ours is None or ref is None:
+            return ""
+        return f"; vs {src}: " + _difference(ours, ref)[2]
+
+    def agreement(self, arm: str) -> str:
+        """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes; a difference
+        smaller than ``RESOLVED`` standard errors is "not resolved" rather than a yes or no."""
+        if arm == "baseline":
+            return "reference"
+        paper = self.cell.paper
+        if paper is None or paper.get(arm) is None or paper.get("baseline") is None:
+            return "n/a (no paper number)" + self._versus_source(arm)
+        ours, base = self.stat(arm), self.stat("baseline")
+        if ours is None or base is None:
+            return "n/a (" + ("baseline" if base is None else "arm") + " not run)"
+        d_ours, se, size = _difference(ours, base)
+        d_paper, p_se, p_size = _difference(paper.get(arm), paper.get("baseline"))  # type: ignore[arg-type]
+        better_ours = d_ours if self.higher else -d_ours
+        better_paper = d_paper if paper.higher() else -d_paper
+        size += f" vs paper {p_size}"
+        if better_paper == 0 or better_ours == 0:
+            return f"tie: {size}"
+        if se is not None and abs(d_ours) < RESOLVED * se:
+            return f"not resolved (under {RESOLVED} s.e.): {size}"
+        agree = (better_ours > 0) == (better_paper > 0)
+        if p_se is not None and abs(d_paper) < RESOLVED * p_se:
+            # the paper's own difference is inside its error bars: there is no direction to agree with
+            return f"{'same' if agree else 'opposite'} sign, but the paper's Δ is under {RESOLVED} s.e.: {size}"
+        return f"{'yes' if agree else 'no'}: {size}"
+
+
+def _difference(ours: tuple, ref: tuple) -> tuple[float, float | None, str]:
+    """(Δ, its s.e., ``Δ +d ± se (k s.e.)``) of two (mean, s.e., …) statistics."""
+    d = ours[0] - ref[0]
+    se = math.sqrt(ours[1] ** 2 + ref[1] ** 2) if ours[1] is not None and ref[1] is not None else None
+    text = (f"Δ {signed(d)}" + (f" ± {num(se)}" if se is not None else "")
+            + (f" ({num(abs(d) / se, 1)} s.e.)" if se else ""))
+    return d, se, text
+
+
+def cell_views(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[CellView]:
+    """A :class:`CellView` per cell: its spec as the study resolves it (else a stored run's) and its metric."""
+    views = []
+    for cell in study.cells:
+        arms = {a.name: results[(cell.name, a.name)] for a in cell.arms}
+        base: dict[str, Any] = {}
+        try:
+            base = load_spec(study.spec_path(cell), [*study.overrides, *cell.overrides]).resolved()
+        except PairgraphError:
+            stored = [r.spec for ar in arms.values() for r in ar.all_runs if r.spec]
+            base = stored[0] if stored else {}
+        metric = cell.metric
+        if metric is None:
+            prim = [(r.summary or {}).get("primary_metric") for ar in arms.values() for r in ar.seeds]
+            prim = [p for p in prim if p]
+            metric = prim[0] if prim else _default_metric(base)
+        views.append(CellView(cell, arms, base, metric, higher_is_better(metric)))
+    return views
+
+
+def _default_metric(spec: dict[str, Any]) -> str:
+    kind = (spec.get("task") or {}).get("kind")
+    try:
+        return TASKS.get(kind).primary_metric
+    except Exception:  # noqa: BLE001 - an unknown task in an old record
+        return "accuracy"

@@ -1,0 +1,332 @@
+"""The study file: its pydantic schema (:class:`Study` of :class:`Cell` s of :class:`Arm` s, with the
+paper's numbers) and :func:`load_study`. The format is described in :mod:`pairgraph.study`."""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pairgraph.config import read_yaml
+from pairgraph.config.yaml_io import where
+from pairgraph.errors import PairgraphError
+from pairgraph.study.formatting import higher_is_better
+
+#: predefined arm names and the overrides they stand for
+PRESET_ARMS: dict[str, list[str]] = {
+    "baseline": ["guidance.mode=baseline"],
+    "untrained": ["guide.weights=untrained"],
+    "trained": ["guide.weights=train"],
+    "distill": ["guidance.mode=distill", "guide.weights=train"],
+    "init150": ["guidance.until_step=150"],
+    "noise": ["guidance.guide_input=noise"],
+    "rsa": ["similarity.measure=rsa"],
+    "debiased": ["similarity.measure=debiased_cka"],
+    "learned": ["mapping.kind=learned"],
+    "depth": ["mapping.kind=depth"],
+    "uniform": ["mapping.kind=uniform"],
+}
+#: paper-number keys that are not arms: the guide network trained alone, and untrained
+GUIDE_KEYS = ("guide", "untrained_guide")
+_NAME = r"^[A-Za-z0-9_.-]+$"
+STUDY_HINT = "see the study file format in the docstring of pairgraph/study/__init__.py"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+def _check_overrides(v: list[str]) -> list[str]:
+    for item in v:
+        key = item.partition("=")[0].strip()
+        if "=" not in item or not key:
+            raise ValueError(f"override {item!r} is not key.path=value")
+    return v
+
+
+class PaperNumbers(_Strict):
+    """The paper's numbers for a cell: ``values`` maps an arm (or ``guide``/``untrained_guide``) to a
+    number or ``[mean, s.e.]`` in the units of ``metric``."""
+
+    metric: str = Field(description="What the numbers measure, e.g. 'ImageNet top-5 accuracy (%)'.")
+    source: str | None = Field(default=None, description="Where in the paper, e.g. 'Table 2'.")
+    higher_is_better: bool | None = Field(default=None, description="Default: guessed from the metric's name.")
+    values: dict[str, float | tuple[float, float]] = Field(default_factory=dict)
+
+    def get(self, key: str) -> tuple[float, float | None] | None:
+        v = self.values.get(key)
+        if v is None:
+            return None
+        return (float(v[0]), float(v[1])) if isinstance(v, tuple) else (float(v), None)
+
+    def higher(self) -> bool:
+        if self.higher_is_better is not None:
+            return self.higher_is_better
+        return higher_is_better(self.metric)
+
+
+class Arm(_Strict):
+    """One configuration of a cell: a predefined name, or a name with its own overrides."""
+
+    name: str = Field(pattern=_NAME)
+    overrides: list[str] = Field(default_factory=list, description="--set-style overrides (after a preset's).")
+    lr: float | None = Field(default=None, gt=0, description="Pin the learning rate (no sweep).")
+    lr_from: str | None = Field(default=None, pattern=_NAME,
+                                description="Take the lr chosen by this other (swept) arm of the cell (no sweep).")
+
+    @property
+    def swept(self) -> bool:
+        return self.lr is None and self.lr_from is None
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: list[str]) -> list[str]:
+        return _check_overrides(v)
+
+    @model_validator(mode="after")
+    def _known(self) -> Arm:
+        if self.name not in PRESET_ARMS and not self.overrides:
+            close = difflib.get_close_matches(self.name, list(PRESET_ARMS), n=1)
+            raise ValueError(
+                f"arm {self.name!r} is not predefined and gives no overrides"
+                + (f" (did you mean {close[0]!r}?)" if close else "")
+                + "; predefined: " + ", ".join(PRESET_ARMS)
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _one_lr_source(self) -> Arm:
+        if self.lr is not None and self.lr_from is not None:
+            raise ValueError(f"arm {self.name!r} gives both lr and lr_from; keep one")
+        return self
+
+    def all_overrides(self) -> list[str]:
+        return [*PRESET_ARMS.get(self.name, []), *self.overrides]
+
+
+class Cell(_Strict):
+    """A spec and the arms trained on it."""
+
+    name: str = Field(pattern=_NAME)
+    spec: str = Field(description="Spec YAML: relative to the current folder, else to the study file's folder.")
+    label: str | None = Field(default=None, description="Human name for tables (default: the cell's name).")
+    guide_label: str | None = Field(default=None, description="Guide's name in the paper-shaped tables.")
+    target_label: str | None = Field(default=None, description="Target's name in the paper-shaped tables.")
+    overrides: list[str] = Field(default_factory=list, description="--set-style overrides for this cell's runs.")
+    lrs: list[float] | None = Field(default=None, description="This cell's lr sweep (default: the study's).")
+    metric: str | None = Field(default=None, description="Test metric to report (default: the task's primary).")
+    paper: PaperNumbers | None = None
+    notes: str | None = Field(default=None, description="Markdown the report prints under the cell's table: what "
+                              "was tried and found (e.g. why a cell disagrees with the paper).")
+    arms: list[Arm] = Field(min_length=1)
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: list[str]) -> list[str]:
+        return _check_overrides(v)
+
+    @field_validator("arms", mode="before")
+    @classmethod
+    def _arm_names(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [{"name": a} if isinstance(a, str) else a for a in v]
+        return v
+
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v: list[float] | None) -> list[float] | None:
+        return None if v is None else _check_lrs(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Cell:
+        names = [a.name for a in self.arms]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"cell {self.name!r} lists arm(s) {', '.join(dup)} twice")
+        by_name = {a.name: a for a in self.arms}
+        for a in self.arms:
+            if a.lr_from is None:
+                continue
+            src = by_name.get(a.lr_from)
+            if src is None or src is a:
+                raise ValueError(f"arm {a.name!r} of cell {self.name!r}: lr_from {a.lr_from!r} is not another arm "
+                                 f"of the cell (arms: {', '.join(n for n in names if n != a.name)})")
+            if not src.swept:
+                raise ValueError(f"arm {a.name!r} of cell {self.name!r}: lr_from {a.lr_from!r} names an arm that "
+                                 "does not sweep (it pins lr or takes lr_from itself); name a swept arm")
+        if self.paper is not None:
+            allowed = set(names) | set(GUIDE_KEYS) | set(PRESET_ARMS)
+            bad = sorted(set(self.paper.values) - allowed)
+            if bad:
+                raise ValueError(f"paper.values of cell {self.name!r} names {', '.join(bad)}: not an arm "
+                                 f"(use arm names, a predefined arm, guide or untrained_guide)")
+        return self
+
+
+def _check_lrs(v: list[float]) -> list[float]:
+    if not v:
+        raise ValueError("the lr list is empty")
+    if any(not (x > 0) for x in v):
+        raise ValueError("learning rates must be > 0")
+    if len({lr_tag(x) for x in v}) != len(v):
+        raise ValueError("the lr list repeats a value")
+    return sorted(float(x) for x in v)
+
+
+class Study(_Strict):
+    """A study: cells × arms under the lr-sweep-then-seeds protocol."""
+
+    name: str = Field(pattern=_NAME)
+    description: str | None = None
+    results_dir: str | None = Field(default=None, description="Default results/<name>.")
+    runs_dir: str = Field(default="runs/study", description="Where training runs (with checkpoints) are written.")
+    lrs: list[float] = Field(description="The learning-rate sweep (the paper sweeps 5 values).")
+    sweep_seed: int = 0
+    seeds: list[int] = Field(description="Seeds trained at the chosen lr (at least min_seeds).")
+    min_seeds: int = Field(default=3, ge=2, description="Fewest seeds allowed (standard errors need several).")
+    overrides: list[str] = Field(default_factory=list, description="--set-style overrides for every run.")
+    cells: list[Cell] = Field(min_length=1)
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, v: list[str]) -> list[str]:
+        return _check_overrides(v)
+
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v: list[float]) -> list[float]:
+        return _check_lrs(v)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Study:
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError("seeds repeats a value")
+        if len(self.seeds) < self.min_seeds:
+            raise ValueError(f"seeds has {len(self.seeds)} value(s); at least {self.min_seeds} are needed for a "
+                             f"standard error (the paper uses 5)")
+        self.seeds = sorted(self.seeds)
+        names = [c.name for c in self.cells]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"cell name(s) {', '.join(dup)} appear twice")
+        return self
+
+    # -- paths (set by load_study)
+    _file: Path = Path("study.yaml")
+
+    @property
+    def file(self) -> Path:
+        return self._file
+
+    def results_path(self) -> Path:
+        return Path(self.results_dir) if self.results_dir else Path("results") / self.name
+
+    def runs_path(self) -> Path:
+        return Path(self.runs_dir) / self.name
+
+    def cell(self, name: str) -> Cell:
+        for c in self.cells:
+            if c.name == name:
+                return c
+        raise PairgraphError(f"study {self.name!r} has no cell {name!r}",
+                             "use one of " + ", ".join(c.name for c in self.cells))
+
+    def spec_path(self, cell: Cell) -> Path:
+        p = Path(cell.spec).expanduser()
+        if p.is_absolute() or p.exists():
+            candidates = [p]
+        else:
+            candidates = [p, self.file.parent / p]
+        for c in candidates:
+            if c.is_file():
+                return c
+        raise PairgraphError(f"cell {cell.name!r}: spec file {cell.spec!r} not found",
+                             f"give a path relative to the current folder or to {self.file.parent}")
+
+    def sweep_lrs(self, cell: Cell, arm: Arm) -> list[float]:
+        return list(cell.lrs or self.lrs) if arm.swept else []
+
+    def overrides_for(self, cell: Cell, arm: Arm, lr: float | None = None, seed: int | None = None) -> list[str]:
+        out = [*self.overrides, *cell.overrides, *arm.all_overrides()]
+        if lr is not None:
+            out.append(f"train.lr={yaml_float(lr)}")
+        if seed is not None:
+            out.append(f"train.seed={seed}")
+        return out
+
+
+def yaml_float(x: float) -> str:
+    """A float that yaml.safe_load reads back as the same float (PyYAML wants '1.0e-05', not '1e-05')."""
+    r = repr(float(x))
+    if "e" in r and "." not in r.split("e")[0]:
+        r = r.replace("e", ".0e")
+    return r
+
+
+def lr_tag(lr: float) -> str:
+    """An lr as folder names and tables show it (``1e-05``, ``0.0003``)."""
+    return f"{float(lr):g}"
+
+
+def run_folder(lr: float, seed: int) -> str:
+    """The results (and runs) folder of one run: ``lr<lr>-s<seed>``."""
+    return f"lr{lr_tag(lr)}-s{seed}"
+
+
+#: matches :func:`run_folder` names: groups lr tag and seed
+RUN_FOLDER = re.compile(r"^lr(.+)-s(-?\d+)$")
+
+
+def _loc_text(loc: tuple[Any, ...], data: Any) -> str:
+    """cells.0.arms.1 → cells[fcn_deep].arms[1] where names are known."""
+    parts, node = [], data
+    for key in loc:
+        if isinstance(key, int) and isinstance(node, list) and key < len(node):
+            item = node[key]
+            label = item.get("name") if isinstance(item, dict) else item if isinstance(item, str) else None
+            parts[-1 if parts else 0:] = [f"{parts[-1] if parts else ''}[{label if label else key}]"]
+            node = item
+        else:
+            parts.append(str(key))
+            node = node.get(key) if isinstance(node, dict) else None
+    return ".".join(parts)
+
+
+def load_study(path: str | Path) -> Study:
+    """Read and validate a study file; any mistake becomes a one-line :class:`PairgraphError`.
+
+    The YAML is read as specs are (:func:`pairgraph.config.read_yaml`): a missing file, bad UTF-8, a
+    syntax error or a key written twice names the file and line."""
+    p = Path(path)
+    data, root = read_yaml(p, "study", "studies/paper_cpu.yaml")
+    if not isinstance(data, dict):
+        raise PairgraphError(f"{p}: a study file is a mapping (name:, lrs:, seeds:, cells:)", STUDY_HINT)
+    try:
+        study = Study.model_validate(data)
+    except ValidationError as e:
+        raise _validation_error(e, p, root, data) from None
+    study._file = p
+    return study
+
+
+def _validation_error(e: ValidationError, p: Path, root: Any, data: dict[str, Any]) -> PairgraphError:
+    """The first error of a study that does not validate, as ``file:line: field: what`` with a fix."""
+    err = e.errors()[0]
+    loc = tuple(x for x in err["loc"] if not (isinstance(x, str) and (x.startswith("function-") or x in
+                                                                         ("float", "tuple[float, float]"))))
+    at = where(str(p), root, loc)
+    field_txt = _loc_text(loc, data)
+    if err["type"] == "extra_forbidden":
+        model: type[BaseModel] | None = Study if len(loc) == 1 else Cell if len(loc) == 3 else (
+            Arm if len(loc) == 5 and loc[2] == "arms" else PaperNumbers if "paper" in loc else None)
+        names = list(model.model_fields) if model else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else ("valid fields: " + ", ".join(names) if names else "remove it")
+        return PairgraphError(f"{at}: {field_txt}: unknown field", hint)
+    if err["type"] == "missing":
+        return PairgraphError(f"{at}: {field_txt}: required field missing", f"add '{loc[-1]}:'")
+    msg = err["msg"].removeprefix("Value error, ")
+    return PairgraphError(f"{at}: {field_txt + ': ' if field_txt else ''}{msg}", STUDY_HINT)
