@@ -8,11 +8,11 @@ import json
 import pytest
 import torch
 import yaml
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.errors import PairgraphError
 from pairgraph.training import resume_run
-from tiny_specs import copy_paste_pair
 
 
 def tiny(**train):

@@ -26,8 +26,8 @@ from pairgraph.analysis.runs import (
     config_fields,
     load_run,
     metrics_file,
-    spec_diff,
 )
+from pairgraph.config.diff import spec_diff
 
 __all__ = [
     "NOT_CONFIG", "RUN_HINT", "SEED", "Aggregate", "RunData", "aggregate", "band", "config_fields",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from pairgraph.analysis.figures import annotate_cells, new_figure, save_figure
 from pairgraph.errors import PairgraphError
-from pairgraph.tasks import IGNORE_INDEX
+from pairgraph.tasks import IGNORE_INDEX, predicted_class
 
 
 def _as_tensor(x: Any) -> Tensor:
@@ -24,8 +24,7 @@ def _as_tensor(x: Any) -> Tensor:
 def _predictions(pred: Any, labels: Tensor, what: str) -> Tensor:
     p = _as_tensor(pred)
     if p.is_floating_point() and p.dim() == labels.dim() + 1:  # logits: predicted class
-        # TODO(merge): use pairgraph.tasks.predicted_class
-        p = (p[..., 0] > 0).long() if p.shape[-1] == 1 else p.argmax(-1)
+        p = predicted_class(p)
     if tuple(p.shape) != tuple(labels.shape):
         raise PairgraphError(f"{what} has shape {tuple(p.shape)} but the labels have {tuple(labels.shape)}",
                              "pass one predicted class (or one row of logits) per label")

@@ -13,14 +13,14 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pairgraph.config.diff import RUNTIME_FIELDS, flatten
 from pairgraph.errors import PairgraphError
 
 RUN_HINT = "pass run folders runs/<name>/<id> written by `pairgraph train`"
 
-#: Spec fields that do not change what a run computes: where it ran (device, data-loader workers) and
-#: whether the frozen guide's taps were cached (the cache is exact: the same numbers either way).
-#: Results that differ only here are one configuration: a study keeps them, plots group them.
-NOT_CONFIG = frozenset({"train.device", "train.num_workers", "guidance.cache_guide", "guidance.cache_max_gb"})
+#: Spec fields that do not change what a run computes (see :mod:`pairgraph.config.diff`): results
+#: that differ only here are one configuration: a study keeps them, plots group them.
+NOT_CONFIG = RUNTIME_FIELDS
 #: The seed: runs that differ only in it (and in NOT_CONFIG) are the seeds of one configuration. A study
 #: compares a stored run with the run of the same seed, so there a different seed stays a difference.
 SEED = "train.seed"
@@ -28,24 +28,7 @@ SEED = "train.seed"
 
 def config_fields(spec: Mapping[str, Any], ignore: frozenset[str] = NOT_CONFIG) -> dict[str, Any]:
     """A (resolved) spec as ``{"section.key": value}``, without the ``ignore`` fields."""
-    return {k: v for k, v in _flatten(spec).items() if k not in ignore}
-
-
-def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping) and v:
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def spec_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    """Fields (dotted) where two resolved specs differ in what they compute: ``"key: old → new"``."""
-    fa = config_fields(yaml.safe_load(yaml.safe_dump(dict(a))))  # the YAML round trip: tuples and lists compare equal
-    fb = config_fields(yaml.safe_load(yaml.safe_dump(dict(b))))
-    return [f"{k}: {fa.get(k)!r} → {fb.get(k)!r}" for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)]
+    return {k: v for k, v in flatten(dict(spec)).items() if k not in ignore}
 
 
 @dataclass

@@ -104,7 +104,7 @@ def _check_output(graph: LayerGraph, side: str, model: str) -> None:
     if graph.output_type not in ("Tensor", "Parameter"):
         raise PairgraphError(
             f"{side} {model!r} returns a {graph.output_type} from forward, but pairgraph needs one tensor of outputs "
-            "(logits)", f"wrap it so forward returns the logits tensor, e.g. return model(x).logits or model(x)[0]")
+            "(logits)", "wrap it so forward returns the logits tensor, e.g. return model(x).logits or model(x)[0]")
 
 
 class _DataNeeded(Exception):

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 import yaml
 
-from pairgraph.analysis import spec_diff
 from pairgraph.api import compile as compile_pair
 from pairgraph.config import PairSpec, load_spec
+from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError, one_line
 from pairgraph.study.plan import ArmPlan, Job, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
