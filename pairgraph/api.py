@@ -19,15 +19,8 @@ def compile(
     render: bool = True,
     notify: Callable[[str], None] | None = print,
 ) -> CompiledPair:
-    """Compile a spec: trace both networks on the meta device, map them, write ``out_dir``.
-
-    Only a data-driven mapper (``learned``) builds the real models, to measure similarities on
-    calibration batches of the task's training data.
-
-    ``out_dir`` (default ``build/<name>``) receives ``guided_pair.py``, ``mapping.json``,
-    ``spec.yaml`` (resolved) and, with ``render``, ``mapping.png``/``mapping.svg``. The result's
-    ``.train(**kwargs)`` is :func:`pairgraph.training.train`.
-    """
+    """Compile a spec (see :func:`pairgraph.compiler.pipeline.compile`: trace on the meta device, map,
+    write ``build/<name>/``); the result's ``.train(**kwargs)`` is :func:`pairgraph.training.train`."""
     pair = pipeline.compile(spec, out_dir, overrides, render, notify)
     pair.trainer = train
     return pair

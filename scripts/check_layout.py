@@ -1,4 +1,5 @@
-"""Check the package's structure: the layers contract, no import cycle, module and function sizes.
+"""Check the package's structure: the layers contract, no import cycle, module and function sizes, no
+private name imported from another module.
 
     python scripts/check_layout.py            # exit 0 when clean; one line per problem otherwise
 
@@ -49,6 +50,19 @@ def size_problems(pkg: Path) -> list[str]:
     return problems
 
 
+def private_import_problems(pkg: Path) -> list[str]:
+    """``from pairgraph.x import _name`` in another module: a private helper with a second user."""
+    problems = []
+    for path in sorted(pkg.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("pairgraph"):
+                private = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if private:
+                    problems.append(f"{path.relative_to(pkg.parent)}:{node.lineno}: imports private "
+                                    f"{', '.join(private)} from {node.module} (make it public or keep it there)")
+    return problems
+
+
 def cycle_problems(staged: Path) -> list[str]:
     """Import cycles between modules (all imports, function-local ones too; TYPE_CHECKING aside)."""
     import grimp
@@ -87,7 +101,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         staged = Path(tmp)
         pkg = stage(staged)
-        problems = size_problems(pkg) + cycle_problems(staged) + contract_problems(staged)
+        problems = (size_problems(pkg) + private_import_problems(pkg) + cycle_problems(staged)
+                    + contract_problems(staged))
     for p in problems:
         print(p)
     print(f"layout: {len(problems)} problem(s)" if problems else "layout: layers kept, no import cycle, sizes within limits")

@@ -181,3 +181,16 @@ print(matplotlib.get_backend())
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          env={**os.environ, "MPLBACKEND": "svg"}).stdout
     assert out.strip().lower() == "svg" and (tmp_path / "mapping.png").exists()
+
+
+def test_one_set_of_fields_that_do_not_change_a_result():
+    """The study's stale-run check and the plots' grouping once used two different lists."""
+    from pairgraph import analysis
+    from pairgraph.config.diff import RUNTIME_FIELDS, spec_diff
+
+    assert analysis.NOT_CONFIG is RUNTIME_FIELDS
+    a = parse_spec(copy_paste_pair({"batch_size": 16})).resolved()
+    b = {**a, "guidance": {**a["guidance"], "cache_guide": True}, "train": {**a["train"], "device": "cpu"}}
+    assert spec_diff(a, b) == [] and analysis.config_fields(a) == analysis.config_fields(b)
+    c = {**a, "train": {**a["train"], "eval_batches": 3}}
+    assert spec_diff(a, c) == ["train.eval_batches: None → 3"]
