@@ -513,8 +513,10 @@ def test_image_loss_metrics_noise():
     assert abs(float(noise.mean())) < 0.05 and abs(float(noise.std()) - 1) < 0.05
     assert task.valid_mask(x) is None
     small = get_task({"kind": "image_classification"})
-    m = small.metrics(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0]))  # 3 classes: top5 = top3
-    assert m == {"top1": (0.0, 1), "top5": (1.0, 1)}
+    m = small.metrics(torch.tensor([[0.0, 1.0, 2.0]]), torch.tensor([0]))  # 3 classes: no top5, it would always hit
+    assert m == {"top1": (0.0, 1)}
+    one = small.metrics(torch.tensor([[2.0], [-1.0], [0.5]]), torch.tensor([1, 0, 0]))  # a single logit: > 0 is 1
+    assert one == {"top1": (2.0, 3)}
 
 
 def test_image_folder_dataset(tmp_path):
@@ -540,6 +542,37 @@ def test_image_folder_dataset(tmp_path):
     assert resized.model_kwargs()["image_size"] == (4, 4) and resized.datasets(0)["train"][0][0].shape == (3, 4, 4)
     with pytest.raises(PairgraphError, match="train"):
         get_task({"kind": "image_classification", "dataset": f"folder:{tmp_path / 'nope'}"}).model_kwargs()
+
+
+def test_grayscale_folders_stay_one_channel_and_num_classes_is_checked(tmp_path):
+    """A grayscale folder was once silently copied to 3 channels."""
+    from PIL import Image
+
+    root = tmp_path / "gray"
+    for split, n in (("train", 4), ("test", 2)):
+        for c, shade in (("a", 10), ("b", 240)):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.new("L", (5, 7), shade).save(root / split / c / f"{i}.png")
+    task = get_task({"kind": "image_classification", "dataset": f"folder:{root}", "val_size": 2})
+    assert task.model_kwargs() == {"num_classes": 2, "in_channels": 1, "image_size": (7, 5)}
+    assert task.datasets(0)["train"][0][0].shape == (1, 7, 5)
+    sized = get_task({"kind": "image_classification", "dataset": f"folder:{root}", "num_classes": 2, "image_size": [7, 5]})
+    assert sized.model_kwargs()["in_channels"] == 1
+    with pytest.raises(PairgraphError, match="task.num_classes is 3 but folder:.* has 2 classes"):
+        get_task({"kind": "image_classification", "dataset": f"folder:{root}", "num_classes": 3}).model_kwargs()
+
+
+def test_image_size_resizes_cifar10_instead_of_being_ignored(tmp_path, monkeypatch):
+    """task.image_size was once ignored for cifar10 (a ViT-B/16 guide ran on 2×2 patches of 32 px images)."""
+    _fake_cifar(tmp_path)
+    task = get_task({"kind": "image_classification", "data_dir": str(tmp_path), "image_size": [64, 48], "val_size": 1})
+    assert task.model_kwargs() == {"num_classes": 10, "in_channels": 3, "image_size": (64, 48)}
+    assert task.example_input(2, "cpu").shape == (2, 3, 64, 48)
+    ds = task.datasets(0)
+    assert all(ds[s][0][0].shape == (3, 64, 48) for s in ("train", "val", "test"))
+    native = get_task({"kind": "image_classification", "data_dir": str(tmp_path), "val_size": 1}).datasets(0)
+    assert native["test"][0][0].shape == (3, 32, 32)
 
 
 def test_image_hf_source(monkeypatch):

@@ -74,3 +74,15 @@ def test_a_forward_returning_a_dict_is_refused_at_compile_in_one_line(tmp_path, 
                                                         "forward.* fix: wrap it so forward returns the logits tensor"):
         pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
     assert not (tmp_path / "b").exists()
+
+
+def test_a_non_utf8_text_file_is_one_line_naming_the_byte(tmp_path):
+    import pytest
+
+    from pairgraph.tasks import get_task
+
+    path = tmp_path / "latin.txt"
+    path.write_bytes("hello café world\n".encode("latin-1") * 50)
+    task = get_task({"kind": "language_modeling", "source": str(path), "tokenizer": "char", "context": 4})
+    with pytest.raises(pairgraph.PairgraphError, match=r"latin.txt is not UTF-8 text \(byte 9 is 0xe9\) — fix: convert"):
+        task.datasets(0)

@@ -141,15 +141,37 @@ def decode_pil_images(images: list[Any], size: tuple[int, int] | None, mode: str
     return np.ascontiguousarray(np.stack(arrs).transpose(0, 3, 1, 2))
 
 
+#: PIL modes read as one grayscale channel; everything else is read as RGB
+GRAYSCALE_MODES = ("1", "L", "I", "I;16", "F")
+
+
+def pil_mode(image: Any) -> str:
+    """``L`` (one channel) for a grayscale PIL image, else ``RGB``."""
+    return "L" if image.mode in GRAYSCALE_MODES else "RGB"
+
+
+def folder_mode(root: Path) -> str:
+    """The mode of an ImageFolder tree: its first training image's (grayscale folders stay one channel)."""
+    first = next((f for c in sorted(p for p in (root / "train").iterdir() if p.is_dir())
+                  for f in sorted(c.iterdir()) if f.is_file()), None)
+    if first is None:
+        raise PairgraphError(f"no images under {root / 'train'}", "put images in train/<class>/")
+    with Image.open(first) as im:
+        return pil_mode(im)
+
+
 def folder_arrays(root: Path, size: tuple[int, int] | None) -> dict[str, np.ndarray]:
-    """The ImageFolder tree ``root/{train,test}/<class>/`` as RGB arrays (resized to ``size``)."""
+    """The ImageFolder tree ``root/{train,test}/<class>/`` as arrays (resized to ``size``), one channel
+    when its images are grayscale, else RGB."""
     from torchvision.datasets import ImageFolder  # torchvision takes seconds to import
 
     train, test = ImageFolder(str(root / "train")), ImageFolder(str(root / "test"))
+    mode = folder_mode(root)
     sig = "|".join(
         f"{p}:{Path(p).stat().st_size}:{Path(p).stat().st_mtime_ns}" for p, _ in train.samples + test.samples
     )
-    cache = cache_dir() / "folder" / f"{root.name}-{digest(root.resolve(), sig, size, CACHE_VERSION)}.npz"
+    key = (root.resolve(), sig, size, CACHE_VERSION) + (() if mode == "RGB" else (mode,))  # RGB keys unchanged
+    cache = cache_dir() / "folder" / f"{root.name}-{digest(*key)}.npz"
 
     def build() -> dict[str, np.ndarray]:
         index = train.class_to_idx
@@ -158,8 +180,8 @@ def folder_arrays(root: Path, size: tuple[int, int] | None) -> dict[str, np.ndar
             raise PairgraphError(f"{root / 'test'} has classes {sorted(missing)} not in train/", None)
         out: dict[str, np.ndarray] = {"classes": np.array(train.classes)}
         for split, folder in (("train", train), ("test", test)):
-            ims = [folder.loader(p) for p, _ in folder.samples]
-            out[f"{split}_x"] = decode_pil_images(ims, size, "RGB", str(root / split))
+            ims = [Image.open(p) for p, _ in folder.samples]  # not folder.loader, which makes every image RGB
+            out[f"{split}_x"] = decode_pil_images(ims, size, mode, str(root / split))
             out[f"{split}_y"] = np.array([index[folder.classes[t]] for _, t in folder.samples], dtype=np.int64)
         return out
 
@@ -214,7 +236,7 @@ def _decode_hf_images(source: str, size: tuple[int, int] | None) -> dict[str, np
     feats = dd[train_split].features
     img_col, lab_col = _hf_columns(feats, source)
     first = dd[train_split][0][img_col]
-    mode = "L" if first.mode in ("1", "L", "I", "I;16", "F") else "RGB"
+    mode = pil_mode(first)
     is_class_label = isinstance(feats[lab_col], datasets.ClassLabel)
     if is_class_label:
         classes = list(feats[lab_col].names)

@@ -1,6 +1,7 @@
 """``image_classification``: CIFAR-10, MNIST-1D, an ImageFolder tree or a Hugging Face image
 dataset (sources in :mod:`pairgraph.tasks.image_sources`), with fixed train/val/test subsets,
-optional crop/flip augmentation and per-channel normalization. Metrics ``top1``/``top5``.
+optional crop/flip augmentation and per-channel normalization. Metrics ``top1`` and, with more than
+5 classes, ``top5``. Grayscale images stay one channel.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pairgraph.config.names import TASKS
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import data_root
 from pairgraph.tasks import image_sources
-from pairgraph.tasks.base import LOSS_DESCRIPTION, LossKind, OptionsBase, Task, class_loss
+from pairgraph.tasks.base import LOSS_DESCRIPTION, LossKind, OptionsBase, Task, class_loss, predicted_class
 from pairgraph.tasks.image_sources import CIFAR10_MEAN, CIFAR10_STD
 
 _SPLIT_SEED = 0  # real-data subsets (val carve, train/test subsets) do not depend on the run seed
@@ -58,7 +59,8 @@ class ImageClassificationOptions(OptionsBase):
         description="Normalize with per-channel mean/std (CIFAR-10's standard values; else the training set's).",
     )
     image_size: tuple[int, int] | None = Field(
-        default=None, description="Resize folder:/hf: images to (H, W); None requires them all to share one size."
+        default=None, description="Resize images to (H, W): folder:/hf: images when decoded, CIFAR-10 and MNIST-1D "
+        "per example (bilinear, antialiased); None keeps the dataset's size (folder:/hf: images must share one)."
     )
     num_classes: int | None = Field(
         default=None, ge=1,
@@ -92,8 +94,10 @@ class _ImageDataset(Dataset):
         std: Tensor | None,
         augment: bool,
         hflip: bool,
+        size: tuple[int, int] | None = None,
     ):
         self.images, self.labels = images, labels
+        self.size = size if size is not None and tuple(size) != tuple(images.shape[-2:]) else None
         self.idx = torch.as_tensor(idx, dtype=torch.long)
         self.mean, self.std = mean, std
         self.augment, self.hflip = augment, hflip
@@ -114,6 +118,8 @@ class _ImageDataset(Dataset):
             x = xp[:, top : top + h, left : left + w]
             if self.hflip and bool(torch.rand(()) < 0.5):
                 x = x.flip(-1)
+        if self.size is not None:  # task.image_size on a dataset stored at another size (CIFAR-10, MNIST-1D)
+            x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
         if self.mean is not None and self.std is not None:
             x = (x - self.mean) / self.std
         return x.contiguous(), self.labels[j]
@@ -147,30 +153,34 @@ class ImageClassificationTask(Task):
         return info
 
     def _compute_shape_info(self) -> tuple[int, int, tuple[int, int]]:
-        ds = self.options.dataset
+        o, ds = self.options, self.options.dataset
         if ds == "cifar10":
-            return 10, 3, (32, 32)
-        if ds == "mnist1d":
-            return 10, 1, (1, 40)
-        if self.options.num_classes is not None and self.options.image_size is not None:
-            return self.options.num_classes, 3, tuple(self.options.image_size)  # type: ignore[return-value]
-        if ds.startswith("folder:"):
-            return self._folder_shape_info()
-        arrays = self._arrays()
-        c, h, w = arrays["train_x"].shape[1:]
-        return len(arrays["classes"]), int(c), (int(h), int(w))
+            n, c, hw = 10, 3, (32, 32)
+        elif ds == "mnist1d":
+            n, c, hw = 10, 1, (1, 40)
+        elif ds.startswith("folder:"):
+            n, c, hw = self._folder_shape_info()
+        elif o.num_classes is not None and o.image_size is not None:  # hf: without data, RGB is assumed
+            return o.num_classes, 3, tuple(o.image_size)  # type: ignore[return-value]
+        else:
+            arrays = self._arrays()
+            c, h, w = arrays["train_x"].shape[1:]
+            n, c, hw = len(arrays["classes"]), int(c), (int(h), int(w))
+        if o.num_classes is not None and o.num_classes != n:
+            raise PairgraphError(f"task.num_classes is {o.num_classes} but {ds} has {n} classes",
+                                 f"set task.num_classes: {n} or leave it out")
+        return n, c, tuple(o.image_size) if o.image_size is not None else hw  # type: ignore[return-value]
 
     def _folder_shape_info(self) -> tuple[int, int, tuple[int, int]]:
         """Classes from the train/ subfolders; the size from task.image_size, else the first image."""
         root = self._folder_root()
         classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+        channels = 1 if image_sources.folder_mode(root) == "L" else 3
         if self.options.image_size is not None:
-            return len(classes), 3, tuple(self.options.image_size)  # type: ignore[return-value]
+            return len(classes), channels, tuple(self.options.image_size)  # type: ignore[return-value]
         first = next((f for c in classes for f in sorted((root / "train" / c).iterdir()) if f.is_file()), None)
-        if first is None:
-            raise PairgraphError(f"no images under {root / 'train'}", "put images in train/<class>/")
         with Image.open(first) as im:
-            return len(classes), 3, (im.height, im.width)
+            return len(classes), channels, (im.height, im.width)
 
     @property
     def num_classes(self) -> int:
@@ -263,10 +273,11 @@ class ImageClassificationTask(Task):
         train_idx, val_idx, test_idx = self._split_indices(len(train_y), len(test_y))
         mean, std = self._normalization(a["train_x"])
         hflip = o.dataset != "mnist1d"  # flipping a 1-D signal is not a label-preserving transform
+        size = self._shape_info()[2]
         return {
-            "train": _ImageDataset(train_x, train_y, train_idx, mean, std, o.augment, hflip),
-            "val": _ImageDataset(train_x, train_y, val_idx, mean, std, False, hflip),
-            "test": _ImageDataset(test_x, test_y, test_idx, mean, std, False, hflip),
+            "train": _ImageDataset(train_x, train_y, train_idx, mean, std, o.augment, hflip, size),
+            "val": _ImageDataset(train_x, train_y, val_idx, mean, std, False, hflip, size),
+            "test": _ImageDataset(test_x, test_y, test_idx, mean, std, False, hflip, size),
         }
 
     # -- loss and metrics -----------------------------------------------------------------------
@@ -276,10 +287,10 @@ class ImageClassificationTask(Task):
 
     @torch.no_grad()
     def metrics(self, logits: Tensor, y: Tensor) -> dict[str, tuple[float, int]]:
-        """``top1`` and ``top5`` (top-min(5, classes)) as (correct, count)."""
+        """``top1``, and ``top5`` when there are more than 5 classes (else it is always 1), as (correct, count)."""
         logits, y = logits.reshape(-1, logits.shape[-1]), y.reshape(-1)
-        k = min(5, logits.shape[-1])
-        topk = logits.topk(k, dim=-1).indices
-        hit = topk == y[:, None]
         n = int(y.numel())
-        return {"top1": (float(hit[:, 0].sum()), n), "top5": (float(hit.any(-1).sum()), n)}
+        out = {"top1": (float((predicted_class(logits) == y).sum()), n)}
+        if logits.shape[-1] > 5:
+            out["top5"] = (float((logits.topk(5, dim=-1).indices == y[:, None]).any(-1).sum()), n)
+        return out

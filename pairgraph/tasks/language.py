@@ -7,6 +7,7 @@ Token streams of the three splits are computed once and cached as ``.npz`` under
 
 from __future__ import annotations
 
+import codecs
 import math
 import os
 from pathlib import Path
@@ -20,7 +21,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from pairgraph.config.names import TASKS
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, one_line
 from pairgraph.paths import cache_dir, data_root
 from pairgraph.tasks import hf
 from pairgraph.tasks.base import DATA_HINT, LOSS_DESCRIPTION, LossKind, OptionsBase, class_loss
@@ -84,16 +85,38 @@ def gpt2_encoding(data_dir: str | os.PathLike[str] | None = None) -> Any:
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_utf8(path: Path) -> None:
+    """A one-line error naming the byte where a text file stops being UTF-8 (read in 1 MiB chunks)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = 0
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                try:
+                    decoder.decode(chunk)
+                except UnicodeDecodeError as e:
+                    raise PairgraphError(f"{path} is not UTF-8 text (byte {offset + e.start} is {chunk[e.start]:#04x})",
+                                         "convert it, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8") from None
+                offset += len(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        raise PairgraphError(f"{path} is not UTF-8 text (it ends inside a character)", "save it as UTF-8") from None
+    except OSError as e:
+        raise PairgraphError(f"cannot read text file {path}: {e.strerror or one_line(e)}",
+                             "check the file's permissions") from None
+
+
 def _read_local_text(path: Path) -> str:
     """The whole text file as one document (read offline by ``datasets``' text loader)."""
-    with hf.quiet(offline=True) as datasets:
-        ds = datasets.load_dataset(
-            "text",
-            data_files={"train": str(path)},
-            sample_by="document",
-            cache_dir=str(cache_dir() / "hf"),
-            split="train",
-        )
+    _check_utf8(path)
+    try:
+        with hf.quiet(offline=True) as datasets:
+            ds = datasets.load_dataset("text", data_files={"train": str(path)}, sample_by="document",
+                                       cache_dir=str(cache_dir() / "hf"), split="train")
+    except PairgraphError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets wraps a failed read in several exception types
+        raise PairgraphError(f"cannot read text file {path}: {one_line(e)}", "check that it is a plain UTF-8 text file") from None
     return "".join(ds["text"])
 
 
