@@ -31,11 +31,20 @@ class Interrupted(PairgraphError):
     exit_code = 130
 
 
+def shorten(text: str, limit: int = 300) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, with "…" when cut."""
+    if len(text) <= limit:
+        return text
+    cut = text[: limit - 1]
+    space = cut.rfind(" ")
+    return (cut[:space] if space > limit // 2 else cut).rstrip(" ,;:") + "…"
+
+
 def first_line(exc: BaseException, limit: int = 300) -> str:
-    """The first non-empty line of ``exc``'s message (at most ``limit`` characters), or ``""``."""
+    """The first non-empty line of ``exc``'s message (shortened at a word to ``limit``), or ``""``."""
     for line in str(exc).splitlines():
         if line.strip():
-            return line.strip()[:limit]
+            return shorten(line.strip(), limit)
     return ""
 
 

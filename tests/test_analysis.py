@@ -178,6 +178,16 @@ def test_plot_runs_writes_png(runs, tmp_path):
     assert is_png(plot_runs([runs["g0"]], tmp_path / "one.png"))
 
 
+def test_plot_runs_does_not_count_one_seed_twice(runs, tmp_path):
+    """Two runs of one configuration and seed were once averaged as 'n=2'."""
+    import shutil
+
+    copy = tmp_path / "g0-again"
+    shutil.copytree(runs["g0"], copy, ignore=shutil.ignore_patterns("checkpoints", "tb", "build"))
+    with pytest.raises(PairgraphError, match=r"same configuration with seed 0: their mean would count one seed twice"):
+        plot_runs([runs["g0"], copy], tmp_path / "twice.png")
+
+
 def test_plot_runs_rejects_a_folder_that_is_not_a_run(runs, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(PairgraphError, match="empty is not a run folder .no metrics.jsonl.") as e:

@@ -86,3 +86,74 @@ def test_a_non_utf8_text_file_is_one_line_naming_the_byte(tmp_path):
     task = get_task({"kind": "language_modeling", "source": str(path), "tokenizer": "char", "context": 4})
     with pytest.raises(pairgraph.PairgraphError, match=r"latin.txt is not UTF-8 text \(byte 9 is 0xe9\) — fix: convert"):
         task.datasets(0)
+
+
+def test_long_error_text_is_cut_at_a_word_with_an_ellipsis():
+    from pairgraph.errors import first_line, shorten
+
+    text = "word " * 100
+    cut = shorten(text.strip(), 40)
+    assert len(cut) <= 40 and cut.endswith("word…")
+    assert first_line(RuntimeError("x" * 500), 50) == "x" * 49 + "…"  # no space to cut at: cut, and say so
+
+
+def test_a_bad_set_value_is_reported_at_the_set_not_at_a_line_of_the_file(tmp_path):
+    import pytest
+
+    from pairgraph.config import load_spec
+
+    root = __import__("pathlib").Path(__file__).resolve().parents[1]
+    with pytest.raises(pairgraph.SpecError, match=r"^--set train.lr=abc: train.lr: Input should be a valid number"):
+        load_spec(root / "specs" / "rnn_from_transformer.yaml", ["train.lr=abc"])
+
+
+def not_a_module(**kwargs):
+    return "a string"
+
+
+class TwoInputs(nn.Module):
+    def __init__(self, **kwargs):
+        super().__init__()
+        self.lin = nn.Linear(3 * 32 * 32, 10)
+
+    def forward(self, x, mask):
+        return self.lin(x.flatten(1))
+
+
+def two_inputs(**kwargs) -> nn.Module:
+    return TwoInputs()
+
+
+def test_factories_and_forwards_get_the_fix_that_fits(tmp_path, monkeypatch):
+    """'fix: check target.args' was once offered for a factory returning a non-Module and for a
+    forward taking two inputs."""
+    import pytest
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    base = {"task": {"kind": "image_classification", "num_classes": 10, "image_size": [32, 32]},
+            "guide": {"model": "resnet18", "args": {"preset": "cpu"}}}
+    with pytest.raises(pairgraph.PairgraphError, match="factory returned a str, not a torch.nn.Module — fix: return"):
+        pairgraph.compile({**base, "target": {"model": "test_user_models:not_a_module"}}, tmp_path / "a",
+                          render=False, notify=None)
+    with pytest.raises(pairgraph.PairgraphError, match=r"forward needs 2 inputs \(x, mask\).* — fix: give the other"):
+        pairgraph.compile({**base, "target": {"model": "test_user_models:two_inputs"}}, tmp_path / "b",
+                          render=False, notify=None)
+
+
+def test_guidance_loss_refuses_activations_without_gradient():
+    """Activations left from a no_grad forward of the same batch size were once used silently."""
+    import pytest
+
+    torch.manual_seed(0)
+    guide, target = _bn_net(), _bn_net(16)
+    x = torch.randn(16, 6)
+    guidance = pairgraph.GuidanceLoss(guide, target, example_input=x[:8])
+    with torch.no_grad():
+        target(x)
+    with pytest.raises(pairgraph.PairgraphError, match="carry no gradient"):
+        guidance(x)
+    target(x[:8])
+    with pytest.raises(pairgraph.PairgraphError, match="a batch of 16 but the target's last forward had"):
+        guidance(x)
+    target(x)
+    assert guidance(x).requires_grad

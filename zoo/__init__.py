@@ -106,6 +106,10 @@ def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str
                 "valid arguments: " + ", ".join(sorted(accepted)),
             )
     try:
-        return entry.factory(**kwargs)
+        model = entry.factory(**kwargs)
     except TypeError as e:
         raise PairgraphError(f"model {ref!r} rejected its arguments: {e}", "check the model's args in the spec") from None
+    if not isinstance(model, nn.Module):
+        raise PairgraphError(f"model {ref!r}: its factory returned a {type(model).__name__}, not a torch.nn.Module",
+                             "return the model itself (an nn.Module) from the factory")
+    return model

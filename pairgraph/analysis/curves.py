@@ -93,12 +93,25 @@ class _Group:
         return any(r.guidance_terms() for r in self.runs)
 
 
+def _one_run_per_seed(group: list[RunData]) -> None:
+    """A mean over seeds must not count one seed twice (two runs of one configuration and seed)."""
+    seen: dict[str, RunData] = {}
+    for r in group:
+        if str(r.seed) in seen:
+            raise PairgraphError(
+                f"runs {seen[str(r.seed)].path} and {r.path} are the same configuration with seed {r.seed}: "
+                "their mean would count one seed twice", "pass one of them (or give the repeat another train.seed)")
+        seen[str(r.seed)] = r
+
+
 def _group_runs(runs: list[RunData]) -> list[_Group]:
     """Runs that differ only in their seed share a group; colliding labels get the differing fields."""
     by_key: dict[str, list[RunData]] = {}
     for r in runs:
         by_key.setdefault(r.config_key(), []).append(r)
     groups = list(by_key.values())
+    for g in groups:
+        _one_run_per_seed(g)
     base: dict[str, list[int]] = {}
     for i, g in enumerate(groups):
         base.setdefault(g[0].base_label(), []).append(i)

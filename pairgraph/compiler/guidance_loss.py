@@ -62,6 +62,7 @@ class GuidanceLoss(nn.Module):
                                             if t.name in {p[0] for p in pairs}])
         self._guide.requires_grad_(False)
         self._captured: dict[str, Tensor] = {}
+        self._target = [target]  # in a list: not a submodule of the loss (the caller owns and trains it)
         needed = {p[1] for p in pairs}
         modules = dict(target.named_modules())
         self._handles = [
@@ -77,12 +78,25 @@ class GuidanceLoss(nn.Module):
             raise PairgraphError("GuidanceLoss found no target activations", "call target(x) before guidance(x) each step")
         target_taps = dict(self._captured)
         self._captured.clear()
+        self._check_fresh(target_taps, x)
         self._guide.eval()
         with torch.no_grad():
             _, guide_taps = self._guide(x)
         terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return self.weight * sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
+
+    def _check_fresh(self, target_taps: dict[str, Tensor], x: Tensor) -> None:
+        """The captured taps must be this batch's, from a forward that can carry gradient."""
+        rows = {t.shape[0] for t in target_taps.values()}
+        if rows != {x.shape[0]}:
+            raise PairgraphError(f"GuidanceLoss got a batch of {x.shape[0]} but the target's last forward had "
+                                 f"{sorted(rows)} rows", "call target(x) on the same batch right before guidance(x)")
+        trainable = any(p.requires_grad for p in self._target[0].parameters())
+        if torch.is_grad_enabled() and trainable and not any(t.requires_grad for t in target_taps.values()):
+            raise PairgraphError("the target's captured activations carry no gradient (its last forward ran under "
+                                 "torch.no_grad or inference_mode), so this loss could not train it",
+                                 "call target(x) with gradients on, right before guidance(x)")
 
     def remove(self) -> None:
         """Detach the hooks from the target."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import json
 import sys
 from collections.abc import Callable
@@ -67,6 +68,20 @@ def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "m
         ) from None
 
 
+def _check_one_input(model: nn.Module, side: str, ref: str) -> None:
+    """pairgraph feeds a network one tensor: a forward that needs more inputs is said so, not traced."""
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return
+    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    required = [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    if len(required) > 1:
+        raise PairgraphError(f"{side} {ref!r}: forward needs {len(required)} inputs ({', '.join(required)}), but "
+                             "pairgraph feeds it one tensor (the task's input)",
+                             "give the other inputs defaults, or wrap the model so that forward(x) takes x alone")
+
+
 def _check_checkpoint(guide: nn.Module, path: str) -> None:
     """The guide checkpoint must have the guide's keys and shapes (checked on the meta model)."""
     check_fits(guide, read_state(path, "guide"), path, "guide")
@@ -91,6 +106,7 @@ def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> 
     graphs = {}
     for side in ("guide", "target"):
         model = _model(spec, side, defaults)
+        _check_one_input(model, side, getattr(spec, side).model)
         if side == "guide" and spec.guide.checkpoint:
             _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
         real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))

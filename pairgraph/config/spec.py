@@ -272,7 +272,7 @@ def parse_spec(
         errors = e.errors()
         first = errors[0]
         text, hint = describe(first, PairSpec, data)
-        at = where(source, root_node, tuple(first["loc"]))
+        at = _override_at(first["loc"], overrides) or where(source, root_node, tuple(first["loc"]))
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         cause = first.get("ctx", {}).get("error") if isinstance(first.get("ctx"), dict) else None
         if isinstance(cause, PairgraphError):
@@ -281,6 +281,16 @@ def parse_spec(
         raise SpecError(f"{at}: {text}{more}", hint) from None
     _check_consistency(spec, source, root_node)
     return spec
+
+
+def _override_at(loc: tuple[Any, ...], overrides: list[str] | None) -> str | None:
+    """``--set key=value`` when the failing field was set on the command line (not the file's line)."""
+    dotted = ".".join(str(p) for p in loc if not (isinstance(p, str) and p.startswith("function-")))
+    for item in reversed(overrides or []):
+        key = item.partition("=")[0].strip()
+        if dotted == key or dotted.startswith(key + ".") or key.startswith(dotted + "."):
+            return f"--set {item}"
+    return None
 
 
 def _check_consistency(spec: PairSpec, source: str, root_node: yaml.Node | None) -> None:
