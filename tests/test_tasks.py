@@ -639,3 +639,17 @@ def test_a_reversed_length_range_is_a_one_line_spec_error(kind):
 
     with pytest.raises(PairgraphError, match=r"task.length: .*need 1 <= min <= max, got \[5, 2\]"):
         get_task({"kind": kind, "length": [5, 2]})
+
+
+def test_a_broken_image_in_a_folder_is_one_line_naming_it(tmp_path):
+    from PIL import Image
+
+    root = tmp_path / "imgs"
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(root / split / c / f"{i}.png")
+    (root / "train" / "b" / "9.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    with pytest.raises(PairgraphError, match=r"cannot read image .*9.png: .* — fix: remove or replace that file"):
+        get_task({"kind": "image_classification", "dataset": f"folder:{root}", "val_size": 1}).datasets(0)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, one_line
 from pairgraph.paths import cache_dir
 from pairgraph.tasks import hf
 from pairgraph.tasks.base import DATA_HINT
@@ -156,8 +156,17 @@ def folder_mode(root: Path) -> str:
                   for f in sorted(c.iterdir()) if f.is_file()), None)
     if first is None:
         raise PairgraphError(f"no images under {root / 'train'}", "put images in train/<class>/")
-    with Image.open(first) as im:
-        return pil_mode(im)
+    return pil_mode(open_image(first))
+
+
+def open_image(path: Path) -> Any:
+    """A decoded PIL image; an unreadable or truncated file is one line naming it."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (OSError, SyntaxError, ValueError) as e:  # PIL raises these for broken files
+        raise PairgraphError(f"cannot read image {path}: {one_line(e)}", "remove or replace that file") from None
 
 
 def folder_arrays(root: Path, size: tuple[int, int] | None) -> dict[str, np.ndarray]:
@@ -180,7 +189,7 @@ def folder_arrays(root: Path, size: tuple[int, int] | None) -> dict[str, np.ndar
             raise PairgraphError(f"{root / 'test'} has classes {sorted(missing)} not in train/", None)
         out: dict[str, np.ndarray] = {"classes": np.array(train.classes)}
         for split, folder in (("train", train), ("test", test)):
-            ims = [Image.open(p) for p, _ in folder.samples]  # not folder.loader, which makes every image RGB
+            ims = [open_image(Path(p)) for p, _ in folder.samples]  # not folder.loader: it makes every image RGB
             out[f"{split}_x"] = decode_pil_images(ims, size, mode, str(root / split))
             out[f"{split}_y"] = np.array([index[folder.classes[t]] for _, t in folder.samples], dtype=np.int64)
         return out

@@ -12,7 +12,6 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from pydantic import BaseModel, Field, field_validator, model_validator
 from torch import Tensor
 from torch.utils.data import Dataset
@@ -179,8 +178,8 @@ class ImageClassificationTask(Task):
         if self.options.image_size is not None:
             return len(classes), channels, tuple(self.options.image_size)  # type: ignore[return-value]
         first = next((f for c in classes for f in sorted((root / "train" / c).iterdir()) if f.is_file()), None)
-        with Image.open(first) as im:
-            return len(classes), channels, (im.height, im.width)
+        im = image_sources.open_image(first)
+        return len(classes), channels, (im.height, im.width)
 
     @property
     def num_classes(self) -> int:
