@@ -44,6 +44,11 @@ class LayerSelection(_Strict):
         description="Module class names to tap (e.g. [Linear, Conv2d]); null = pairgraph's default tap types.",
     )
     exclude_types: list[str] = Field(default_factory=list, description="Module class names never to tap.")
+    leaf_types: list[str] = Field(
+        default_factory=list,
+        description="Module class names (short or qualified) to treat as single layers: not traced into, and tapped "
+        "(e.g. [Block] for a timm ViT's blocks, [GPT2Block]).",
+    )
     drop_output: bool = Field(default=True, description="Drop the last tap when it produces the network's output.")
 
 

@@ -74,9 +74,11 @@ def default_tap_types() -> set[str]:
     return {name.rsplit(".", 1)[-1] for name, rule in TAP_TYPES.items() if rule.default}
 
 
-def is_leaf(module: nn.Module) -> bool:
-    """A registered leaf module (fx will not trace into it)."""
-    return any(qualname(c) in LEAF_MODULES for c in type(module).__mro__)
+def is_leaf(module: nn.Module, extra: frozenset[str] = frozenset()) -> bool:
+    """A module fx keeps whole: a registered leaf, a tap type (or a subclass of one, e.g. timm's
+    ``LayerNorm``), or a class named in ``extra`` (short or qualified name: a spec's ``layers.leaf_types``)."""
+    return any(qualname(c) in LEAF_MODULES or qualname(c) in TAP_TYPES or c.__name__ in extra or qualname(c) in extra
+               for c in type(module).__mro__[:-1])
 
 
 def _batch_first_axis(m: nn.Module) -> int:
@@ -96,5 +98,8 @@ for _cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
     register_tap_type(_cls, batch_axis=_attention_batch_axis)
 for _cls in (nn.Embedding, nn.ConvTranspose2d, nn.InstanceNorm2d):
     register_tap_type(_cls, default=False)
-register_tap_type("torchvision.models.vision_transformer.EncoderBlock")
-register_leaf_module("torchvision.models.vision_transformer.EncoderBlock")
+# transformer and ConvNeXt blocks of torchvision and timm: whole blocks are the layers a person would map
+for _name in ("torchvision.models.vision_transformer.EncoderBlock", "timm.models.vision_transformer.Block",
+              "timm.models.convnext.ConvNeXtBlock", "timm.models.swin_transformer.SwinTransformerBlock"):
+    register_tap_type(_name)
+    register_leaf_module(_name)

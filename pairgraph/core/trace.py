@@ -27,10 +27,19 @@ from pairgraph.errors import PairgraphError, first_line, one_line
 
 
 class LeafTracer(fx.Tracer):
-    """fx tracer whose leaves are torch.nn's own modules plus the registered leaf modules."""
+    """fx tracer whose leaves are torch.nn's own modules, the registered leaf modules and tap types,
+    and the classes a spec names in ``layers.leaf_types``."""
+
+    def __init__(self, extra_leaves: frozenset[str] = frozenset()):
+        super().__init__()
+        self.extra_leaves = extra_leaves
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_leaf(m) or super().is_leaf_module(m, qualname)
+        return is_leaf(m, self.extra_leaves) or super().is_leaf_module(m, qualname)
+
+
+def _leaf_types(selection: Any) -> frozenset[str]:
+    return frozenset(getattr(selection, "leaf_types", None) or ())
 
 
 # ---------------------------------------------------------------- the layer graph
@@ -121,7 +130,7 @@ def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPo
     include = list(getattr(selection, "include", ["*"]))
     exclude = list(getattr(selection, "exclude", []))
     types = getattr(selection, "types", None)
-    types = set(types) if types is not None else default_tap_types()
+    types = (set(types) if types is not None else default_tap_types()) | {t.rsplit(".", 1)[-1] for t in _leaf_types(selection)}
     exclude_types = set(getattr(selection, "exclude_types", []))
     drop_output = getattr(selection, "drop_output", True)
     chosen = [
@@ -201,7 +210,7 @@ class ShapePropError(Exception):
 
 def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
     """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
-    gm = fx.GraphModule(model, LeafTracer().trace(model), type(model).__name__)
+    gm = fx.GraphModule(model, LeafTracer(_leaf_types(selection)).trace(model), type(model).__name__)
     try:
         result = _ShapeRecorder(gm).run(example)
     except Exception as e:  # noqa: BLE001 - traced fine, but the model does not run on this input
@@ -279,7 +288,7 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     for name, mod in model.named_modules():  # parents come before children
         if not name or any(name.startswith(p) for p in leaf_prefixes):
             continue
-        if is_leaf(mod) or is_default_tap(mod) or not list(mod.children()):
+        if is_leaf(mod, _leaf_types(selection)) or is_default_tap(mod) or not list(mod.children()):
             leaf_prefixes.append(name + ".")
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:

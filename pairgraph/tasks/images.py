@@ -63,7 +63,8 @@ class ImageClassificationOptions(OptionsBase):
     )
     num_classes: int | None = Field(
         default=None, ge=1,
-        description="Classes of a folder:/hf: dataset; with image_size set, compiling needs no data on disk.",
+        description="Classes of a folder:/hf: dataset; with image_size set, compiling needs no data on disk "
+        "(then RGB images are assumed; a folder on disk says itself whether it is grayscale).",
     )
     loss: LossKind = Field(default="ce", description=LOSS_DESCRIPTION)
 
@@ -157,10 +158,10 @@ class ImageClassificationTask(Task):
             n, c, hw = 10, 3, (32, 32)
         elif ds == "mnist1d":
             n, c, hw = 10, 1, (1, 40)
+        elif o.num_classes is not None and o.image_size is not None and not self._folder_on_disk():
+            return o.num_classes, 3, tuple(o.image_size)  # type: ignore[return-value]  # no data: RGB is assumed
         elif ds.startswith("folder:"):
             n, c, hw = self._folder_shape_info()
-        elif o.num_classes is not None and o.image_size is not None:  # hf: without data, RGB is assumed
-            return o.num_classes, 3, tuple(o.image_size)  # type: ignore[return-value]
         else:
             arrays = self._arrays()
             c, h, w = arrays["train_x"].shape[1:]
@@ -169,6 +170,16 @@ class ImageClassificationTask(Task):
             raise PairgraphError(f"task.num_classes is {o.num_classes} but {ds} has {n} classes",
                                  f"set task.num_classes: {n} or leave it out")
         return n, c, tuple(o.image_size) if o.image_size is not None else hw  # type: ignore[return-value]
+
+    def _folder_on_disk(self) -> bool:
+        """A folder: dataset whose train/ folder exists (its images then say how many channels)."""
+        if not self.options.dataset.startswith("folder:"):
+            return False
+        try:
+            self._folder_root()
+        except PairgraphError:
+            return False
+        return True
 
     def _folder_shape_info(self) -> tuple[int, int, tuple[int, int]]:
         """Classes from the train/ subfolders; the size from task.image_size, else the first image."""
