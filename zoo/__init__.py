@@ -94,7 +94,10 @@ def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str
             )
         kwargs = {**entry.presets[preset], **kwargs}
     accepted = entry.accepts()
-    default_keys = entry.default_keys if entry.default_keys is not None else entry.named_params()
+    if entry.default_keys is not None:
+        default_keys = entry.default_keys
+    else:  # a factory taking **kwargs gets every task argument; others those they name
+        default_keys = set(defaults or {}) if accepted is None else entry.named_params()
     for key, value in (defaults or {}).items():
         if key not in kwargs and key in default_keys:
             kwargs[key] = value

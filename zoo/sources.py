@@ -1,6 +1,8 @@
 """Model sources named by a ``prefix:`` in a spec's ``model:`` — registered in ``MODEL_SOURCES``.
 
 ``torchvision:<name>`` builds ``torchvision.models.get_model(name, weights=None, ...)``;
+``timm:<name>`` builds ``timm.create_model(name, pretrained=False, num_classes=…, in_chans=…,
+img_size=… where the model takes it, **args)`` (``pip install 'pairgraph[timm]'``);
 ``package.module:factory`` (the ``python`` source) imports ``package.module`` and calls
 ``factory(**args)`` — it runs that code, so only use specs you trust.
 """
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import sys
+from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from pairgraph.config.names import MODEL_SOURCES
+from pairgraph.config.names import IMPORT_ROOTS, MODEL_SOURCES
 from pairgraph.errors import PairgraphError
 from pairgraph.zoo import ModelEntry
 
@@ -45,16 +49,61 @@ def torchvision_source(ref: str) -> ModelEntry:
 
 @MODEL_SOURCES.register("python")
 def python_source(ref: str) -> ModelEntry:
-    """``package.module:factory``: a user's factory, imported (and so run) from the import path."""
+    """``package.module:factory``: a user's factory, imported (and so run) from sys.path, then the
+    working directory, then the folder of each spec file loaded (:data:`IMPORT_ROOTS`)."""
     mod_name, _, attr = ref.partition(":")
+    for root in (Path.cwd(), *IMPORT_ROOTS):
+        if str(root) not in sys.path:
+            sys.path.append(str(root))  # after sys.path: an installed package of the same name wins
     try:
         module = importlib.import_module(mod_name)
     except ImportError as e:
         raise PairgraphError(
             f"cannot import module {mod_name!r} for model {ref!r} ({e})",
-            "check the module is installed or on PYTHONPATH",
+            f"put {mod_name.split('.')[0]} in the working directory or beside the spec file, install it, "
+            "or add its folder to PYTHONPATH",
         ) from None
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise PairgraphError(f"module {mod_name!r} has no callable {attr!r}", "name a factory as 'package.module:function'")
     return ModelEntry(ref, factory, "image", {}, f"user factory {ref}")
+
+
+def _optional(module: str, extra: str, ref: str) -> Any:
+    """Import an optional dependency, or say in one line how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise PairgraphError(f"model {ref!r} needs {module}, which is not installed",
+                             f"pip install 'pairgraph[{extra}]' (or pip install {module})") from None
+
+
+@MODEL_SOURCES.register("timm")
+def timm_source(ref: str) -> ModelEntry:
+    """``timm:<name>``: any architecture timm lists, built untrained unless ``args`` say ``pretrained: true``
+    (timm's own loading code: the hub, or ``pretrained_cfg_overlay: {file: local.safetensors}``)."""
+    timm = _optional("timm", "timm", ref)
+    name = ref.split(":", 1)[1]
+    available = timm.list_models()
+    if name not in available:
+        close = difflib.get_close_matches(name, available, n=3)
+        hint = ("did you mean " + " or ".join(f"'timm:{c}'" for c in close) + "?") if close else (
+            "run `python -c 'import timm; print(timm.list_models(\"*vit*\"))'`")
+        raise PairgraphError(f"unknown timm model {name!r}", hint)
+
+    def timm_factory(**kwargs: Any) -> nn.Module:
+        kwargs.setdefault("pretrained", False)
+        if "in_channels" in kwargs:
+            kwargs["in_chans"] = kwargs.pop("in_channels")
+        size = kwargs.pop("image_size", None)
+        if size is None:
+            return timm.create_model(name, **kwargs)
+        try:  # transformers take the image size; convolutional networks do not
+            return timm.create_model(name, img_size=tuple(size) if isinstance(size, list) else size, **kwargs)
+        except TypeError as e:
+            if "img_size" not in str(e):
+                raise
+            return timm.create_model(name, **kwargs)
+
+    return ModelEntry(ref, timm_factory, "image", {}, f"timm {name}",
+                      default_keys={"num_classes", "in_channels", "image_size"})

@@ -7,6 +7,7 @@ read (see :class:`pairgraph.registry.Registry`), and users add their own with th
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from pairgraph.registry import Registry
@@ -23,6 +24,18 @@ MEASURES: Registry[Any] = Registry("measure", builtins=["pairgraph.core.similari
 TASKS: Registry[Any] = Registry("task", builtins=["pairgraph.tasks"])
 #: optimizers ``(train section, parameters) -> torch.optim.Optimizer``
 OPTIMIZERS: Registry[Any] = Registry("optimizer", builtins=["pairgraph.core.optim"])
+
+
+#: folders a spec's ``package.module:factory`` is also imported from (after sys.path): the working
+#: directory and the folder of every spec file loaded (see :func:`add_import_root`)
+IMPORT_ROOTS: list[Path] = []
+
+
+def add_import_root(folder: str | Path) -> None:
+    """Let ``package.module:factory`` references find modules in ``folder`` (a spec file's folder)."""
+    folder = Path(folder).resolve()
+    if folder not in IMPORT_ROOTS:
+        IMPORT_ROOTS.append(folder)
 
 
 def resolve_model(ref: str) -> Any:

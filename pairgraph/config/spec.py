@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from pairgraph.config.messages import describe
-from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model
+from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, add_import_root, resolve_model
 from pairgraph.config.yaml_io import parse_scalar, read_yaml, where
 from pairgraph.errors import PairgraphError, SpecError
 
@@ -315,6 +315,7 @@ def _check_consistency(spec: PairSpec, source: str, root_node: yaml.Node | None)
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:
     """Read and validate a YAML spec file (``yaml.safe_load``/``compose`` only — never arbitrary tags)."""
     data, root = read_yaml(path, "spec")
+    add_import_root(Path(path).parent)  # a factory beside the spec file is found, whatever the working directory
     return parse_spec(data, str(path), overrides, root)
 
 
