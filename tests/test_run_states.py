@@ -15,10 +15,10 @@ from pathlib import Path
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.cli.main import main
-from tiny_specs import copy_paste_pair
 
 SPEC = copy_paste_pair({"batch_size": 16, "steps": 8, "eval_every": 4, "lr": 3e-3, "seed": 1})
 STATES = ["none", "interrupted", "finished", "another_spec"]
@@ -61,7 +61,7 @@ def _check_consistent(run: Path) -> None:
     summary = json.loads((run / "summary.json").read_text())
     steps = [json.loads(ln)["step"] for ln in (run / "metrics.jsonl").read_text().splitlines()]
     assert summary["lr"] == spec["train"]["lr"] and summary["steps"] == spec["train"]["steps"] == max(steps)
-    assert steps == sorted(steps) and len(set(s for s in steps)) <= len(steps)
+    assert steps == sorted(steps) and len(set(steps)) <= len(steps)
 
 
 @settings(max_examples=16, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
