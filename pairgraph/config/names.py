@@ -15,7 +15,7 @@ from pairgraph.registry import Registry
 #: zoo models: ``@register_model`` in :mod:`pairgraph.zoo` (entries are ``ModelEntry``)
 MODELS: Registry[Any] = Registry("model", builtins=["pairgraph.zoo.vision", "pairgraph.zoo.sequence"])
 #: ``prefix:`` model sources (``torchvision``, ``python`` for ``package.module:factory``): ref → ``ModelEntry``
-MODEL_SOURCES: Registry[Any] = Registry("model source", builtins=["pairgraph.zoo.sources"])
+MODEL_SOURCES: Registry[Any] = Registry("model source", builtins=["pairgraph.zoo.sources", "pairgraph.zoo.hf"])
 #: mappers ``(guide graph, target graph, **options) -> Correspondence``
 MAPPERS: Registry[Any] = Registry("mapper", builtins=["pairgraph.compiler.mapping"])
 #: similarity measures (instances of ``pairgraph.core.similarity.Measure``)

@@ -98,8 +98,11 @@ for _cls in (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer):
     register_tap_type(_cls, batch_axis=_attention_batch_axis)
 for _cls in (nn.Embedding, nn.ConvTranspose2d, nn.InstanceNorm2d):
     register_tap_type(_cls, default=False)
-# transformer and ConvNeXt blocks of torchvision and timm: whole blocks are the layers a person would map
+# transformer and ConvNeXt blocks of torchvision, timm and transformers: whole blocks are the layers a
+# person would map (a block returning a tuple is tapped at its first element, the hidden states)
 for _name in ("torchvision.models.vision_transformer.EncoderBlock", "timm.models.vision_transformer.Block",
-              "timm.models.convnext.ConvNeXtBlock", "timm.models.swin_transformer.SwinTransformerBlock"):
+              "timm.models.convnext.ConvNeXtBlock", "timm.models.swin_transformer.SwinTransformerBlock",
+              "transformers.models.gpt2.modeling_gpt2.GPT2Block", "transformers.models.bert.modeling_bert.BertLayer",
+              "transformers.models.vit.modeling_vit.ViTLayer", "transformers.models.llama.modeling_llama.LlamaDecoderLayer"):
     register_tap_type(_name)
     register_leaf_module(_name)

@@ -157,10 +157,13 @@ def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPo
 
 def _candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node: str) -> TapPoint:
     rule = rule_for(module)
-    raw = _meta_shape(meta, rule.output_index)
+    index = rule.output_index
+    if index is None and isinstance(meta, list | tuple) and meta and getattr(meta[0], "shape", None) is not None:
+        index = 0  # a tuple whose first element is a tensor: the activation (transformers' blocks put it first)
+    raw = _meta_shape(meta, index)
     axis = rule.batch_axis(module)
     shape = _batch_first(raw, axis) if raw is not None else None
-    return TapPoint(name, type(module).__name__, shape, index=order, output_index=rule.output_index,
+    return TapPoint(name, type(module).__name__, shape, index=order, output_index=index,
                     batch_axis=axis, fx_node=fx_node)  # type: ignore[arg-type]
 
 

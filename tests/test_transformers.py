@@ -1,0 +1,76 @@
+"""Hugging Face transformers models built from configs (``hf:<model_type>``), offline (issue #19)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import pairgraph
+from pairgraph.compiler.build import build_root
+from pairgraph.tasks import get_task
+
+pytest.importorskip("transformers")
+
+GPT2 = {"model": "hf:gpt2", "args": {"n_layer": 2, "n_embd": 32, "n_head": 2}}
+BERT = {"model": "hf:bert", "args": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                                     "intermediate_size": 64}}
+VIT = {"model": "hf:vit", "args": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,
+                                   "intermediate_size": 64, "patch_size": 8}}
+RNN = {"model": "rnn", "args": {"num_layers": 2, "hidden": 32}}
+COPY = {"kind": "copy_paste", "length": [2, 4], "size": 400}
+
+
+def _compile(tmp_path, guide, target, task, **train):
+    spec = {"name": "hf", "task": task, "guide": guide, "target": target,
+            "train": {"batch_size": 16, "steps": 30, "eval_every": 30, "lr": 3e-3, **train}}
+    return pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
+
+
+def _same_output(cp, side: str) -> None:
+    task = get_task(cp.spec.task)
+    eager = build_root(cp.spec.resolved(), side, task).eval()
+    net = getattr(cp.module, side.capitalize())(build_root(cp.spec.resolved(), side, task)).eval()
+    x = task.example_input(4, device="cpu")
+    if not x.is_floating_point():
+        x = torch.randint(1, task.model_kwargs()["vocab_size"], x.shape)
+    with torch.no_grad():
+        out, taps = net(x)
+        torch.testing.assert_close(out, eager(x))
+    assert set(taps) == set(getattr(cp, side).names)
+
+
+def test_gpt2_guide_taps_its_blocks_never_the_head_and_matches_eager(tmp_path):
+    cp = _compile(tmp_path, GPT2, RNN, COPY)
+    assert cp.guide.names == ["transformer.h.0", "transformer.h.1", "transformer.ln_f"]
+    _same_output(cp, "guide")
+
+
+def test_bert_target_on_parity_gets_a_classification_head_and_trains(tmp_path):
+    cp = _compile(tmp_path, RNN, BERT, {"kind": "parity", "length": [4, 8], "size": 400}, steps=4, eval_every=4)
+    assert [n for n in cp.target.names if "layer." in n] == ["bert.encoder.layer.0", "bert.encoder.layer.1"]
+    assert not any("classifier" in n for n in cp.target.names)
+    _same_output(cp, "target")
+    summary = cp.train(runs_dir=tmp_path / "runs", run_id="b", progress=False)
+    assert summary["steps"] == 4 and 0.0 <= summary["test"]["accuracy"] <= 1.0
+
+
+def test_vit_guide_for_images(tmp_path):
+    cp = _compile(tmp_path, VIT, {"model": "deep_fcn", "args": {"num_blocks": 3, "width": 32}},
+                  {"kind": "image_classification", "dataset": "cifar10", "num_classes": 10, "image_size": [32, 32]})
+    assert cp.guide.names[1:] == ["vit.layers.0", "vit.layers.1", "vit.layernorm"]
+    _same_output(cp, "guide")
+
+
+def test_a_gpt2_guided_rnn_lowers_its_guidance_loss(tmp_path):
+    summary = _compile(tmp_path, GPT2, RNN, COPY).train(runs_dir=tmp_path / "runs", run_id="g", progress=False)
+    steps = [json.loads(ln) for ln in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    guidance = [r["guidance_loss"] for r in steps if "guidance_loss" in r]
+    assert sum(guidance[-5:]) / 5 < sum(guidance[:5]) / 5
+
+
+def test_an_unknown_model_type_is_one_line(tmp_path):
+    with pytest.raises(pairgraph.PairgraphError, match="unknown transformers model type 'gtp2'"):
+        _compile(tmp_path, {"model": "hf:gtp2"}, RNN, COPY)
