@@ -118,3 +118,28 @@ def test_a_factory_beside_the_spec_is_found_from_any_folder_and_gets_the_task_ar
                           text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert "mymodels:build" in " ".join(proc.stdout.split())
+
+
+def test_weights_pretrained_uses_timms_own_loading_code_offline(tmp_path):
+    """timm's real pretrained path (create_model(pretrained=True)), pointed at a local file instead of the hub."""
+    from safetensors.torch import save_file
+
+    source = timm.create_model("resnet18", pretrained=False, num_classes=10)
+    torch.nn.init.constant_(source.conv1.weight, 0.25)
+    path = tmp_path / "resnet18.safetensors"
+    save_file({k: v.contiguous() for k, v in source.state_dict().items()}, str(path))
+    guide = {"model": "timm:resnet18", "weights": "pretrained", "args": {"pretrained_cfg_overlay": {"file": str(path)}}}
+    cp = pairgraph.compile(_spec(guide), tmp_path / "b", render=False, notify=None)
+    pair = cp.build()
+    assert torch.equal(pair.guide.conv1.weight, source.conv1.weight)
+    assert torch.equal(pair.guide.layer4[1].conv2.weight, source.layer4[1].conv2.weight)
+    # timm re-initialises a classifier whose size differs from its pretrained config's (1000 classes): the head is
+    # the task's, the body the checkpoint's
+    assert pair.guide.fc.weight.shape == (10, 512)
+
+
+def test_weights_pretrained_is_refused_for_a_model_without_its_own_weights(tmp_path):
+    spec = _spec({"model": "resnet18", "args": {"preset": "cpu"}, "weights": "pretrained"})
+    cp = pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
+    with pytest.raises(pairgraph.PairgraphError, match="has no pretrained weights of its own"):
+        cp.build()

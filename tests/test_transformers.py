@@ -74,3 +74,15 @@ def test_a_gpt2_guided_rnn_lowers_its_guidance_loss(tmp_path):
 def test_an_unknown_model_type_is_one_line(tmp_path):
     with pytest.raises(pairgraph.PairgraphError, match="unknown transformers model type 'gtp2'"):
         _compile(tmp_path, {"model": "hf:gtp2"}, RNN, COPY)
+
+
+def test_weights_pretrained_uses_from_pretrained_on_a_local_folder(tmp_path):
+    """transformers' real loading code (from_pretrained), offline: a folder written by save_pretrained."""
+    cp = _compile(tmp_path / "first", GPT2, RNN, COPY)
+    source = build_root(cp.spec.resolved(), "guide", get_task(cp.spec.task))
+    torch.nn.init.constant_(source.transformer.wte.weight, 0.5)
+    folder = tmp_path / "gpt2-local"
+    source.save_pretrained(folder)
+    guide = {**GPT2, "weights": "pretrained", "args": {**GPT2["args"], "hf_name": str(folder)}}
+    pair = _compile(tmp_path / "second", guide, RNN, COPY).build()
+    assert torch.equal(pair.guide.root.transformer.wte.weight, source.transformer.wte.weight)

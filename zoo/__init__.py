@@ -36,6 +36,8 @@ class ModelEntry:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     description: str = ""
     default_keys: set[str] | None = None
+    #: the arguments that make the factory load its source's pretrained weights (None: it has none)
+    pretrained: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def accepts(self) -> set[str] | None:
         """Keyword arguments the factory takes (None when it takes ``**kwargs``)."""
@@ -77,14 +79,21 @@ def resolve(ref: str) -> ModelEntry:
     return resolve_model(ref)
 
 
-def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None) -> nn.Module:
+def build_model(ref: str, args: dict[str, Any] | None = None, defaults: dict[str, Any] | None = None,
+                pretrained: bool = False) -> nn.Module:
     """Build the model ``ref`` from ``args`` (may hold ``preset``), filling ``defaults`` it accepts.
 
     ``defaults`` come from the task (``vocab_size``, ``num_classes``, …); they are passed only
-    when the factory takes them and the user did not set them.
+    when the factory takes them and the user did not set them. ``pretrained`` asks the model's
+    source for its own weights (``guide.weights: pretrained``).
     """
     entry = resolve(ref)
     kwargs = dict(args or {})
+    if pretrained:
+        if entry.pretrained is None:
+            raise PairgraphError(f"model {ref!r} has no pretrained weights of its own",
+                                 "give guide.weights a checkpoint path, or use a timm:, hf: or torchvision: model")
+        kwargs = entry.pretrained(kwargs)
     preset = kwargs.pop("preset", None)
     if preset is not None:
         if preset not in entry.presets:

@@ -7,8 +7,9 @@ set them (``vocab_size``, positions ≥ the task's length, ``num_labels``, ``ima
 sequence-classification head, an image task an image-classification head. The model's class is
 subclassed so that ``forward(x)`` takes the task's one tensor (``input_ids`` with the attention mask
 derived from ``pad_id``, or ``pixel_values``) and returns the logits tensor; module names and state
-dict keys stay the transformers ones. ``args: {pretrained: <hub name or folder>}`` loads weights with
-``from_pretrained`` instead (the hub needs internet; a local folder does not).
+dict keys stay the transformers ones. ``guide.weights: pretrained`` with ``args.hf_name`` (a hub name,
+or a folder written by ``save_pretrained``) loads weights with ``from_pretrained`` instead; the model then
+keeps the checkpoint's own sizes (the hub needs internet; a local folder does not).
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ def hf_source(ref: str) -> ModelEntry:
         task = {k: kwargs.pop(k) for k in ("vocab_size", "num_classes", "pad_id", "max_len", "image_size",
                                            "in_channels") if k in kwargs}
         pretrained = kwargs.pop("pretrained", None)
+        kwargs.pop("hf_name", None)  # only read with weights: pretrained
         auto, input_name = _head(tf, task)
         try:
             if pretrained:
@@ -107,4 +109,15 @@ def hf_source(ref: str) -> ModelEntry:
         return model
 
     return ModelEntry(ref, hf_factory, "tokens", {}, f"transformers {model_type}",
-                      default_keys={"vocab_size", "num_classes", "pad_id", "max_len", "image_size", "in_channels"})
+                      default_keys={"vocab_size", "num_classes", "pad_id", "max_len", "image_size", "in_channels"},
+                      pretrained=_pretrained_args)
+
+
+def _pretrained_args(args: dict[str, Any]) -> dict[str, Any]:
+    """``weights: pretrained`` → ``from_pretrained(args.hf_name)`` (a hub name, or a local folder offline)."""
+    args = dict(args)
+    name = args.pop("hf_name", None)
+    if not name:
+        raise PairgraphError("weights: pretrained for an hf: model needs the checkpoint's name",
+                             "add args.hf_name: a hub name such as gpt2, or a folder written by save_pretrained")
+    return {**args, "pretrained": name}

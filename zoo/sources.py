@@ -44,7 +44,8 @@ def torchvision_source(ref: str) -> ModelEntry:
         return tvm.get_model(name, **kwargs)
 
     keys = {"num_classes", "image_size"} if name.startswith(("vit", "swin", "maxvit")) else {"num_classes"}
-    return ModelEntry(ref, tv_factory, "image", {}, f"torchvision {name}", default_keys=keys)
+    return ModelEntry(ref, tv_factory, "image", {}, f"torchvision {name}", default_keys=keys,
+                      pretrained=lambda args: {**args, "weights": args.get("weights") or "DEFAULT"})
 
 
 @MODEL_SOURCES.register("python")
@@ -106,4 +107,5 @@ def timm_source(ref: str) -> ModelEntry:
             return timm.create_model(name, **kwargs)
 
     return ModelEntry(ref, timm_factory, "image", {}, f"timm {name}",
-                      default_keys={"num_classes", "in_channels", "image_size"})
+                      default_keys={"num_classes", "in_channels", "image_size"},
+                      pretrained=lambda args: {**args, "pretrained": True})

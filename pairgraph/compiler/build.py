@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pairgraph.compiler.guide_weights import resolve_guide_weights
+from pairgraph.config import PRETRAINED
 from pairgraph.core.loss import GuidedPair
 from pairgraph.core.weights import load_weights
 from pairgraph.tasks import get_task
@@ -20,9 +21,10 @@ def build_root(spec: dict[str, Any], side: str, task: Any, device: str | torch.d
     """Build the eager ``guide`` or ``target`` model of a resolved spec, seeded, on ``device``."""
     net = spec[side]
     seed = int(spec["train"]["seed"]) + (0 if side == "guide" else 1)
+    pretrained = side == "guide" and net.get("weights") == PRETRAINED
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(net["model"], net.get("args", {}), task.model_kwargs())
+        model = build_model(net["model"], net.get("args", {}), task.model_kwargs(), pretrained=pretrained)
     return model.to(device)
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pairgraph.config import TRAIN, UNTRAINED, PairSpec, as_spec
+from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED, PairSpec, as_spec
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import cache_dir
 
@@ -69,7 +69,7 @@ def resolve_guide_weights(spec: PairSpec | dict[str, Any], *, train: GuideTraine
     if spec.guidance.mode == "baseline" and not baseline_too:
         return None
     w = spec.guide.weights
-    if w == UNTRAINED:
+    if w in (UNTRAINED, PRETRAINED):  # a seeded init, or the source's own weights (loaded when the model is built)
         return None
     if w != TRAIN:
         return w

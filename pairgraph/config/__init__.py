@@ -3,6 +3,7 @@
 
 from pairgraph.config.names import MAPPERS, MEASURES, MODEL_SOURCES, MODELS, OPTIMIZERS, TASKS, resolve_model
 from pairgraph.config.spec import (
+    PRETRAINED,
     TRAIN,
     UNTRAINED,
     GuideSpec,
@@ -18,7 +19,7 @@ from pairgraph.config.spec import (
 from pairgraph.config.yaml_io import node_line, read_yaml
 
 __all__ = [
-    "MAPPERS", "MEASURES", "MODELS", "MODEL_SOURCES", "OPTIMIZERS", "TASKS", "TRAIN", "UNTRAINED", "GuideSpec",
+    "MAPPERS", "MEASURES", "MODELS", "MODEL_SOURCES", "OPTIMIZERS", "PRETRAINED", "TASKS", "TRAIN", "UNTRAINED", "GuideSpec",
     "LayerSelection", "PairSpec", "TrainSpec", "apply_overrides", "as_spec", "json_schema", "load_spec", "node_line",
     "parse_spec", "read_yaml", "resolve_model",
 ]

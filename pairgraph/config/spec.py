@@ -21,7 +21,7 @@ from pairgraph.config.yaml_io import parse_scalar, read_yaml, where
 from pairgraph.errors import PairgraphError, SpecError
 
 #: ``guide.weights`` values that are not a checkpoint path: a seeded init, or train the guide first
-UNTRAINED, TRAIN = "untrained", "train"
+UNTRAINED, TRAIN, PRETRAINED = "untrained", "train", "pretrained"
 
 
 class _Strict(BaseModel):
@@ -68,7 +68,9 @@ class GuideSpec(NetworkSpec):
     model: str = "resnet18"
     weights: str = Field(
         default="untrained",
-        description="'untrained' (seeded init), 'train' (train the guide on the task first, cached), or a checkpoint path.",
+        description="'untrained' (seeded init), 'train' (train the guide on the task first, cached), 'pretrained' "
+        "(the model source's own weights: timm's, transformers' from_pretrained(args.hf_name), torchvision's "
+        "DEFAULT), or a checkpoint path.",
     )
     train: dict[str, Any] = Field(
         default_factory=dict,
@@ -88,12 +90,12 @@ class GuideSpec(NetworkSpec):
     @property
     def checkpoint(self) -> str | None:
         """The checkpoint file ``weights`` names, or None for ``untrained``/``train``."""
-        return None if self.weights in (UNTRAINED, TRAIN) else self.weights
+        return None if self.weights in (UNTRAINED, TRAIN, PRETRAINED) else self.weights
 
     @field_validator("weights")
     @classmethod
     def _checkpoint_exists(cls, v: str) -> str:
-        if v not in (UNTRAINED, TRAIN):
+        if v not in (UNTRAINED, TRAIN, PRETRAINED):
             p = Path(v).expanduser()
             if not p.exists():
                 raise ValueError(f"checkpoint file {v!r} not found")
