@@ -23,7 +23,8 @@ TYPE_COLOURS = {
     "Conv2d": "#4c78a8", "Conv1d": "#4c78a8", "Linear": "#f58518", "BatchNorm1d": "#72b7b2",
     "BatchNorm2d": "#72b7b2", "LayerNorm": "#54a24b", "RNN": "#e45756", "LSTM": "#e45756", "GRU": "#e45756",
     "TransformerEncoderLayer": "#b279a2", "TransformerDecoderLayer": "#b279a2", "EncoderBlock": "#b279a2",
-    "MultiheadAttention": "#9d755d",
+    "MultiheadAttention": "#9d755d", "Block": "#b279a2", "ConvNeXtBlock": "#4c78a8", "GPT2Block": "#b279a2",
+    "BertLayer": "#b279a2", "ViTLayer": "#b279a2", "LlamaDecoderLayer": "#b279a2",
 }
 
 
