@@ -36,7 +36,7 @@ from torch import Tensor, nn
 
 from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.compiler.pipeline import compile as compile_pair
-from pairgraph.core.taps import select_output
+from pairgraph.core.taps import select_output, split_call
 from pairgraph.tasks import get_task
 
 VARIANTS = ("target", "guide", "guided", "naive", "cached")
@@ -58,14 +58,23 @@ def naive_cka(x: Tensor, y: Tensor) -> Tensor:
 
 
 def _hooked_forward(model: nn.Module, x: Tensor, taps: dict[str, tuple[int | None, int]]) -> dict[str, Tensor]:
-    """Register hooks, run a forward, remove them — on every call, as the published extractor does."""
+    """Register hooks, run a forward, remove them — on every call, as the published extractor does.
+
+    A tap ``module@k`` is the k-th call of a shared module in this forward.
+    """
     store: dict[str, Tensor] = {}
     modules = dict(model.named_modules())
     handles = []
     for name, (index, axis) in taps.items():
-        def hook(m: nn.Module, a: Any, out: Any, name: str = name, index: int | None = index, axis: int = axis) -> None:
-            store[name] = select_output(out, index, axis)
-        handles.append(modules[name].register_forward_hook(hook))
+        module, call = split_call(name)
+        count = [0]
+
+        def hook(m: nn.Module, a: Any, out: Any, name: str = name, index: int | None = index, axis: int = axis,
+                 call: int | None = call, count: list[int] = count) -> None:
+            if call is None or call == count[0]:
+                store[name] = select_output(out, index, axis)
+            count[0] += 1
+        handles.append(modules[module].register_forward_hook(hook))
     try:
         model(x)
     finally:

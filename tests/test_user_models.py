@@ -157,3 +157,57 @@ def test_guidance_loss_refuses_activations_without_gradient():
         guidance(x)
     target(x)
     assert guidance(x).requires_grad
+
+
+class SharedBlock(nn.Module):
+    """One layer applied three times (weight sharing, as the paper's copy-paste guide applies one decoder layer)."""
+
+    def __init__(self, num_classes: int = 10, **kwargs):
+        super().__init__()
+        self.inp = nn.Linear(3 * 32 * 32, 16)
+        self.shared = nn.Linear(16, 16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = self.inp(x.flatten(1))
+        for _ in range(3):
+            h = torch.tanh(self.shared(h))
+        return self.head(h)
+
+
+def shared_block(**kwargs) -> nn.Module:
+    return SharedBlock(**kwargs)
+
+
+class _NoFx(SharedBlock):
+    def forward(self, x):
+        if float(x.abs().sum()) < 0:  # data-dependent control flow: fx cannot trace it, hooks do
+            return x
+        return super().forward(x)
+
+
+def no_fx_shared_block(**kwargs) -> nn.Module:
+    return _NoFx(**kwargs)
+
+
+def test_a_shared_module_yields_one_tap_per_call(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    base = {"task": {"kind": "image_classification", "num_classes": 10, "image_size": [32, 32]},
+            "target": {"model": "deep_fcn", "args": {"num_blocks": 3, "width": 16}}}
+    for ref, method in (("test_user_models:shared_block", "fx"), ("test_user_models:no_fx_shared_block", "hooks")):
+        cp = pairgraph.compile({**base, "guide": {"model": ref}}, tmp_path / method, render=False, notify=None)
+        assert cp.guide.method == method
+        assert cp.guide.names == ["inp", "shared@0", "shared@1", "shared@2"], cp.guide.names
+        pair = cp.build()
+        x = torch.randn(4, 3, 32, 32)
+        model = pair.guide.root if method == "hooks" else pair.guide
+        with torch.no_grad():
+            _, taps = pair.guide(x)
+            h = model.inp(x.flatten(1))
+            expected = []
+            for _ in range(3):
+                z = model.shared(h)
+                expected.append(z)
+                h = torch.tanh(z)
+        for k in range(3):
+            torch.testing.assert_close(taps[f"shared@{k}"], expected[k])

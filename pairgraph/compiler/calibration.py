@@ -118,7 +118,7 @@ class CompileContext:
             return [b.to(device) for b in default_collate([train[i] for i in idx])]
 
         def taps(graph: LayerGraph) -> list[tuple[str, int | None, int]]:
-            return [(t.name, t.output_index, t.batch_axis) for t in graph.taps]
+            return [t.spec() for t in graph.taps]
 
         with rng.active():
             pair = assemble(spec.resolved(), hooked(taps(self.guide)), hooked(taps(self.target)), [], device, weights)

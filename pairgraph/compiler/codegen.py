@@ -71,7 +71,7 @@ def network_source(cls_name: str, graph: LayerGraph, title: str) -> tuple[str, l
     """Source of one network class and the import lines it needs."""
     taps = tuple(graph.names)
     if graph.method != "fx":
-        spec = [(t.name, t.output_index, t.batch_axis) for t in graph.taps]
+        spec = [t.spec() for t in graph.taps]
         body = f"# {title}: torch.fx could not trace it, so its taps come from forward hooks.\n"
         body += f"{cls_name} = hooked(\n{textwrap.indent(pprint.pformat(spec, width=100), '    ')}\n)\n"
         return body, []

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from pairgraph.compiler.mapping import build_mapping
 from pairgraph.config import LayerSelection
 from pairgraph.core.loss import alignment_terms, tap_key
-from pairgraph.core.taps import HookedNetwork, capture_hook, disable_inplace
+from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import trace
 from pairgraph.errors import PairgraphError
 
@@ -58,19 +58,13 @@ class GuidanceLoss(nn.Module):
             pairs = [(g, t, float(w)) for g, t, w in mapping]
         self.pairs = pairs
         self.measure, self.sequence, self.weight = measure, sequence, weight
-        self._guide = HookedNetwork(guide, [(t.name, t.output_index, t.batch_axis) for t in gg.taps
-                                            if t.name in {p[0] for p in pairs}])
+        self._guide = HookedNetwork(guide, [t.spec() for t in gg.taps if t.name in {p[0] for p in pairs}])
         self._guide.requires_grad_(False)
         self._captured: dict[str, Tensor] = {}
         self._target = [target]  # in a list: not a submodule of the loss (the caller owns and trains it)
         needed = {p[1] for p in pairs}
-        modules = dict(target.named_modules())
-        self._handles = [
-            modules[t.name].register_forward_hook(
-                capture_hook(self._captured, t.name, t.output_index, t.batch_axis, first_only=False)
-            )
-            for t in tg.taps if t.name in needed
-        ]
+        self._handles = capture_hooks(target, [t.spec() for t in tg.taps if t.name in needed], self._captured,
+                                      first_only=False)
         self.last_terms: dict[str, Tensor] = {}
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

@@ -13,6 +13,9 @@ from typing import Any
 
 from torch import Tensor, nn
 
+#: a tap as generated modules list it: (name, output index, batch axis[, calls of its module per forward])
+TapSpec = tuple[Any, ...]
+
 
 def disable_inplace(module: nn.Module) -> nn.Module:
     """Turn off in-place activations (e.g. torchvision's ``ReLU(inplace=True)``): they would
@@ -49,14 +52,12 @@ class TappedNetwork(nn.Module):
 class HookedNetwork(nn.Module):
     """The fallback for models fx cannot trace: forward hooks (registered once) collect the taps."""
 
-    def __init__(self, root: nn.Module, taps: Sequence[tuple[str, int | None, int]]):
+    def __init__(self, root: nn.Module, taps: Sequence[TapSpec]):
         super().__init__()
         self.root = disable_inplace(root)
         self.TAPS = tuple(t[0] for t in taps)
         self._captured: dict[str, Tensor] = {}
-        modules = dict(root.named_modules())
-        for name, index, axis in taps:
-            modules[name].register_forward_hook(capture_hook(self._captured, name, index, axis))
+        capture_hooks(root, taps, self._captured)
 
     def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         self._captured.clear()
@@ -81,23 +82,48 @@ def select_output(value: Any, index: int | None, batch_axis: int) -> Tensor:
     return value
 
 
-def capture_hook(
-    store: dict[str, Tensor], name: str, index: int | None, axis: int, first_only: bool = True
-) -> Callable[..., None]:
-    """Record a module's output; ``first_only`` keeps the first call of a module used twice.
+def split_call(tap: str) -> tuple[str, int | None]:
+    """``"blocks.0@2"`` → (``"blocks.0"``, 2): the third call of a module used several times; a plain
+    name → (name, None)."""
+    module, sep, call = tap.rpartition("@")
+    return (module, int(call)) if sep and call.isdigit() else (tap, None)
 
-    The activation is cloned: eager code may modify a module's output in place after the hook
-    ran (torchvision's ``out += identity`` after ``bn2``), which would corrupt the tap.
+
+def capture_hooks(root: nn.Module, taps: Sequence[TapSpec], store: dict[str, Tensor],
+                  first_only: bool = True) -> list[Any]:
+    """Forward hooks on ``root``'s modules that record each tap in ``store``; returns the handles.
+
+    A tap is ``(name, output index, batch axis[, calls])``; ``name@k`` is the k-th of the ``calls``
+    calls of a module in one forward (weight sharing). A tap without ``@k`` of a module called
+    several times keeps the first call (``first_only``) or the last. Activations are cloned: eager
+    code may modify a module's output in place after the hook ran (torchvision's ``out += identity``).
     """
+    modules = dict(root.named_modules())
+    groups: dict[str, list[tuple[str, int | None, int | None, int, int]]] = {}
+    for tap in taps:
+        name, index, axis, *rest = tap
+        module, call = split_call(name)
+        groups.setdefault(module, []).append((name, call, index, axis, int(rest[0]) if rest else 1))
+    return [modules[module].register_forward_hook(_hook(store, entries, first_only))
+            for module, entries in groups.items()]
+
+
+def _hook(store: dict[str, Tensor], entries: list[tuple[str, int | None, int | None, int, int]],
+          first_only: bool) -> Callable[..., None]:
+    calls = max(e[4] for e in entries)
+    count = [0]
 
     def hook(module: nn.Module, args: Any, output: Any) -> None:
-        if not (first_only and name in store):
-            store[name] = select_output(output, index, axis).clone()
+        k = count[0] % calls  # the module's k-th call in this forward
+        count[0] += 1
+        for name, call, index, axis, _ in entries:
+            if (call == k) or (call is None and not (first_only and name in store)):
+                store[name] = select_output(output, index, axis).clone()
 
     return hook
 
 
-def hooked(taps: Sequence[tuple[str, int | None, int]]) -> Callable[[nn.Module], HookedNetwork]:
+def hooked(taps: Sequence[TapSpec]) -> Callable[[nn.Module], HookedNetwork]:
     """Class-like factory used by generated modules for networks traced with hooks."""
 
     def make(root: nn.Module) -> HookedNetwork:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import itertools
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from types import SimpleNamespace
@@ -58,6 +59,12 @@ class TapPoint:
     batch_axis: int = 0
     fx_node: str = ""
     is_output: bool = False
+    calls: int = 1  # calls of its module per forward: the name is "module@k" when more than one
+
+    def spec(self) -> tuple[Any, ...]:
+        """(name, output index, batch axis[, calls]) — how hooks find this tap (:mod:`pairgraph.core.taps`)."""
+        base = (self.name, self.output_index, self.batch_axis)
+        return (*base, self.calls) if self.calls > 1 else base
 
     def label(self) -> str:
         return f"{self.name} · {self.type} · {'×'.join(map(str, self.shape))}"
@@ -223,12 +230,15 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
     feeds_output = set(output_node.all_input_nodes)
     candidates: list[TapPoint] = []
     by_node: dict[fx.Node, TapPoint] = {}
-    seen: set[str] = set()
+    calls = Counter(n.target for n in gm.graph.nodes if n.op == "call_module")
+    seen: Counter[str] = Counter()
     for node in gm.graph.nodes:
-        if node.op != "call_module" or node.target in seen:
-            continue  # a module called twice is tapped at its first call
-        seen.add(node.target)
-        cand = _candidate(node.target, modules[node.target], node.meta.get("tensor_meta"), len(candidates), node.name)
+        if node.op != "call_module":
+            continue
+        k, seen[node.target] = seen[node.target], seen[node.target] + 1  # a shared module: one tap per call
+        name = node.target if calls[node.target] == 1 else f"{node.target}@{k}"
+        cand = _candidate(name, modules[node.target], node.meta.get("tensor_meta"), len(candidates), node.name)
+        cand.calls = calls[node.target]
         cand.is_output = node in feeds_output or _only_reshapes_to_output(node, output_node)
         candidates.append(cand)
         by_node[node] = cand
@@ -277,14 +287,11 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     Data flow is unknown here, so edges follow call order (a chain) and depth is the call index.
     """
     records: list[tuple[str, nn.Module, Any]] = []
-    seen: set[str] = set()
     handles = []
 
     def make_hook(name: str) -> Callable[..., None]:
         def hook(mod: nn.Module, args: Any, out: Any) -> None:
-            if name not in seen:
-                seen.add(name)
-                records.append((name, mod, out))
+            records.append((name, mod, out))  # every call: a shared module gets one tap per call
         return hook
 
     leaf_prefixes: list[str] = []
@@ -300,9 +307,13 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     finally:
         for h in handles:
             h.remove()
+    calls = Counter(name for name, _, _ in records)
+    seen: Counter[str] = Counter()
     candidates: list[TapPoint] = []
     for i, (name, mod, o) in enumerate(records):
-        cand = _candidate(name, mod, o, i, "")
+        k, seen[name] = seen[name], seen[name] + 1
+        cand = _candidate(name if calls[name] == 1 else f"{name}@{k}", mod, o, i, "")
+        cand.calls = calls[name]
         cand.is_output = o is out or (isinstance(o, tuple) and any(x is out for x in o))
         candidates.append(cand)
     chosen = _select(candidates, selection, side)
