@@ -61,8 +61,10 @@ def dict_model(**kwargs) -> nn.Module:
     return _DictOut(**kwargs)
 
 
-def test_a_forward_returning_a_dict_is_refused_at_compile_in_one_line(tmp_path, monkeypatch):
-    """It once compiled, then crashed in training with AttributeError, leaving an incomplete run."""
+def test_a_forward_returning_a_dict_or_tuple_gives_its_logits_and_a_bad_one_is_refused_at_compile(tmp_path,
+                                                                                               monkeypatch):
+    """A dict output once compiled, then crashed in training with AttributeError (issue #18); now the logits
+    are picked (issue #19: `output:`, default 'logits' / the first tensor), and what holds none is refused."""
     import pytest
 
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
@@ -70,9 +72,17 @@ def test_a_forward_returning_a_dict_is_refused_at_compile_in_one_line(tmp_path, 
                                         "image_size": [32, 32]},
             "guide": {"model": "resnet18", "args": {"preset": "cpu"}},
             "target": {"model": "test_user_models:dict_model"}}
-    with pytest.raises(pairgraph.PairgraphError, match="target 'test_user_models:dict_model' returns a dict from "
-                                                        "forward.* fix: wrap it so forward returns the logits tensor"):
-        pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
+    cp = pairgraph.compile(spec, tmp_path / "a", render=False, notify=None)
+    pair = cp.build()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        out, _ = pair.target(x)
+        torch.testing.assert_close(out, pair.target.body(x) if hasattr(pair.target, "body") else out)
+    assert out.shape == (4, 10)
+    bad = {**spec, "target": {"model": "test_user_models:dict_model", "output": "scores"}}
+    with pytest.raises(pairgraph.PairgraphError, match="target 'test_user_models:dict_model': forward returned a dict "
+                                                       "without a tensor entry 'scores' .* fix: name the logits"):
+        pairgraph.compile(bad, tmp_path / "b", render=False, notify=None)
     assert not (tmp_path / "b").exists()
 
 

@@ -22,6 +22,7 @@ import torch
 from torch import fx
 
 from pairgraph.compiler.mapping import Correspondence
+from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import LayerGraph
 from pairgraph.version import __version__
 
@@ -44,6 +45,8 @@ def tapped_graph(graph: LayerGraph) -> fx.Graph:
         if t.batch_axis:
             node = new.call_method("movedim", (node, t.batch_axis, 0))
         taps[t.name] = node
+    if graph.output_type not in ("Tensor", "Parameter") or graph.output_key is not None:
+        out = new.call_function(select_logits, (out, graph.output_key))  # the logits of a dict/tuple output
     new.output((out, taps))
     new.lint()
     return new
@@ -73,7 +76,8 @@ def network_source(cls_name: str, graph: LayerGraph, title: str) -> tuple[str, l
     if graph.method != "fx":
         spec = [t.spec() for t in graph.taps]
         body = f"# {title}: torch.fx could not trace it, so its taps come from forward hooks.\n"
-        body += f"{cls_name} = hooked(\n{textwrap.indent(pprint.pformat(spec, width=100), '    ')}\n)\n"
+        output = f", output={graph.output_key!r}" if graph.output_key is not None else ""
+        body += f"{cls_name} = hooked(\n{textwrap.indent(pprint.pformat(spec, width=100), '    ')}{output}\n)\n"
         return body, []
     code = tapped_graph(graph).python_code(root_module="self")
     src = textwrap.dedent(code.src).strip("\n")

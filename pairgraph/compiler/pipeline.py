@@ -22,6 +22,7 @@ from pairgraph.compiler.mapping import Correspondence, build_mapping
 from pairgraph.compiler.render import render_mapping
 from pairgraph.config import PairSpec, as_spec
 from pairgraph.core.loss import GuidedPair
+from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import LayerGraph, trace
 from pairgraph.core.weights import check_fits, read_state
 from pairgraph.errors import PairgraphError, one_line
@@ -111,16 +112,22 @@ def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> 
             _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
         real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
         graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
-        _check_output(graphs[side], side, getattr(spec, side).model)
+        _check_output(graphs[side], side, getattr(spec, side))
     return graphs
 
 
-def _check_output(graph: LayerGraph, side: str, model: str) -> None:
-    """The task loss needs the network's outputs as one tensor; say so at compile, not mid-training."""
-    if graph.output_type not in ("Tensor", "Parameter"):
-        raise PairgraphError(
-            f"{side} {model!r} returns a {graph.output_type} from forward, but pairgraph needs one tensor of outputs "
-            "(logits)", "wrap it so forward returns the logits tensor, e.g. return model(x).logits or model(x)[0]")
+def _check_output(graph: LayerGraph, side: str, net: Any) -> None:
+    """The task loss needs one tensor of outputs: the forward's tensor, or the entry ``net.output`` names
+    (default ``logits`` / the first tensor) of a dict, ``ModelOutput`` or tuple. Said at compile, not mid-training."""
+    if graph.output_type in ("Tensor", "Parameter") and net.output is None:
+        return
+    try:
+        if graph.output is None:
+            raise PairgraphError(f"forward returned a {graph.output_type}", "make forward return the logits tensor")
+        select_logits(graph.output, net.output)
+    except PairgraphError as e:
+        raise PairgraphError(f"{side} {net.model!r}: {e.message}", e.hint) from None
+    graph.output_key = net.output
 
 
 class _DataNeeded(Exception):

@@ -56,6 +56,11 @@ class NetworkSpec(_Strict):
     model: str = Field(description="A zoo name, 'torchvision:<name>', or 'package.module:factory' (imports and runs it).")
     args: dict[str, Any] = Field(default_factory=dict, description="Factory keyword arguments; 'preset' picks a zoo preset.")
     layers: LayerSelection = Field(default_factory=LayerSelection)
+    output: str | int | None = Field(
+        default=None,
+        description="Which of forward's outputs are the logits: a key of a dict or ModelOutput, or an index of a "
+        "tuple; null = the tensor itself, a 'logits' entry, or the first tensor.",
+    )
 
     @field_validator("model")
     @classmethod

@@ -8,10 +8,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+
+from pairgraph.errors import PairgraphError
 
 #: a tap as generated modules list it: (name, output index, batch axis[, calls of its module per forward])
 TapSpec = tuple[Any, ...]
@@ -52,16 +54,17 @@ class TappedNetwork(nn.Module):
 class HookedNetwork(nn.Module):
     """The fallback for models fx cannot trace: forward hooks (registered once) collect the taps."""
 
-    def __init__(self, root: nn.Module, taps: Sequence[TapSpec]):
+    def __init__(self, root: nn.Module, taps: Sequence[TapSpec], output: str | int | None = None):
         super().__init__()
         self.root = disable_inplace(root)
+        self.output = output
         self.TAPS = tuple(t[0] for t in taps)
         self._captured: dict[str, Tensor] = {}
         capture_hooks(root, taps, self._captured)
 
     def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
         self._captured.clear()
-        out = self.root(x)
+        out = select_logits(self.root(x), self.output)
         taps = dict(self._captured)
         self._captured.clear()
         return out, taps
@@ -71,6 +74,34 @@ class HookedNetwork(nn.Module):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         return self.root.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def select_logits(value: Any, key: str | int | None = None) -> Tensor:
+    """The network's outputs (logits) from what its forward returns: the tensor itself; from a dict or a
+    transformers ``ModelOutput``, entry ``key`` (default ``logits``, else the first tensor); from a tuple,
+    element ``key`` (default the first tensor)."""
+    if isinstance(value, Tensor) and key is None:
+        return value
+    if isinstance(value, Mapping):
+        if key is None:
+            key = "logits" if "logits" in value else next((k for k, v in value.items() if isinstance(v, Tensor)), None)
+        if key in value and isinstance(value[key], Tensor):
+            return value[key]
+        raise PairgraphError(f"forward returned a {_kind(value)} without a tensor entry {key!r} "
+                             f"(entries: {', '.join(map(str, value))})", "name the logits with output: <entry>")
+    if isinstance(value, tuple | list):
+        if key is None:
+            key = next((i for i, v in enumerate(value) if isinstance(v, Tensor)), None)
+        if isinstance(key, int) and 0 <= key < len(value) and isinstance(value[key], Tensor):
+            return value[key]
+        raise PairgraphError(f"forward returned a {_kind(value)} of {len(value)} without a tensor at {key!r}",
+                             "name the logits with output: <index>")
+    raise PairgraphError(f"forward returned a {_kind(value)}, not tensors of outputs",
+                         "make forward return the logits (a tensor, or a dict/tuple holding them)")
+
+
+def _kind(value: Any) -> str:
+    return type(value).__name__.removeprefix("immutable_")  # fx's immutable_dict / immutable_list
 
 
 def select_output(value: Any, index: int | None, batch_axis: int) -> Tensor:
@@ -123,10 +154,10 @@ def _hook(store: dict[str, Tensor], entries: list[tuple[str, int | None, int | N
     return hook
 
 
-def hooked(taps: Sequence[TapSpec]) -> Callable[[nn.Module], HookedNetwork]:
+def hooked(taps: Sequence[TapSpec], output: str | int | None = None) -> Callable[[nn.Module], HookedNetwork]:
     """Class-like factory used by generated modules for networks traced with hooks."""
 
     def make(root: nn.Module) -> HookedNetwork:
-        return HookedNetwork(root, taps)
+        return HookedNetwork(root, taps, output)
 
     return make

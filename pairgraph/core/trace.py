@@ -86,6 +86,8 @@ class LayerGraph:
     gm: fx.GraphModule | None = None
     candidates: list[TapPoint] = field(default_factory=list)
     output_type: str = "Tensor"  # what forward returns (pairgraph needs a tensor of outputs)
+    output: Any = None  # forward's return on the example (meta tensors under fx); None when not kept
+    output_key: str | int | None = None  # which entry of a dict/tuple output is the logits (set by compile)
 
     @property
     def names(self) -> list[str]:
@@ -247,6 +249,7 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
     edges = _tap_edges(gm, chosen_nodes)
     graph = _finish(chosen, edges, "fx", gm, candidates)
     graph.output_type = type(result).__name__.removeprefix("immutable_")  # fx's immutable_dict/_list
+    graph.output = result
     return graph
 
 
@@ -320,6 +323,7 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     edges = [(a.name, b.name) for a, b in itertools.pairwise(chosen)]
     graph = _finish(chosen, edges, "hooks", None, candidates)
     graph.output_type = type(out).__name__
+    graph.output = out
     return graph
 
 
