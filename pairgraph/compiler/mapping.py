@@ -275,8 +275,7 @@ def _pair_up(i: int, g_glob: str, gs: list[str], t_glob: str, ts: list[str]) -> 
         return [(g, ts[0]) for g in gs]
     raise PairgraphError(
         f"mapping.pairs[{i}]: guide glob {g_glob!r} matches {len(gs)} taps ({_names(gs)}) but target glob "
-        f"{t_glob!r} matches {len(ts)} ({_names(ts)}); taps are paired in order only when the counts are equal "
-        "or one side matches a single tap",
+        f"{t_glob!r} matches {len(ts)} ({_names(ts)}); pairing needs equal counts or a single tap on one side",
         "split the entry into groups of equal size, or narrow one glob to a single tap")
 
 
