@@ -9,6 +9,7 @@ import networkx as nx
 import pytest
 import torch
 import yaml
+from tiny_specs import copy_paste_pair
 
 import pairgraph
 from pairgraph.cli.main import main
@@ -16,7 +17,6 @@ from pairgraph.compiler.mapping import build_mapping
 from pairgraph.core.loss import tap_key
 from pairgraph.core.trace import LayerGraph, TapPoint
 from pairgraph.tasks import get_task
-from tiny_specs import copy_paste_pair
 
 # the tiny pair's taps: guide (2-layer Transformer, blocks.* and norm) and target (2-layer RNN)
 GUIDE = ["blocks.0", "blocks.1", "norm"]
@@ -115,8 +115,8 @@ def test_an_unmapped_guide_tap_gives_no_term_and_is_drawn_without_one(tmp_path):
     (None, ["mapping 'explicit' needs pairs", "add mapping.pairs"]),
     ([], ["mapping.pairs must be a non-empty list", "(got [])"]),
     ("blocks.0", ["mapping.pairs must be a non-empty list", "(got 'blocks.0')"]),
-    ([["blocks.0", "layers.0"], ["blocks.1"]], ["mapping.pairs[1] must be [guide_glob, target_glob] or "
-                                                "[guide_glob, target_glob, weight] (got 1 item: ['blocks.1'])",
+    ([["blocks.0", "layers.0"], ["blocks.1"]], [("mapping.pairs[1] must be [guide_glob, target_glob] or "
+                                                 "[guide_glob, target_glob, weight] (got 1 item: ['blocks.1'])"),
                                                 'write mapping.pairs[1] as e.g. ["blocks.0", "layers.0", 1.0]']),
     ([["blocks.0", "layers.0", 1, 2]], ["mapping.pairs[0] must be", "(got 4 items"]),
     (["blocks.0"], ["mapping.pairs[0] must be", "(got a str: 'blocks.0')"]),
