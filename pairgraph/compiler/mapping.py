@@ -1,7 +1,8 @@
 """Mappers: guide ``LayerGraph`` × target ``LayerGraph`` → ``Correspondence``.
 
-Every guide tap is mapped (none is dropped); several guide taps may share a target tap, each
-pair its own loss term. Register a mapper with ``@MAPPERS.register("name")`` on a function
+The automatic mappers (``uniform``, ``depth``, ``learned``) map every guide tap (none is dropped);
+``explicit`` maps what the spec's pairs name, so a guide tap may have no term. Several guide taps
+may share a target tap, each pair its own loss term. Register a mapper with ``@MAPPERS.register("name")`` on a function
 ``(guide, target, **options) -> Correspondence``. A mapper that also names a ``context``
 parameter receives a :class:`MappingContext` (the spec and calibration activations, see
 ``pairgraph.compiler.calibration``); the others never see it, so they stay on the meta device.
@@ -10,6 +11,8 @@ See docs/mapping.md for what each mapper does and why.
 
 from __future__ import annotations
 
+import difflib
+import fnmatch
 import inspect
 import json
 import math
@@ -24,7 +27,7 @@ from pairgraph.config import PairSpec
 from pairgraph.config.names import MAPPERS
 from pairgraph.core.similarity import get_measure, similarity_matrix
 from pairgraph.core.trace import LayerGraph
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, shorten
 
 if TYPE_CHECKING:
     from pairgraph.compiler.calibration import TapActivations
@@ -214,6 +217,106 @@ def learned(
         "mean_similarity": num(sum(float(finite[i, j]) for i, j in enumerate(idx)) / len(idx)),
     }
     return Correspondence(pairs, "learned", guide.names, target.names, info)
+
+
+# ---------------------------------------------------------------- explicit: pairs by hand
+
+
+def _names(names: Sequence[str], limit: int = 4) -> str:
+    """At most ``limit`` names, then how many more: short enough for a one-line error."""
+    shown = ", ".join(names[:limit])
+    return shown + (f", … ({len(names) - limit} more)" if len(names) > limit else "")
+
+
+def _explicit_entry(i: int, entry: Any) -> tuple[str, str, float]:
+    """``mapping.pairs[i]`` checked for shape: ``(guide glob, target glob, weight)``."""
+    where = f"mapping.pairs[{i}]"
+    form = "[guide_glob, target_glob] or [guide_glob, target_glob, weight]"
+    if not isinstance(entry, list | tuple) or len(entry) not in (2, 3):
+        got = (f"{len(entry)} item{'s' * (len(entry) != 1)}" if isinstance(entry, list | tuple)
+               else f"a {type(entry).__name__}")
+        raise PairgraphError(f"{where} must be {form} (got {got}: {shorten(repr(entry), 80)})",
+                             f"write {where} as e.g. [\"blocks.0\", \"layers.0\", 1.0]")
+    for k, side in enumerate(("guide", "target")):
+        if not isinstance(entry[k], str) or not entry[k]:
+            raise PairgraphError(f"{where}: the {side} glob must be a non-empty string (got {shorten(repr(entry[k]), 80)})",
+                                 f"quote the {side} tap name or glob in {where}, e.g. \"blocks.*\"")
+    weight = entry[2] if len(entry) == 3 else 1.0
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(weight) or weight < 0:
+        raise PairgraphError(f"{where}: the weight must be a finite number ≥ 0 (got {shorten(repr(weight), 80)})",
+                             f"make the third item of {where} a number such as 1.0 (0 turns the term off), "
+                             "or leave it out for weight 1")
+    return entry[0], entry[1], float(weight)
+
+
+def _match(graph: LayerGraph, other: LayerGraph, glob: str, side: str, i: int) -> list[str]:
+    """The ``side`` taps ``glob`` matches (``fnmatchcase``), in tap order; none is a one-line error."""
+    found = [n for n in graph.names if fnmatch.fnmatchcase(n, glob)]
+    if found:
+        return found
+    close = difflib.get_close_matches(glob, graph.names, n=3, cutoff=0.5)
+    other_side = "target" if side == "guide" else "guide"
+    if any(fnmatch.fnmatchcase(n, glob) for n in other.names):
+        hint = f"it matches {other_side} taps: each entry is [guide, target, weight], guide first"
+    elif close:
+        hint = "did you mean " + " or ".join(repr(c) for c in close) + "?"
+    else:
+        hint = f"use one of the {side} taps: {_names(graph.names, 6)}"
+    raise PairgraphError(f"mapping.pairs[{i}]: {side} glob {glob!r} matches no {side} tap", hint)
+
+
+def _pair_up(i: int, g_glob: str, gs: list[str], t_glob: str, ts: list[str]) -> list[tuple[str, str]]:
+    """Zip equal counts; one tap on a side goes with every tap of the other; anything else is an error."""
+    if len(gs) == len(ts):
+        return list(zip(gs, ts))
+    if len(gs) == 1:
+        return [(gs[0], t) for t in ts]
+    if len(ts) == 1:
+        return [(g, ts[0]) for g in gs]
+    raise PairgraphError(
+        f"mapping.pairs[{i}]: guide glob {g_glob!r} matches {len(gs)} taps ({_names(gs)}) but target glob "
+        f"{t_glob!r} matches {len(ts)} ({_names(ts)}); pairing needs equal counts or a single tap on one side",
+        "split the entry into groups of equal size, or narrow one glob to a single tap")
+
+
+@MAPPERS.register("explicit")
+def explicit(guide: LayerGraph, target: LayerGraph, *, pairs: Any = None) -> Correspondence:
+    """The pairs the user wrote: ``pairs: [[guide_glob, target_glob, weight], ...]`` (weight default 1).
+
+    Globs are ``fnmatch.fnmatchcase`` patterns over tap names (an exact name is a glob); each must
+    match at least one tap of its side. Within an entry the matched taps are taken in tap order
+    (the network's order, not alphabetical): equal counts pair zip-wise (the k-th guide match with
+    the k-th target match); a side matching one tap pairs it with every tap the other side matches;
+    any other count mismatch is an error. Every pair of an entry gets the entry's weight
+    (a finite number ≥ 0; 0 keeps the term in the logs without training on it). Pairs are listed in
+    entry order. Guide taps no entry names get no loss term (a partial mapping is allowed). The
+    same (guide tap, target tap) produced by two entries is an error, not merged: the loss keeps one
+    term per pair, so a merge would have to invent a weight (sum? max?), and an overlap is almost
+    always a glob wider than meant. Needs no data.
+    """
+    if pairs is None:
+        raise PairgraphError("mapping 'explicit' needs pairs",
+                             'add mapping.pairs: [["guide_glob", "target_glob", weight], ...]')
+    if not isinstance(pairs, list | tuple) or not pairs:
+        raise PairgraphError(f"mapping.pairs must be a non-empty list of [guide_glob, target_glob, weight] "
+                             f"entries (got {shorten(repr(pairs), 80)})", 'write mapping.pairs: [["blocks.*", "layers.*", 1.0]]')
+    out: list[tuple[str, str, float]] = []
+    first: dict[tuple[str, str], int] = {}
+    entries = []
+    for i, entry in enumerate(pairs):
+        g_glob, t_glob, weight = _explicit_entry(i, entry)
+        gs = _match(guide, target, g_glob, "guide", i)
+        ts = _match(target, guide, t_glob, "target", i)
+        matched = _pair_up(i, g_glob, gs, t_glob, ts)
+        for g, t in matched:
+            if (g, t) in first:
+                raise PairgraphError(f"mapping.pairs[{first[g, t]}] and mapping.pairs[{i}] both pair guide tap "
+                                     f"{g!r} with target tap {t!r}",
+                                     "keep that pair in one entry only (narrow the other's globs)")
+            first[g, t] = i
+            out.append((g, t, weight))
+        entries.append({"guide": g_glob, "target": t_glob, "weight": weight, "pairs": len(matched)})
+    return Correspondence(out, "explicit", guide.names, target.names, {"entries": entries})
 
 
 def build_mapping(kind: str, guide: LayerGraph, target: LayerGraph, context: MappingContext | None = None,

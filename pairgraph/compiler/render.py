@@ -60,19 +60,28 @@ def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, 
     gy, ty = ys(len(guide)), ys(len(target))
     xg, xt = 0.30, 0.70
     fs = 7 if n <= 60 else 5.5
+    mapped = {g for g, _, _ in corr.pairs}
     for x, graph, yy, ha, side in ((xg, guide, gy, "right", "guide"), (xt, target, ty, "left", "target")):
         for t, y in zip(graph.taps, yy):
             colour = TYPE_COLOURS.get(t.type, "#888888")
             ax.plot([x], [y], "o", color=colour, ms=4, zorder=3)
             label = f"{t.name}  ·  {t.type}  ·  {_shape(t.shape)}"
             dx = -0.012 if ha == "right" else 0.012
-            ax.text(x + dx, y, label, ha=ha, va="center", fontsize=fs, family="monospace")
+            unmapped = side == "guide" and t.name not in mapped  # an explicit mapping may leave guide taps out
+            ax.text(x + dx, y, label + ("  (no term)" if unmapped else ""), ha=ha, va="center", fontsize=fs,
+                    family="monospace", color="#999999" if unmapped else "black")
         ax.text(x, -1.2, f"{side} ({graph.method}, {len(graph)} taps)", ha="center", va="center",
                 fontsize=9, weight="bold")
     gpos = {t.name: y for t, y in zip(guide.taps, gy)}
     tpos = {t.name: y for t, y in zip(target.taps, ty)}
+    weighted = any(w != 1.0 for _, _, w in corr.pairs)  # weights other than 1 are written on the edges
     for g, t, w in corr.pairs:
-        ax.plot([xg, xt], [gpos[g], tpos[t]], "-", color="#555555", lw=0.6 + 0.6 * w, alpha=0.7, zorder=1)
+        ax.plot([xg, xt], [gpos[g], tpos[t]], "--" if w == 0 else "-", color="#555555", lw=0.6 + 0.6 * min(w, 3.0),
+                alpha=0.7, zorder=1)
+        if weighted:  # at a quarter of the way, where the edges leaving one guide tap are still apart
+            ax.text(xg + 0.25 * (xt - xg), gpos[g] + 0.25 * (tpos[t] - gpos[g]), f"w={w:g}", ha="center", va="center",
+                    fontsize=fs - 0.5, color="#333333", zorder=2,
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
     ax.set_title(title or f"{corr.kind} mapping: {len(corr)} pairs", fontsize=10, pad=4)
     fig.tight_layout()
     base = Path(path)
@@ -133,21 +142,27 @@ def draw_similarity_matrix(ax: Any, matrix: Any, rows: Iterable[Any], cols: Iter
 
 def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:
     """Rows of ``#  guide tap (type, shape) → target tap (type, shape)``; long mappings elided."""
-    table = Table(title=f"{corr.kind} mapping: {len(corr)} pairs (guide {len(guide)} taps → target {len(target)} taps)")
+    unmapped = len(set(guide.names) - {g for g, _, _ in corr.pairs})
+    table = Table(title=f"{corr.kind} mapping: {len(corr)} pairs (guide {len(guide)} taps → target {len(target)} taps"
+                  + (f"; {unmapped} guide tap{'s' * (unmapped != 1)} without a term)" if unmapped else ")"))
     table.add_column("#", justify="right")
     table.add_column("guide tap")
     table.add_column("")
     table.add_column("target tap")
+    weighted = any(w != 1.0 for _, _, w in corr.pairs)
+    if weighted:
+        table.add_column("weight", justify="right")
     shown = list(enumerate(corr.pairs))
     if limit is not None and len(shown) > limit:
         shown = shown[: limit // 2] + [(-1, None)] + shown[-(limit // 2):]
     for i, p in shown:
         if p is None:
-            table.add_row("…", f"[dim]{len(corr.pairs) - 2 * (limit // 2)} more pairs (--all shows them)[/dim]", "", "")
+            table.add_row("…", f"[dim]{len(corr.pairs) - 2 * (limit // 2)} more pairs (--all shows them)[/dim]", "", "",
+                          *([""] if weighted else []))
             continue
         g, t = guide[p[0]], target[p[1]]
         table.add_row(str(i), f"{g.name} [dim]{g.type} {_shape(g.shape)}[/dim]", "→",
-                      f"{t.name} [dim]{t.type} {_shape(t.shape)}[/dim]")
+                      f"{t.name} [dim]{t.type} {_shape(t.shape)}[/dim]", *([f"{p[2]:g}"] if weighted else []))
     return table
 
 
