@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import networkx as nx
 import pytest
 import torch
 import yaml
-from tiny_specs import copy_paste_pair
+from tiny_specs import copy_paste_pair, run_cli
 
 import pairgraph
-from pairgraph.cli.main import main
 from pairgraph.compiler.mapping import build_mapping
 from pairgraph.core.loss import tap_key
 from pairgraph.core.trace import LayerGraph, TapPoint
@@ -170,17 +168,6 @@ def test_a_pair_made_twice_is_an_error_not_merged():
 
 
 # ---------------------------------------------------------------- specs in YAML, the CLI
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pairgraph", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def write_spec(tmp_path, pairs) -> str:

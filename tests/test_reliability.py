@@ -25,7 +25,7 @@ import torch
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from tiny_specs import copy_paste_pair
+from tiny_specs import copy_paste_pair, run_cli
 
 import pairgraph
 from pairgraph.config import PairSpec, load_spec, parse_spec
@@ -33,7 +33,6 @@ from pairgraph.core.weights import load_weights
 from pairgraph.errors import PairgraphError
 from pairgraph.training import resume_run
 from pairgraph.training.runs import truncate_metrics
-from tests.test_spec import run_cli
 
 torch.set_num_threads(1)
 

@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from tiny_specs import run_cli
 
 import pairgraph
-from pairgraph.cli.main import main
 from pairgraph.config import PairSpec, json_schema, load_spec, parse_spec
 from pairgraph.errors import SpecError
 
 BAD = Path(__file__).parent / "bad_specs"
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["pairgraph", *args])
-    code = 0
-    try:
-        main()
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def test_short_spec_gets_defaults():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 
@@ -17,3 +18,17 @@ def copy_paste_pair(train: dict[str, Any], *, size: int = 400, d_model: int = 32
         "train": train,
         **sections,
     }
+
+
+def run_cli(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
+    """``pairgraph ARGS`` in this process: (exit code, stdout, stderr)."""
+    from pairgraph.cli.main import main
+
+    monkeypatch.setattr(sys, "argv", ["pairgraph", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = e.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
