@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED
 from pairgraph.config.diff import RUNTIME_FIELDS, flatten
 from pairgraph.errors import PairgraphError
 
@@ -58,7 +59,7 @@ class RunData:
         w = str(self._get("guide", "weights") or self.summary.get("guide_weights") or "?")
         if self.mode == "baseline":
             return "no guide"  # the guide is never called: its weights do not matter
-        if w not in ("untrained", "train"):
+        if w not in (UNTRAINED, TRAIN, PRETRAINED):
             w = Path(w).name  # a checkpoint path: its file name is enough for a legend
         return w
 

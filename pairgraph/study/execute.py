@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from pairgraph.api import compile as compile_pair
-from pairgraph.config import PairSpec, load_spec
+from pairgraph.config import TRAIN, PairSpec, load_spec
 from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError, one_line
 from pairgraph.study.plan import ArmPlan, Job, plan_study
@@ -83,7 +83,7 @@ def _store(job: Job, run_dir: Path, spec: PairSpec, record: dict[str, Any], dive
     else:
         env = read_json(run_dir / "env.json") or {}
         gw = env.get("guide_weights")
-        if gw and spec.guide.weights == "train":
+        if gw and spec.guide.weights == TRAIN:
             gdir = guide_run_dir(str(gw), spec.name)
             if gdir is not None:
                 _copy_files(gdir, tmp / "guide")

@@ -12,9 +12,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from pairgraph.analysis import spec_diff
 from pairgraph.compiler.guide_weights import guide_checkpoint_path
-from pairgraph.config import PairSpec, as_spec, load_spec
+from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec
+from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, load_study, lr_tag, run_folder, yaml_float
@@ -151,7 +151,7 @@ class ArmPlan(ArmState):
     def job(self, phase: str, lr: float, seed: int) -> Job:
         spec = self.spec_at(lr, seed)
         guide_key = None
-        if spec.guide.weights == "train" and spec.guidance.mode != "baseline":
+        if spec.guide.weights == TRAIN and spec.guidance.mode != "baseline":
             guide_key = str(guide_checkpoint_path(spec))
         return Job(self.study.name, self.cell.name, self.arm.name, float(lr), int(seed), phase, str(self.spec_file),
                    tuple(self.study.overrides_for(self.cell, self.arm, lr, seed)),
