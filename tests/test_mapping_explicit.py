@@ -21,12 +21,7 @@ GUIDE = ["blocks.0", "blocks.1", "norm"]
 TARGET = ["layers.0", "layers.1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test here runs with one torch thread
 
 
 def graph(names: list[str]) -> LayerGraph:

@@ -22,12 +22,7 @@ PLAN = ["g", "x", "x", "g", "x", "i", "g", "x", "x", "x"]
 PLANTED = [0, 3, 5, 6]  # target tap index holding guide layer k's copy (taps are in call order)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # every test here runs with one torch thread
 
 
 class PlantedGuide(nn.Module):
