@@ -16,6 +16,7 @@ import yaml
 from tiny_specs import copy_paste_pair
 from typer.testing import CliRunner
 
+import pairgraph.config
 import pairgraph.study.execute as execute_mod
 from pairgraph.cli.main import app
 from pairgraph.errors import PairgraphError
@@ -468,3 +469,17 @@ def test_a_run_sharing_another_pairs_cached_guide_finds_that_guides_training_rec
     assert guide_run_dir(str(weights), "fcn_wide_from_resnet18") == trained_by  # shared: same key
     assert guide_run_dir(str(guides / "resnet18-ffffffffffff.safetensors"), "fcn_wide_from_resnet18") is None
     assert guide_run_dir(str(tmp_path / "my_weights.safetensors"), "fcn_wide_from_resnet18") is None
+
+
+def test_runs_stored_before_a_field_was_added_are_not_stale():
+    """Adding a spec field (layers.leaf_types) once made every committed study run 'run with a different spec'."""
+    from pairgraph.config import with_defaults
+    from pairgraph.study.plan import plan_study
+
+    repo = Path(__file__).resolve().parents[1]
+    plans = plan_study(repo / "studies" / "paper_cpu.yaml")  # checks every committed run folder against today's spec
+    assert plans
+    spec = pairgraph.config.PairSpec.model_validate({"task": {"kind": "copy_paste"}}).resolved()
+    old = {**spec, "train": {k: v for k, v in spec["train"].items() if k != "eval_batches"}}
+    assert with_defaults(old) == spec
+    assert with_defaults({**old, "bogus": 1}) == {**old, "bogus": 1}  # no longer valid: kept as it was

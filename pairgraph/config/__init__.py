@@ -15,11 +15,12 @@ from pairgraph.config.spec import (
     json_schema,
     load_spec,
     parse_spec,
+    with_defaults,
 )
 from pairgraph.config.yaml_io import node_line, read_yaml
 
 __all__ = [
     "MAPPERS", "MEASURES", "MODELS", "MODEL_SOURCES", "OPTIMIZERS", "PRETRAINED", "TASKS", "TRAIN", "UNTRAINED", "GuideSpec",
     "LayerSelection", "PairSpec", "TrainSpec", "apply_overrides", "as_spec", "json_schema", "load_spec", "node_line",
-    "parse_spec", "read_yaml", "resolve_model",
+    "parse_spec", "read_yaml", "resolve_model", "with_defaults",
 ]

@@ -234,6 +234,19 @@ class PairSpec(_Strict):
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
+    """A stored resolved spec with the fields added since it was written, at their defaults.
+
+    New spec fields default to what pairgraph computed before they existed, so a run stored by an
+    older version differs from today's spec only where the user changed something. A stored spec
+    that no longer validates is returned as it is (its differences are then reported field by field).
+    """
+    try:
+        return PairSpec.model_validate(stored).resolved()
+    except (ValueError, PairgraphError):
+        return stored
+
+
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the spec language, with each registered task's options as a oneOf."""
     schema = PairSpec.model_json_schema()

@@ -23,7 +23,7 @@ import torch
 import yaml
 
 from pairgraph.api import compile as compile_pair
-from pairgraph.config import TRAIN, PairSpec, load_spec
+from pairgraph.config import TRAIN, PairSpec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError, one_line
 from pairgraph.study.plan import ArmPlan, Job, plan_study
@@ -99,7 +99,7 @@ def train_job(job: Job) -> tuple[Path, PairSpec, bool]:
     run_dir = runs_dir / spec.name / run_id
     if run_dir.exists():
         stored = read_spec_yaml(run_dir / "spec.yaml")
-        if stored is not None and spec_diff(stored, spec.resolved()):
+        if stored is not None and spec_diff(with_defaults(stored), spec.resolved()):
             shutil.rmtree(run_dir)  # an old run of another configuration
         elif (run_dir / "summary.json").is_file():
             return run_dir, spec, False  # finished, but was not copied into the results

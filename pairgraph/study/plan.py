@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pairgraph.compiler.guide_weights import guide_checkpoint_path
-from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec
+from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
@@ -167,6 +167,7 @@ class ArmPlan(ArmState):
             stored = read_spec_yaml(d / "spec.yaml") if d.is_dir() and RUN_FOLDER.match(d.name) else None
             if stored is None:
                 continue
+            stored = with_defaults(stored)
             stored = {**stored, "train": {**(stored.get("train") or {}), "lr": want["train"]["lr"],
                                           "seed": want["train"]["seed"]}}
             diff = spec_diff(stored, want)

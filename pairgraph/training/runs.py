@@ -13,7 +13,7 @@ from typing import Any
 import torch
 import yaml
 
-from pairgraph.config import PairSpec
+from pairgraph.config import PairSpec, with_defaults
 from pairgraph.config.diff import EXTENDABLE_FIELDS, RUNTIME_FIELDS, changed_fields
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import atomic_write
@@ -63,7 +63,7 @@ def stored_spec(run_dir: Path) -> dict[str, Any] | None:
         data = yaml.safe_load((run_dir / "spec.yaml").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
-    return data if isinstance(data, dict) else None
+    return with_defaults(data) if isinstance(data, dict) else None
 
 
 def _differences(changes: dict[str, tuple[Any, Any]]) -> str:
