@@ -221,3 +221,58 @@ def test_a_shared_module_yields_one_tap_per_call(tmp_path, monkeypatch):
                 h = torch.tanh(z)
         for k in range(3):
             torch.testing.assert_close(taps[f"shared@{k}"], expected[k])
+
+
+class SeqFirst(nn.Module):
+    """Sequence-first layers, as nn.Transformer code without batch_first writes them: (T, b, d)."""
+
+    def __init__(self, num_classes: int = 10, **kwargs):
+        super().__init__()
+        self.pos = nn.Linear(1, 384)  # applied to a constant: its output has no batch axis
+        self.register_buffer("t", torch.arange(8.0).unsqueeze(1))
+        self.ln = nn.LayerNorm(384)
+        self.lin = nn.Linear(384, 32)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x):
+        h = x.flatten(1).reshape(x.shape[0], 8, 384).transpose(0, 1)  # (T=8, b, 384)
+        h = self.lin(self.ln(h + self.pos(self.t).unsqueeze(1)))
+        return self.head(h.mean(0))
+
+
+def seq_first(**kwargs) -> nn.Module:
+    return SeqFirst(**kwargs)
+
+
+class _NoFxSeqFirst(SeqFirst):
+    def forward(self, x):
+        if float(x.abs().sum()) < 0:
+            return x
+        return super().forward(x)
+
+
+def no_fx_seq_first(**kwargs) -> nn.Module:
+    return _NoFxSeqFirst(**kwargs)
+
+
+def test_a_sequence_first_tap_is_batch_first_and_an_output_without_batch_is_no_tap(tmp_path, monkeypatch):
+    """A LayerNorm/Linear on (T, b, d) was refused ("taps disagree on rows"); its batch axis is now followed
+    from the input, and a module whose output does not depend on the batch is not a tap point."""
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    base = {"task": {"kind": "image_classification", "num_classes": 10, "image_size": [32, 32]},
+            "target": {"model": "deep_fcn", "args": {"num_blocks": 3, "width": 16}}}
+    for ref, method in (("test_user_models:seq_first", "fx"), ("test_user_models:no_fx_seq_first", "hooks")):
+        cp = pairgraph.compile({**base, "guide": {"model": ref}}, tmp_path / method, render=False, notify=None)
+        assert cp.guide.method == method
+        assert cp.guide.names == ["ln", "lin"], cp.guide.names  # not pos (no batch axis), not head (the output)
+        assert [(t.batch_axis, t.shape[1:]) for t in cp.guide.taps] == [(1, (8, 384)), (1, (8, 32))]
+        pair = cp.build()
+        x = torch.randn(5, 3, 32, 32)
+        model = pair.guide.root if method == "hooks" else pair.guide
+        with torch.no_grad():
+            _, taps = pair.guide(x)
+            h = x.flatten(1).reshape(5, 8, 384).transpose(0, 1) + model.pos(model.t).unsqueeze(1)
+            torch.testing.assert_close(taps["ln"], model.ln(h).transpose(0, 1))
+        assert taps["lin"].shape == (5, 8, 32)
+        result = pair(x, torch.zeros(5, dtype=torch.long))  # the guidance compares rows of the same examples
+        assert torch.isfinite(result.guidance_loss)

@@ -4,8 +4,12 @@ Node names are module qualified names (``layer1.0.conv1``), the names torch.fx a
 ``named_modules`` use. Shapes come from shape propagation of a task-built example input on the
 meta device, so a paper-size model costs no memory. Which modules fx treats as leaves is
 pairgraph's policy (:func:`register_leaf_module`), like timm's ``_fx.py``; which leaves become
-tap points, what element of a tuple output is the activation and where its batch axis lies is
-said explicitly per type (:func:`register_tap_type`) — never guessed from tensor sizes.
+tap points and what element of a tuple output is the activation is said per type
+(:func:`register_tap_type`). Where each tap's batch axis lies is followed from the input, never
+guessed from sizes: the example runs twice, with one more row the second time, and the axis that
+grew is the batch axis (a LayerNorm on ``(T, b, d)`` has it at 1; a module whose output does not
+depend on the batch, e.g. a positional embedding, has none and is not a tap point). Where the second
+run is impossible (a model that hard-codes its batch size) the type's registered axis is used.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ class TapPoint:
     fx_node: str = ""
     is_output: bool = False
     calls: int = 1  # calls of its module per forward: the name is "module@k" when more than one
+    batched: bool = True  # False: the output has no batch axis (it does not change with the input's rows)
 
     def spec(self) -> tuple[Any, ...]:
         """(name, output index, batch axis[, calls]) — how hooks find this tap (:mod:`pairgraph.core.taps`)."""
@@ -120,6 +125,14 @@ class LayerGraph:
 # ---------------------------------------------------------------- tracing
 
 
+_NOT_PROBED = object()  # the grown-batch run was impossible: batch axes come from the tap rules
+
+
+def _grow(example: torch.Tensor) -> torch.Tensor:
+    """The example with one more row (a copy of its first): a run on it shows where the batch axis goes."""
+    return torch.cat([example, example[:1]])
+
+
 def _meta_shape(meta: Any, output_index: int | None) -> tuple[int, ...] | None:
     if output_index is not None and isinstance(meta, list | tuple):
         meta = meta[output_index]
@@ -144,7 +157,7 @@ def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPo
     drop_output = getattr(selection, "drop_output", True)
     chosen = [
         c for c in candidates
-        if c.type in types and c.type not in exclude_types
+        if c.batched and c.type in types and c.type not in exclude_types
         and any(fnmatch.fnmatchcase(c.name, p) for p in include)
         and not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)
     ]
@@ -164,16 +177,32 @@ def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPo
     return chosen
 
 
-def _candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node: str) -> TapPoint:
+def _grown_axis(raw: tuple[int, ...] | None, grown: tuple[int, ...] | None) -> int | None:
+    """The one axis that grew when the input batch grew by a row; None when none or several did."""
+    if raw is None or grown is None or len(raw) != len(grown):
+        return None
+    axes = [i for i, (a, b) in enumerate(zip(raw, grown, strict=True)) if a != b]
+    return axes[0] if len(axes) == 1 else None
+
+
+def _candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node: str,
+               grown: Any = _NOT_PROBED) -> TapPoint:
+    """A tap point from a module and its output's shapes on the example (``meta``) and on the example
+    grown by one row (``grown``; ``_NOT_PROBED`` when that run was impossible)."""
     rule = rule_for(module)
     index = rule.output_index
     if index is None and isinstance(meta, list | tuple) and meta and getattr(meta[0], "shape", None) is not None:
         index = 0  # a tuple whose first element is a tensor: the activation (transformers' blocks put it first)
     raw = _meta_shape(meta, index)
-    axis = rule.batch_axis(module)
-    shape = _batch_first(raw, axis) if raw is not None else None
-    return TapPoint(name, type(module).__name__, shape, index=order, output_index=index,
-                    batch_axis=axis, fx_node=fx_node)  # type: ignore[arg-type]
+    if grown is _NOT_PROBED:
+        axis: int | None = rule.batch_axis(module)
+    else:
+        axis = _grown_axis(raw, _meta_shape(grown, index))
+    shape = _batch_first(raw, axis) if raw is not None and axis is not None else None
+    tap = TapPoint(name, type(module).__name__, shape, index=order, output_index=index,  # type: ignore[arg-type]
+                   batch_axis=axis if axis is not None else 0, fx_node=fx_node)
+    tap.batched = raw is None or axis is not None
+    return tap
 
 
 def _finish(chosen: list[TapPoint], edges: list[tuple[str, str]], method: str, gm: fx.GraphModule | None,
@@ -200,16 +229,27 @@ def _shapes(value: Any) -> Any:
 
 
 class _ShapeRecorder(fx.Interpreter):
-    """Shape propagation that records ``node.meta['tensor_meta']`` (shapes only) and stays quiet."""
+    """Shape propagation that records each node's output shapes in ``shapes`` and stays quiet."""
 
     def __init__(self, gm: fx.GraphModule):
         super().__init__(gm)
         self.extra_traceback = False
+        self.shapes: dict[fx.Node, Any] = {}
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
-        n.meta["tensor_meta"] = _shapes(result)
+        self.shapes[n] = _shapes(result)
         return result
+
+
+def _grown_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, Any] | None:
+    """Each node's output shapes on the example grown by one row; None when the model cannot run on it."""
+    recorder = _ShapeRecorder(gm)
+    try:
+        recorder.run(_grow(example))
+    except Exception:  # noqa: BLE001 - e.g. a batch size written into the model: the tap rules decide
+        return None
+    return recorder.shapes
 
 
 class ShapePropError(Exception):
@@ -223,10 +263,12 @@ class ShapePropError(Exception):
 def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
     """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
     gm = fx.GraphModule(model, LeafTracer(_leaf_types(selection)).trace(model), type(model).__name__)
+    recorder = _ShapeRecorder(gm)
     try:
-        result = _ShapeRecorder(gm).run(example)
+        result = recorder.run(example)
     except Exception as e:  # noqa: BLE001 - traced fine, but the model does not run on this input
         raise ShapePropError(e) from None
+    grown = _grown_shapes(gm, example)
     modules = dict(model.named_modules())
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     feeds_output = set(output_node.all_input_nodes)
@@ -239,7 +281,8 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
             continue
         k, seen[node.target] = seen[node.target], seen[node.target] + 1  # a shared module: one tap per call
         name = node.target if calls[node.target] == 1 else f"{node.target}@{k}"
-        cand = _candidate(name, modules[node.target], node.meta.get("tensor_meta"), len(candidates), node.name)
+        cand = _candidate(name, modules[node.target], recorder.shapes.get(node), len(candidates), node.name,
+                          grown.get(node) if grown is not None else _NOT_PROBED)
         cand.calls = calls[node.target]
         cand.is_output = node in feeds_output or _only_reshapes_to_output(node, output_node)
         candidates.append(cand)
@@ -307,15 +350,25 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     try:
         with torch.no_grad():
             out = model(example)
+            first = list(records)
+            records.clear()
+            try:
+                model(_grow(example))
+                grown: list[Any] | None = [_shapes(o) for _, _, o in records]
+            except Exception:  # noqa: BLE001 - e.g. a batch size written into the model: the tap rules decide
+                grown = None
     finally:
         for h in handles:
             h.remove()
-    calls = Counter(name for name, _, _ in records)
+    if grown is not None and [n for n, _, _ in records] != [n for n, _, _ in first]:
+        grown = None  # the grown batch took another path through the model
+    calls = Counter(name for name, _, _ in first)
     seen: Counter[str] = Counter()
     candidates: list[TapPoint] = []
-    for i, (name, mod, o) in enumerate(records):
+    for i, (name, mod, o) in enumerate(first):
         k, seen[name] = seen[name], seen[name] + 1
-        cand = _candidate(name if calls[name] == 1 else f"{name}@{k}", mod, o, i, "")
+        cand = _candidate(name if calls[name] == 1 else f"{name}@{k}", mod, o, i, "",
+                          grown[i] if grown is not None else _NOT_PROBED)
         cand.calls = calls[name]
         cand.is_output = o is out or (isinstance(o, tuple) and any(x is out for x in o))
         candidates.append(cand)
