@@ -12,8 +12,8 @@ from tiny_specs import copy_paste_pair, run_cli
 
 import pairgraph
 from pairgraph.compiler.mapping import build_mapping
+from pairgraph.core.layer_graph import LayerGraph, TapPoint
 from pairgraph.core.loss import tap_key
-from pairgraph.core.trace import LayerGraph, TapPoint
 from pairgraph.tasks import get_task
 
 # the tiny pair's taps: guide (2-layer Transformer, blocks.* and norm) and target (2-layer RNN)

@@ -143,3 +143,53 @@ def test_weights_pretrained_is_refused_for_a_model_without_its_own_weights(tmp_p
     cp = pairgraph.compile(spec, tmp_path / "b", render=False, notify=None)
     with pytest.raises(pairgraph.PairgraphError, match="has no pretrained weights of its own"):
         cp.build()
+
+
+@pytest.mark.parametrize(("name", "args", "levels"), [
+    ("resnet18", {}, ["act1", "layer1", "layer2", "layer3", "layer4"]),
+    ("vit_tiny_patch16_224", {"patch_size": 8, "depth": 3}, ["blocks.0", "blocks.1", "blocks.2"]),
+    ("convnext_atto", {}, ["stages.0", "stages.1", "stages.2", "stages.3"]),
+])
+def test_the_timm_provider_taps_forward_intermediates_feature_levels(name, args, levels, tmp_path):
+    guide = {"model": f"timm:{name}", "args": args, "layers": {"provider": "timm"}}
+    cp = pairgraph.compile(_spec(guide), tmp_path, render=False, notify=None)
+    assert cp.guide.method == "timm" and cp.guide.names == levels  # timm's own levels; never the head
+    assert "Guide = intermediates(" in (cp.out_dir / "guided_pair.py").read_text()
+    task = get_task(cp.spec.task)
+    root = build_root(cp.spec.resolved(), "guide", task).eval()
+    generated = cp.module.Guide(build_root(cp.spec.resolved(), "guide", task)).eval()
+    x = task.example_input(3, device="cpu")
+    with torch.no_grad():
+        out, taps = generated(x)
+        torch.testing.assert_close(out, root(x))
+        _, expected = root.forward_intermediates(x)
+    assert list(taps) == levels
+    for level, act in zip(levels, expected, strict=True):
+        torch.testing.assert_close(taps[level], act)
+    assert set(generated.state_dict()) == set(root.state_dict())
+    pair = cp.build()
+    y = torch.zeros(3, dtype=torch.long)
+    assert torch.isfinite(pair(x, y).guidance_loss)
+
+
+def test_auto_falls_back_to_forward_intermediates_when_fx_fails_and_says_so(tmp_path, monkeypatch):
+    from pairgraph.core import trace as trace_mod
+
+    def no_fx(*args, **kwargs):
+        raise TypeError("symbolically traced variables cannot be used as inputs to control flow")
+
+    monkeypatch.setitem(trace_mod.PROVIDERS, "fx", no_fx)
+    said = []
+    cp = pairgraph.compile(_spec({"model": "timm:resnet18"}), tmp_path, render=False, notify=said.append)
+    assert cp.guide.method == "timm" and cp.target.method == "hooks"
+    assert any("falling back to timm's forward_intermediates" in s for s in said), said
+    with pytest.raises(pairgraph.PairgraphError, match="torch.fx cannot trace the guide .* — fix: set guide.layers.provider: auto"):
+        pairgraph.compile(_spec({"model": "timm:resnet18", "layers": {"provider": "fx"}}), tmp_path / "b",
+                          render=False, notify=None)
+
+
+def test_the_timm_provider_on_a_model_without_it_is_one_line(tmp_path):
+    with pytest.raises(pairgraph.PairgraphError, match="has no forward_intermediates/feature_info — fix: set "
+                                                       "guide.layers.provider to auto, fx or hooks"):
+        pairgraph.compile(_spec({"model": "resnet18", "args": {"preset": "cpu"}, "layers": {"provider": "timm"}}),
+                          tmp_path, render=False, notify=None)

@@ -21,9 +21,9 @@ from torch.utils.data import default_collate
 from pairgraph.compiler.build import assemble
 from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PairSpec
+from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.core.optim import make_optimizer, pick_device
-from pairgraph.core.taps import hooked
-from pairgraph.core.trace import LayerGraph
+from pairgraph.core.taps import tap_network
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
 
@@ -117,11 +117,11 @@ class CompileContext:
             idx = [int(order[(k * batch_size + i) % n]) for i in range(batch_size)]
             return [b.to(device) for b in default_collate([train[i] for i in idx])]
 
-        def taps(graph: LayerGraph) -> list[tuple[str, int | None, int]]:
-            return [t.spec() for t in graph.taps]
+        def network(graph: LayerGraph) -> Callable[[nn.Module], nn.Module]:
+            return tap_network(graph.method, [t.spec() for t in graph.taps], graph.output_key)
 
         with rng.active():
-            pair = assemble(spec.resolved(), hooked(taps(self.guide)), hooked(taps(self.target)), [], device, weights)
+            pair = assemble(spec.resolved(), network(self.guide), network(self.target), [], device, weights)
             if warmup_steps:
                 pair.train()
                 opt = make_optimizer(spec.train, [p for p in pair.target.parameters() if p.requires_grad])

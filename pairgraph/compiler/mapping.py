@@ -25,8 +25,8 @@ import torch
 
 from pairgraph.config import PairSpec
 from pairgraph.config.names import MAPPERS
+from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.core.similarity import get_measure, similarity_matrix
-from pairgraph.core.trace import LayerGraph
 from pairgraph.errors import PairgraphError, shorten
 
 if TYPE_CHECKING:

@@ -21,9 +21,10 @@ from pairgraph.compiler.codegen import generate
 from pairgraph.compiler.mapping import Correspondence, build_mapping
 from pairgraph.compiler.render import render_mapping
 from pairgraph.config import PairSpec, as_spec
+from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.core.loss import GuidedPair
 from pairgraph.core.taps import select_logits
-from pairgraph.core.trace import LayerGraph, trace
+from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
 from pairgraph.errors import PairgraphError, one_line
 from pairgraph.paths import atomic_write

@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pairgraph.compiler.mapping import Correspondence
-from pairgraph.core.trace import LayerGraph
+from pairgraph.core.layer_graph import LayerGraph
 
 TYPE_COLOURS = {
     "Conv2d": "#4c78a8", "Conv1d": "#4c78a8", "Linear": "#f58518", "BatchNorm1d": "#72b7b2",

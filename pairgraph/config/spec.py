@@ -50,6 +50,12 @@ class LayerSelection(_Strict):
         "(e.g. [Block] for a timm ViT's blocks, [GPT2Block]).",
     )
     drop_output: bool = Field(default=True, description="Drop the last tap when it produces the network's output.")
+    provider: Literal["auto", "fx", "timm", "hooks"] = Field(
+        default="auto",
+        description="How tap points are found: fx (torch.fx, the whole data flow), timm (timm's forward_intermediates: "
+        "the model's feature levels), hooks (forward hooks on modules and whole blocks, in call order); auto = fx, "
+        "else timm where the model has forward_intermediates, else hooks. Example: provider: timm.",
+    )
 
 
 class NetworkSpec(_Strict):

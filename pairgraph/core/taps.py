@@ -4,6 +4,7 @@
   submodules, so the generated ``forward`` (from the fx graph) returns ``(output, taps)`` and
   the state dict keys are the eager model's.
 * :class:`HookedNetwork` — the same contract for a model fx cannot trace, from forward hooks.
+* :class:`IntermediatesNetwork` — the same from timm's ``forward_intermediates``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,28 @@ class HookedNetwork(nn.Module):
         taps = dict(self._captured)
         self._captured.clear()
         return out, taps
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # same keys as the eager model
+        return self.root.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.root.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+class IntermediatesNetwork(nn.Module):
+    """A timm model tapped at its feature levels: ``forward_intermediates`` gives the taps (the levels
+    ``indices`` names, in order) and the features ``forward_head`` turns into the logits."""
+
+    def __init__(self, root: nn.Module, taps: Sequence[TapSpec], output: str | int | None = None):
+        super().__init__()
+        self.root = disable_inplace(root)
+        self.output = output
+        self.TAPS = tuple(t[0] for t in taps)
+        self.indices = [int(t[1]) for t in taps]
+
+    def forward(self, x: Tensor) -> tuple[Any, dict[str, Tensor]]:
+        final, inter = self.root.forward_intermediates(x, indices=self.indices)
+        return select_logits(self.root.forward_head(final), self.output), dict(zip(self.TAPS, inter, strict=True))
 
     def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:  # same keys as the eager model
         return self.root.state_dict(*args, **kwargs)
@@ -161,3 +184,18 @@ def hooked(taps: Sequence[TapSpec], output: str | int | None = None) -> Callable
         return HookedNetwork(root, taps, output)
 
     return make
+
+
+def intermediates(taps: Sequence[TapSpec], output: str | int | None = None) -> Callable[[nn.Module], IntermediatesNetwork]:
+    """Class-like factory used by generated modules for timm networks tapped at their feature levels."""
+
+    def make(root: nn.Module) -> IntermediatesNetwork:
+        return IntermediatesNetwork(root, taps, output)
+
+    return make
+
+
+def tap_network(method: str, taps: Sequence[TapSpec], output: str | int | None = None) -> Callable[[nn.Module], nn.Module]:
+    """A network class for taps found by a provider without generated code: timm's intermediates for
+    ``method == "timm"``, else hooks (fx taps are module outputs too)."""
+    return intermediates(taps, output) if method == "timm" else hooked(taps, output)

@@ -1,8 +1,13 @@
-"""Tracing: a network → a ``LayerGraph`` of tap points (torch.fx, forward hooks as fallback).
+"""Tracing: a network → a ``LayerGraph`` of tap points, by one of three tap providers.
 
-Node names are module qualified names (``layer1.0.conv1``), the names torch.fx and
-``named_modules`` use. Shapes come from shape propagation of a task-built example input on the
-meta device, so a paper-size model costs no memory. Which modules fx treats as leaves is
+* ``fx`` — torch.fx: the whole data flow, taps at leaf modules (:class:`LeafTracer`);
+* ``timm`` — timm's ``forward_intermediates``: the model's feature levels, where fx cannot go;
+* ``hooks`` — forward hooks on leaf modules and whole blocks, in call order (transformers' models).
+
+``layers.provider: auto`` (the default) tries them in that order (timm only for models that have
+it) and says when it falls back. Node names are module qualified names (``layer1.0.conv1``), the
+names torch.fx and ``named_modules`` use. Shapes come from running a task-built example input on
+the meta device, so a paper-size model costs no memory. Which modules fx treats as leaves is
 pairgraph's policy (:func:`register_leaf_module`), like timm's ``_fx.py``; which leaves become
 tap points and what element of a tuple output is the activation is said per type
 (:func:`register_tap_type`). Where each tap's batch axis lies is followed from the input, never
@@ -15,19 +20,26 @@ run is impossible (a model that hard-codes its batch size) the type's registered
 from __future__ import annotations
 
 import contextlib
-import fnmatch
 import itertools
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from types import SimpleNamespace
 from typing import Any
 
-import networkx as nx
 import torch
 from torch import fx, nn
 
-from pairgraph.core.policy import default_tap_types, is_default_tap, is_leaf, rule_for
+from pairgraph.core.layer_graph import (
+    NOT_PROBED,
+    LayerGraph,
+    TapPoint,
+    finish_graph,
+    grow,
+    leaf_types_of,
+    make_candidate,
+    select_taps,
+    shapes_of,
+)
+from pairgraph.core.policy import is_default_tap, is_leaf
 from pairgraph.errors import PairgraphError, first_line, one_line
 
 
@@ -43,191 +55,6 @@ class LeafTracer(fx.Tracer):
         return is_leaf(m, self.extra_leaves) or super().is_leaf_module(m, qualname)
 
 
-def _leaf_types(selection: Any) -> frozenset[str]:
-    return frozenset(getattr(selection, "leaf_types", None) or ())
-
-
-# ---------------------------------------------------------------- the layer graph
-
-
-@dataclass
-class TapPoint:
-    """One place whose activation can be compared: a module output, batch on axis 0."""
-
-    name: str
-    type: str
-    shape: tuple[int, ...]
-    depth: int = 0
-    index: int = 0
-    output_index: int | None = None
-    batch_axis: int = 0
-    fx_node: str = ""
-    is_output: bool = False
-    calls: int = 1  # calls of its module per forward: the name is "module@k" when more than one
-    batched: bool = True  # False: the output has no batch axis (it does not change with the input's rows)
-
-    def spec(self) -> tuple[Any, ...]:
-        """(name, output index, batch axis[, calls]) — how hooks find this tap (:mod:`pairgraph.core.taps`)."""
-        base = (self.name, self.output_index, self.batch_axis)
-        return (*base, self.calls) if self.calls > 1 else base
-
-    def label(self) -> str:
-        return f"{self.name} · {self.type} · {'×'.join(map(str, self.shape))}"
-
-    def features(self) -> int:
-        n = 1
-        for s in self.shape[1:]:
-            n *= s
-        return n
-
-
-@dataclass
-class LayerGraph:
-    """The tap points of a network and the data flow between them (a networkx DiGraph)."""
-
-    taps: list[TapPoint]
-    graph: nx.DiGraph
-    method: str  # "fx" or "hooks"
-    gm: fx.GraphModule | None = None
-    candidates: list[TapPoint] = field(default_factory=list)
-    output_type: str = "Tensor"  # what forward returns (pairgraph needs a tensor of outputs)
-    output: Any = None  # forward's return on the example (meta tensors under fx); None when not kept
-    output_key: str | int | None = None  # which entry of a dict/tuple output is the logits (set by compile)
-
-    @property
-    def names(self) -> list[str]:
-        return [t.name for t in self.taps]
-
-    def __len__(self) -> int:
-        return len(self.taps)
-
-    def __getitem__(self, name: str) -> TapPoint:
-        for t in self.taps:
-            if t.name == name:
-                return t
-        raise KeyError(name)
-
-    def max_depth(self) -> int:
-        return max((t.depth for t in self.taps), default=0)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "method": self.method,
-            "taps": [
-                {"name": t.name, "type": t.type, "shape": list(t.shape), "depth": t.depth,
-                 "output_index": t.output_index, "batch_axis": t.batch_axis}
-                for t in self.taps
-            ],
-            "edges": [list(e) for e in self.graph.edges],
-        }
-
-
-# ---------------------------------------------------------------- tracing
-
-
-_NOT_PROBED = object()  # the grown-batch run was impossible: batch axes come from the tap rules
-
-
-def _grow(example: torch.Tensor) -> torch.Tensor:
-    """The example with one more row (a copy of its first): a run on it shows where the batch axis goes."""
-    return torch.cat([example, example[:1]])
-
-
-def _meta_shape(meta: Any, output_index: int | None) -> tuple[int, ...] | None:
-    if output_index is not None and isinstance(meta, list | tuple):
-        meta = meta[output_index]
-    shape = getattr(meta, "shape", None)
-    return tuple(int(s) for s in shape) if shape is not None else None
-
-
-def _batch_first(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
-    if axis == 0 or len(shape) <= axis:
-        return shape
-    rest = list(shape)
-    b = rest.pop(axis)
-    return (b, *rest)
-
-
-def _select(candidates: list[TapPoint], selection: Any, side: str) -> list[TapPoint]:
-    include = list(getattr(selection, "include", ["*"]))
-    exclude = list(getattr(selection, "exclude", []))
-    types = getattr(selection, "types", None)
-    types = (set(types) if types is not None else default_tap_types()) | {t.rsplit(".", 1)[-1] for t in _leaf_types(selection)}
-    exclude_types = set(getattr(selection, "exclude_types", []))
-    drop_output = getattr(selection, "drop_output", True)
-    chosen = [
-        c for c in candidates
-        if c.batched and c.type in types and c.type not in exclude_types
-        and any(fnmatch.fnmatchcase(c.name, p) for p in include)
-        and not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)
-    ]
-    if drop_output and chosen and chosen[-1].is_output:
-        chosen = chosen[:-1]
-    if not chosen:
-        raise PairgraphError(
-            f"{side}.layers selects no tap points (include={include}, exclude={exclude}, types={sorted(types)})",
-            f"widen {side}.layers; candidate modules start with: " + ", ".join(c.name for c in candidates[:6]),
-        )
-    for c in chosen:
-        if c.shape is None:
-            raise PairgraphError(
-                f"{side} tap {c.name!r} ({c.type}) returns a tuple and no rule says which element is the activation",
-                f"call pairgraph.core.policy.register_tap_type({c.type}, output_index=0) or exclude it in {side}.layers",
-            )
-    return chosen
-
-
-def _grown_axis(raw: tuple[int, ...] | None, grown: tuple[int, ...] | None) -> int | None:
-    """The one axis that grew when the input batch grew by a row; None when none or several did."""
-    if raw is None or grown is None or len(raw) != len(grown):
-        return None
-    axes = [i for i, (a, b) in enumerate(zip(raw, grown, strict=True)) if a != b]
-    return axes[0] if len(axes) == 1 else None
-
-
-def _candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node: str,
-               grown: Any = _NOT_PROBED) -> TapPoint:
-    """A tap point from a module and its output's shapes on the example (``meta``) and on the example
-    grown by one row (``grown``; ``_NOT_PROBED`` when that run was impossible)."""
-    rule = rule_for(module)
-    index = rule.output_index
-    if index is None and isinstance(meta, list | tuple) and meta and getattr(meta[0], "shape", None) is not None:
-        index = 0  # a tuple whose first element is a tensor: the activation (transformers' blocks put it first)
-    raw = _meta_shape(meta, index)
-    if grown is _NOT_PROBED:
-        axis: int | None = rule.batch_axis(module)
-    else:
-        axis = _grown_axis(raw, _meta_shape(grown, index))
-    shape = _batch_first(raw, axis) if raw is not None and axis is not None else None
-    tap = TapPoint(name, type(module).__name__, shape, index=order, output_index=index,  # type: ignore[arg-type]
-                   batch_axis=axis if axis is not None else 0, fx_node=fx_node)
-    tap.batched = raw is None or axis is not None
-    return tap
-
-
-def _finish(chosen: list[TapPoint], edges: list[tuple[str, str]], method: str, gm: fx.GraphModule | None,
-            candidates: list[TapPoint]) -> LayerGraph:
-    g = nx.DiGraph()
-    for i, t in enumerate(chosen):
-        t.index = i
-        g.add_node(t.name, type=t.type, shape=t.shape)
-    g.add_edges_from(edges)
-    for name in nx.topological_sort(g):
-        preds = list(g.predecessors(name))
-        g.nodes[name]["depth"] = 1 + max(g.nodes[p]["depth"] for p in preds) if preds else 0
-    for t in chosen:
-        t.depth = g.nodes[t.name]["depth"]
-    return LayerGraph(chosen, g, method, gm, candidates)
-
-
-def _shapes(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return SimpleNamespace(shape=tuple(value.shape))
-    if isinstance(value, list | tuple):
-        return type(value)(_shapes(v) for v in value) if isinstance(value, list) else tuple(_shapes(v) for v in value)
-    return None
-
-
 class _ShapeRecorder(fx.Interpreter):
     """Shape propagation that records each node's output shapes in ``shapes`` and stays quiet."""
 
@@ -238,15 +65,15 @@ class _ShapeRecorder(fx.Interpreter):
 
     def run_node(self, n: fx.Node) -> Any:
         result = super().run_node(n)
-        self.shapes[n] = _shapes(result)
+        self.shapes[n] = shapes_of(result)
         return result
 
 
-def _grown_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, Any] | None:
+def _grownshapes_of(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, Any] | None:
     """Each node's output shapes on the example grown by one row; None when the model cannot run on it."""
     recorder = _ShapeRecorder(gm)
     try:
-        recorder.run(_grow(example))
+        recorder.run(grow(example))
     except Exception:  # noqa: BLE001 - e.g. a batch size written into the model: the tap rules decide
         return None
     return recorder.shapes
@@ -262,13 +89,13 @@ class ShapePropError(Exception):
 
 def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
     """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
-    gm = fx.GraphModule(model, LeafTracer(_leaf_types(selection)).trace(model), type(model).__name__)
+    gm = fx.GraphModule(model, LeafTracer(leaf_types_of(selection)).trace(model), type(model).__name__)
     recorder = _ShapeRecorder(gm)
     try:
         result = recorder.run(example)
     except Exception as e:  # noqa: BLE001 - traced fine, but the model does not run on this input
         raise ShapePropError(e) from None
-    grown = _grown_shapes(gm, example)
+    grown = _grownshapes_of(gm, example)
     modules = dict(model.named_modules())
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     feeds_output = set(output_node.all_input_nodes)
@@ -281,16 +108,16 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
             continue
         k, seen[node.target] = seen[node.target], seen[node.target] + 1  # a shared module: one tap per call
         name = node.target if calls[node.target] == 1 else f"{node.target}@{k}"
-        cand = _candidate(name, modules[node.target], recorder.shapes.get(node), len(candidates), node.name,
-                          grown.get(node) if grown is not None else _NOT_PROBED)
+        cand = make_candidate(name, modules[node.target], recorder.shapes.get(node), len(candidates), node.name,
+                          grown.get(node) if grown is not None else NOT_PROBED)
         cand.calls = calls[node.target]
         cand.is_output = node in feeds_output or _only_reshapes_to_output(node, output_node)
         candidates.append(cand)
         by_node[node] = cand
-    chosen = _select(candidates, selection, side)
+    chosen = select_taps(candidates, selection, side)
     chosen_nodes = {n: c for n, c in by_node.items() if c in chosen}
     edges = _tap_edges(gm, chosen_nodes)
-    graph = _finish(chosen, edges, "fx", gm, candidates)
+    graph = finish_graph(chosen, edges, "fx", gm, candidates)
     graph.output_type = type(result).__name__.removeprefix("immutable_")  # fx's immutable_dict/_list
     graph.output = result
     return graph
@@ -344,7 +171,7 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     for name, mod in model.named_modules():  # parents come before children
         if not name or any(name.startswith(p) for p in leaf_prefixes):
             continue
-        if is_leaf(mod, _leaf_types(selection)) or is_default_tap(mod) or not list(mod.children()):
+        if is_leaf(mod, leaf_types_of(selection)) or is_default_tap(mod) or not list(mod.children()):
             leaf_prefixes.append(name + ".")
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
@@ -353,8 +180,8 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
             first = list(records)
             records.clear()
             try:
-                model(_grow(example))
-                grown: list[Any] | None = [_shapes(o) for _, _, o in records]
+                model(grow(example))
+                grown: list[Any] | None = [shapes_of(o) for _, _, o in records]
             except Exception:  # noqa: BLE001 - e.g. a batch size written into the model: the tap rules decide
                 grown = None
     finally:
@@ -367,17 +194,59 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     candidates: list[TapPoint] = []
     for i, (name, mod, o) in enumerate(first):
         k, seen[name] = seen[name], seen[name] + 1
-        cand = _candidate(name if calls[name] == 1 else f"{name}@{k}", mod, o, i, "",
-                          grown[i] if grown is not None else _NOT_PROBED)
+        cand = make_candidate(name if calls[name] == 1 else f"{name}@{k}", mod, o, i, "",
+                          grown[i] if grown is not None else NOT_PROBED)
         cand.calls = calls[name]
         cand.is_output = o is out or (isinstance(o, tuple) and any(x is out for x in o))
         candidates.append(cand)
-    chosen = _select(candidates, selection, side)
+    chosen = select_taps(candidates, selection, side)
     edges = [(a.name, b.name) for a, b in itertools.pairwise(chosen)]
-    graph = _finish(chosen, edges, "hooks", None, candidates)
+    graph = finish_graph(chosen, edges, "hooks", None, candidates)
     graph.output_type = type(out).__name__
     graph.output = out
     return graph
+
+
+def has_intermediates(model: nn.Module) -> bool:
+    """A timm model with ``forward_intermediates`` and the ``feature_info`` naming its levels."""
+    return callable(getattr(model, "forward_intermediates", None)) and callable(getattr(model, "forward_head", None)) \
+        and isinstance(getattr(model, "feature_info", None), list)
+
+
+def trace_intermediates(model: nn.Module, example: torch.Tensor, selection: Any = None,
+                        side: str = "model") -> LayerGraph:
+    """timm's ``forward_intermediates``: the model's feature levels (``feature_info``: a ResNet's stem and
+    stages, a ViT's blocks) are the taps, in timm's layout (NCHW; a ViT's prefix tokens dropped), and the
+    logits come from ``forward_head``. timm keeps this interface stable where fx cannot go."""
+    if not has_intermediates(model):
+        raise PairgraphError(f"the {side} ({type(model).__name__}) has no forward_intermediates/feature_info",
+                             f"set {side}.layers.provider to auto, fx or hooks (forward_intermediates is timm's)")
+    names = [str(f["module"]) for f in model.feature_info]  # type: ignore[union-attr]
+    with torch.no_grad():
+        final, inter = model.forward_intermediates(example)  # type: ignore[operator]
+        out = model.forward_head(final)  # type: ignore[operator]
+        try:
+            grown: list[Any] | None = [shapes_of(t) for t in model.forward_intermediates(grow(example))[1]]  # type: ignore[operator]
+        except Exception:  # noqa: BLE001 - e.g. a batch size written into the model: the tap rules decide
+            grown = None
+    modules = dict(model.named_modules())
+    candidates = []
+    for i, (name, act) in enumerate(zip(names, inter, strict=True)):
+        cand = make_candidate(name, nn.Identity(), act, i, "", grown[i] if grown is not None else NOT_PROBED)
+        cand.type, cand.feature = type(modules.get(name, nn.Identity())).__name__, i
+        candidates.append(cand)
+    chosen = select_taps(candidates, selection, side, any_type=True)
+    graph = finish_graph(chosen, list(itertools.pairwise(t.name for t in chosen)), "timm", None, candidates)
+    graph.output_type = type(out).__name__
+    graph.output = out
+    return graph
+
+
+#: the tap providers (:func:`trace` tries them in this order under ``layers.provider: auto``)
+PROVIDERS: dict[str, Callable[[nn.Module, torch.Tensor, Any, str], LayerGraph]] = {
+    "fx": trace_fx, "timm": trace_intermediates, "hooks": trace_hooks}
+_FALLBACK = {"timm": "falling back to timm's forward_intermediates — taps are the model's feature levels",
+             "hooks": "falling back to forward hooks — taps are module outputs in call order"}
 
 
 @contextlib.contextmanager
@@ -402,7 +271,8 @@ def preserved_state(model: nn.Module) -> Iterator[None]:
 def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model",
           notify: Callable[[str], None] | None = print,
           materialize: Callable[[], tuple[nn.Module, torch.Tensor]] | None = None) -> LayerGraph:
-    """Trace ``model`` on ``example`` (meta tensors welcome); hooks when fx cannot trace it.
+    """Trace ``model`` on ``example`` (meta tensors welcome) with ``selection.provider`` (default auto:
+    fx, else timm's forward_intermediates where the model has it, else hooks).
 
     The model is left as it was (:func:`preserved_state`): tracing a user's pretrained guide in
     training mode must not move its BatchNorm statistics. ``materialize`` builds a real (CPU) model
@@ -416,26 +286,16 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
 def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
            notify: Callable[[str], None] | None,
            materialize: Callable[[], tuple[nn.Module, torch.Tensor]] | None) -> LayerGraph:
+    provider = getattr(selection, "provider", None) or "auto"
+    chain = ["fx", *(["timm"] if has_intermediates(model) else []), "hooks"] if provider == "auto" else [provider]
     attempts: list[Callable[[], tuple[nn.Module, torch.Tensor]]] = [lambda: (model, example)]
     if example.device.type == "meta" and materialize is not None:
         attempts.append(materialize)  # build a real model only if the meta run fails
     error: BaseException | None = None
-    use_hooks = False
     for attempt in attempts:
         m, x = attempt()
         try:
-            if not use_hooks:
-                try:
-                    return trace_fx(m, x, selection, side)
-                except (PairgraphError, ShapePropError):
-                    raise
-                except Exception as e:  # noqa: BLE001 - fx raises many kinds (TraceError, TypeError on Proxy bools, …)
-                    use_hooks = True
-                    reason = first_line(e) or type(e).__name__
-                    if notify:
-                        notify(f"notice: torch.fx cannot trace the {side} ({type(model).__name__}: {reason[:160]}); "
-                               "falling back to forward hooks — taps are module outputs in call order")
-            return trace_hooks(m, x, selection, side)
+            return _first_that_taps(m, x, selection, side, chain, notify)
         except PairgraphError:
             raise
         except ShapePropError as e:
@@ -448,3 +308,27 @@ def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
         f"{one_line(error)}",
         f"check {side}.args match the task (input size, channels, vocabulary)",
     ) from None
+
+
+def _first_that_taps(model: nn.Module, example: torch.Tensor, selection: Any, side: str, chain: list[str],
+                     notify: Callable[[str], None] | None) -> LayerGraph:
+    """The graph of the first provider in ``chain`` that can tap ``model``; a provider that cannot is dropped
+    from ``chain`` (so a materialized retry does not try it again). The last one's failure is the model's."""
+    while True:
+        name = chain[0]
+        try:
+            return PROVIDERS[name](model, example, selection, side)
+        except (PairgraphError, ShapePropError):
+            raise
+        except Exception as e:  # fx raises many kinds (TraceError, TypeError on Proxy bools, …)
+            if len(chain) == 1:
+                if name == "fx":
+                    raise PairgraphError(f"torch.fx cannot trace the {side} ({type(model).__name__}): "
+                                         f"{one_line(e)}", f"set {side}.layers.provider: auto (it falls back to "
+                                         "timm's forward_intermediates or forward hooks)") from None
+                raise
+            chain.pop(0)
+            if notify:
+                reason = (first_line(e) or type(e).__name__)[:160]
+                what = "torch.fx cannot trace" if name == "fx" else "forward_intermediates fails on"
+                notify(f"notice: {what} the {side} ({type(model).__name__}: {reason}); {_FALLBACK[chain[0]]}")
