@@ -145,8 +145,12 @@ def test_factories_and_forwards_get_the_fix_that_fits(tmp_path, monkeypatch):
     with pytest.raises(pairgraph.PairgraphError, match="factory returned a str, not a torch.nn.Module — fix: return"):
         pairgraph.compile({**base, "target": {"model": "test_user_models:not_a_module"}}, tmp_path / "a",
                           render=False, notify=None)
-    with pytest.raises(pairgraph.PairgraphError, match=r"forward needs 2 inputs \(x, mask\).* — fix: give the other"):
+    with pytest.raises(pairgraph.PairgraphError, match=r"forward needs 2 inputs \(x, mask\).* — fix: say what feeds each with target.inputs: \{x: input, mask: mask\}"):
         pairgraph.compile({**base, "target": {"model": "test_user_models:two_inputs"}}, tmp_path / "b",
+                          render=False, notify=None)
+    with pytest.raises(pairgraph.PairgraphError, match="asks for a padding mask, but the task's inputs are not token"):
+        pairgraph.compile({**base, "target": {"model": "test_user_models:two_inputs",
+                                              "inputs": {"x": "input", "mask": "mask"}}}, tmp_path / "c",
                           render=False, notify=None)
 
 
@@ -276,3 +280,55 @@ def test_a_sequence_first_tap_is_batch_first_and_an_output_without_batch_is_no_t
         assert taps["lin"].shape == (5, 8, 32)
         result = pair(x, torch.zeros(5, dtype=torch.long))  # the guidance compares rows of the same examples
         assert torch.isfinite(result.guidance_loss)
+
+
+class KeywordInputs(nn.Module):
+    """A transformers-style forward: keyword inputs, the attention mask required, a dict out."""
+
+    def __init__(self, vocab_size: int = 3, num_classes: int = 2, **kwargs):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, 16)
+        self.lin = nn.Linear(16, 16)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, input_ids, attention_mask):
+        h = torch.relu(self.lin(self.emb(input_ids))) * attention_mask.unsqueeze(-1)
+        return {"logits": self.head(h.sum(1) / attention_mask.sum(1, keepdim=True).clamp(min=1))}
+
+
+def keyword_inputs(**kwargs) -> nn.Module:
+    return KeywordInputs(**kwargs)
+
+
+def test_a_forward_with_keyword_inputs_is_fed_the_input_and_the_padding_mask(tmp_path, monkeypatch):
+    import pytest
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    base = {"task": {"kind": "parity", "length": [4, 12], "size": 64},
+            "guide": {"model": "rnn", "args": {"preset": "cpu", "hidden": 16}}}
+    target = {"model": "test_user_models:keyword_inputs", "inputs": {"input_ids": "input", "attention_mask": "mask"}}
+    cp = pairgraph.compile({**base, "target": target}, tmp_path / "ok", render=False, notify=None)
+    assert cp.target.names == ["lin"]  # the Embedding is no default tap type, the head is the output
+    pair = cp.build()
+    from pairgraph.tasks import get_task
+
+    task = get_task(cp.spec.task)
+    x, y = next(iter(torch.utils.data.DataLoader(task.datasets(0)["train"], batch_size=8)))
+    assert (x == task.pad_id).any()  # the batch has padding
+    from pairgraph.compiler.build import build_root
+
+    eager = build_root(cp.spec.resolved(), "target", task)
+    with torch.no_grad():
+        out, _ = pair.target(x)
+        # the generated network feeds the padding mask the similarity uses, as 1/0
+        expected = KeywordInputs.forward(eager, input_ids=x, attention_mask=(x != task.pad_id).long())["logits"]
+        torch.testing.assert_close(out, expected)
+        assert not torch.allclose(out, KeywordInputs.forward(eager, x, torch.ones_like(x))["logits"])
+    assert torch.isfinite(pair(x, y).guidance_loss)
+    with pytest.raises(pairgraph.PairgraphError, match="names 'attn_mask', which KeywordInputs.forward does not take "
+                                                       r".* — fix: did you mean 'attention_mask'\?"):
+        pairgraph.compile({**base, "target": {**target, "inputs": {"input_ids": "input", "attn_mask": "mask"}}},
+                          tmp_path / "bad", render=False, notify=None)
+    with pytest.raises(pairgraph.PairgraphError, match="does not feed forward's required input\\(s\\) attention_mask"):
+        pairgraph.compile({**base, "target": {**target, "inputs": {"input_ids": "input"}}}, tmp_path / "miss",
+                          render=False, notify=None)

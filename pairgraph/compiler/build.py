@@ -12,6 +12,7 @@ from torch import nn
 from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PRETRAINED
 from pairgraph.core.loss import GuidedPair
+from pairgraph.core.taps import keyword_inputs
 from pairgraph.core.weights import load_weights
 from pairgraph.tasks import get_task
 from pairgraph.zoo import build_model
@@ -25,6 +26,8 @@ def build_root(spec: dict[str, Any], side: str, task: Any, device: str | torch.d
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_model(net["model"], net.get("args", {}), task.model_kwargs(), pretrained=pretrained)
+    if net.get("inputs"):
+        keyword_inputs(model, net["inputs"], task.valid_mask)
     return model.to(device)
 
 

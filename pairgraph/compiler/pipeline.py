@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import inspect
 import json
@@ -23,7 +24,7 @@ from pairgraph.compiler.render import render_mapping
 from pairgraph.config import PairSpec, as_spec
 from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.core.loss import GuidedPair
-from pairgraph.core.taps import select_logits
+from pairgraph.core.taps import keyword_inputs, select_logits
 from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
 from pairgraph.errors import PairgraphError, one_line
@@ -56,11 +57,11 @@ class CompiledPair:
         return self.trainer(self, **kwargs)
 
 
-def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "meta") -> nn.Module:
+def _model(spec: PairSpec, side: str, task: Any, device: str = "meta") -> nn.Module:
     net = getattr(spec, side)
     try:
         with torch.device(device):
-            return build_model(net.model, net.args, defaults)
+            model = build_model(net.model, net.args, task.model_kwargs())
     except PairgraphError as e:
         raise PairgraphError(f"{side}: {e.message}", e.hint) from None
     except Exception as e:  # noqa: BLE001 - any failure of user model code becomes one line
@@ -68,20 +69,53 @@ def _model(spec: PairSpec, side: str, defaults: dict[str, Any], device: str = "m
             f"{side}: building {net.model!r} with args {net.args} failed: {one_line(e)}",
             f"fix {side}.args (see `pairgraph zoo` for presets)",
         ) from None
+    if net.inputs:
+        _check_inputs(model, side, net.inputs, task)
+        keyword_inputs(model, net.inputs, task.valid_mask)
+    return model
+
+
+_KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _forward_params(model: nn.Module) -> list[inspect.Parameter] | None:
+    try:
+        return list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
 
 
 def _check_one_input(model: nn.Module, side: str, ref: str) -> None:
     """pairgraph feeds a network one tensor: a forward that needs more inputs is said so, not traced."""
-    try:
-        params = list(inspect.signature(model.forward).parameters.values())
-    except (TypeError, ValueError):
-        return
-    kinds = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
-    required = [p.name for p in params if p.kind in kinds and p.default is inspect.Parameter.empty]
+    params = _forward_params(model)
+    required = [p.name for p in params or [] if p.kind in _KINDS and p.default is inspect.Parameter.empty]
     if len(required) > 1:
+        feeds = ", ".join(f"{n}: {'mask' if 'mask' in n else 'input'}" for n in required)
         raise PairgraphError(f"{side} {ref!r}: forward needs {len(required)} inputs ({', '.join(required)}), but "
                              "pairgraph feeds it one tensor (the task's input)",
-                             "give the other inputs defaults, or wrap the model so that forward(x) takes x alone")
+                             f"say what feeds each with {side}.inputs: {{{feeds}}}, or give the others defaults")
+
+
+def _check_inputs(model: nn.Module, side: str, inputs: dict[str, str], task: Any) -> None:
+    """``inputs`` names forward's parameters (did-you-mean), covers the required ones, and asks for a mask
+    only of a task whose inputs are token sequences."""
+    params = _forward_params(model)
+    if params is None:
+        return
+    names = [p.name for p in params if p.kind in _KINDS]
+    for name in inputs:
+        if name not in names and not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+            close = difflib.get_close_matches(name, names, n=1)
+            raise PairgraphError(f"{side}.inputs names {name!r}, which {type(model).__name__}.forward does not take "
+                                 f"(it takes {', '.join(names) or 'no named inputs'})",
+                                 f"did you mean {close[0]!r}?" if close else f"name one of {', '.join(names)}")
+    missing = [p.name for p in params if p.kind in _KINDS and p.default is inspect.Parameter.empty and p.name not in inputs]
+    if missing:
+        raise PairgraphError(f"{side}.inputs does not feed forward's required input(s) {', '.join(missing)}",
+                             f"add them to {side}.inputs (input or mask), or give them defaults")
+    if "mask" in inputs.values() and task.example_input(1, device="meta").is_floating_point():
+        raise PairgraphError(f"{side}.inputs asks for a padding mask, but the task's inputs are not token sequences",
+                             f"feed only the input (drop the mask entries of {side}.inputs)")
 
 
 def _check_checkpoint(guide: nn.Module, path: str) -> None:
@@ -103,15 +137,15 @@ def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> 
     """Both networks built on the meta device (no memory, no data) and traced to layer graphs; a
     guide checkpoint is checked against the guide's keys and shapes."""
     task = get_task(spec.task)
-    defaults = task.model_kwargs()
     example = task.example_input(2, device="meta")
     graphs = {}
     for side in ("guide", "target"):
-        model = _model(spec, side, defaults)
-        _check_one_input(model, side, getattr(spec, side).model)
+        model = _model(spec, side, task)
+        if not getattr(spec, side).inputs:
+            _check_one_input(model, side, getattr(spec, side).model)
         if side == "guide" and spec.guide.checkpoint:
             _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
-        real = lambda side=side: (_model(spec, side, defaults, "cpu"), task.example_input(2, device="cpu"))
+        real = lambda side=side: (_model(spec, side, task, "cpu"), task.example_input(2, device="cpu"))
         graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
         _check_output(graphs[side], side, getattr(spec, side))
     return graphs

@@ -67,6 +67,12 @@ class NetworkSpec(_Strict):
         description="Which of forward's outputs are the logits: a key of a dict or ModelOutput, or an index of a "
         "tuple; null = the tensor itself, a 'logits' entry, or the first tensor.",
     )
+    inputs: dict[str, Literal["input", "mask"]] = Field(
+        default_factory=dict,
+        description="Keyword inputs of forward and what feeds each: the task's input, or its padding mask (1 at real "
+        "positions, 0 at padding: what transformers call attention_mask, and the mask the similarity uses). Empty = "
+        "forward(x) takes the task's input alone. Example: {input_ids: input, attention_mask: mask}.",
+    )
 
     @field_validator("model")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from pairgraph.errors import PairgraphError
@@ -97,6 +98,23 @@ class IntermediatesNetwork(nn.Module):
 
     def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
         return self.root.load_state_dict(state_dict, strict=strict, assign=assign)
+
+
+def keyword_inputs(model: nn.Module, inputs: Mapping[str, str], mask_fn: Callable[[Tensor], Tensor | None]) -> nn.Module:
+    """Make ``model(x)`` call its own forward with keyword inputs: each name in ``inputs`` gets the task's
+    input (``"input"``) or its padding mask (``"mask"``: ``mask_fn(x)`` as 1/0, all ones where the task pads
+    nothing). The model's class is subclassed in place, so module names and state dict keys stay its own."""
+    cls = type(model)
+    feeds = dict(inputs)
+
+    def forward(self: nn.Module, x: Tensor) -> Any:
+        mask = mask_fn(x) if "mask" in feeds.values() else None
+        mask = torch.ones_like(x, dtype=torch.long) if mask is None else mask.long()
+        return cls.forward(self, **{name: x if source == "input" else mask for name, source in feeds.items()})
+
+    model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                 "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return model
 
 
 def select_logits(value: Any, key: str | int | None = None) -> Tensor:
