@@ -193,3 +193,19 @@ def test_the_timm_provider_on_a_model_without_it_is_one_line(tmp_path):
                                                        "guide.layers.provider to auto, fx or hooks"):
         pairgraph.compile(_spec({"model": "resnet18", "args": {"preset": "cpu"}, "layers": {"provider": "timm"}}),
                           tmp_path, render=False, notify=None)
+
+
+@pytest.mark.parametrize(("name", "args", "method"), [
+    ("regnetx_002", {}, "fx"),  # head.fc reaches the logits through a flatten module
+    ("levit_128s", {}, "fx"),  # two heads averaged; BatchNorms on (b·T, d): the batch merged with the tokens
+    ("eva02_tiny_patch14_224", {"patch_size": 8}, "timm"),  # fx captures a tensor constant: timm's intermediates
+])
+def test_unseen_timm_models_tap_no_head_and_only_batch_first_activations(name, args, method, tmp_path):
+    cp = pairgraph.compile(_spec({"model": f"timm:{name}", "args": args}), tmp_path, render=False, notify=None)
+    assert cp.guide.method == method
+    assert not any(n.startswith("head") for n in cp.guide.names), cp.guide.names[-4:]
+    pair = cp.build()
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        out, taps = pair.guide(x)
+    assert out.shape == (3, 10) and all(a.shape[0] == 3 for a in taps.values())

@@ -86,3 +86,23 @@ def test_weights_pretrained_uses_from_pretrained_on_a_local_folder(tmp_path):
     guide = {**GPT2, "weights": "pretrained", "args": {**GPT2["args"], "hf_name": str(folder)}}
     pair = _compile(tmp_path / "second", guide, RNN, COPY).build()
     assert torch.equal(pair.guide.root.transformer.wte.weight, source.transformer.wte.weight)
+
+
+@pytest.mark.parametrize(("model_type", "args", "task", "blocks"), [
+    ("llama", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "num_key_value_heads": 2,
+               "intermediate_size": 64}, COPY, ["model.layers.0", "model.layers.1"]),
+    ("roberta", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64},
+     {"kind": "parity", "length": [4, 8], "size": 400}, ["roberta.encoder.layer.0", "roberta.encoder.layer.1"]),
+    ("opt", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "ffn_dim": 64,
+             "word_embed_proj_dim": 32}, COPY, ["model.decoder.layers.0", "model.decoder.layers.1"]),
+    ("deit", {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64,
+              "patch_size": 8}, {"kind": "image_classification", "dataset": "cifar10", "num_classes": 10,
+                                 "image_size": [32, 32]}, ["deit.layers.0", "deit.layers.1"]),
+])
+def test_unseen_transformers_models_are_tapped_at_their_blocks(model_type, args, task, blocks, tmp_path):
+    """Blocks come from the model's own _no_split_modules (or its repeated ModuleList layers), not a list of ours."""
+    target = {"model": "deep_fcn", "args": {"num_blocks": 2, "width": 16}} if "image_size" in task else RNN
+    cp = _compile(tmp_path, {"model": f"hf:{model_type}", "args": args}, target, task)
+    assert [n for n in cp.guide.names if n in blocks] == blocks
+    assert not any(n.split(".")[0] in ("lm_head", "classifier", "score") for n in cp.guide.names)
+    _same_output(cp, "guide")

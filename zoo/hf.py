@@ -101,6 +101,8 @@ def hf_source(ref: str) -> ModelEntry:
             else:
                 config = tf.AutoConfig.for_model(model_type, **kwargs)
                 _fill(config, set(kwargs), task)
+                if getattr(config, "architectures", None) is None:  # transformers' Auto* iterates it for model
+                    config.architectures = []                       # types with several classes (DeiT)
                 model = auto.from_config(config)
         except (ValueError, OSError, TypeError) as e:
             raise PairgraphError(f"transformers could not build {ref!r}: {one_line(e)}",

@@ -38,7 +38,8 @@ class TapPoint:
     output_index: int | None = None
     batch_axis: int = 0
     fx_node: str = ""
-    is_output: bool = False
+    is_output: bool = False  # its output reaches the network's output through parameter-free steps only
+    is_head: bool = False  # part of the output head its library declares (timm's classifier, transformers' heads)
     calls: int = 1  # calls of its module per forward: the name is "module@k" when more than one
     feature: int | None = None  # timm provider: the index of this tap in forward_intermediates' list
     batched: bool = True  # False: the output has no batch axis (it does not change with the input's rows)
@@ -142,8 +143,10 @@ def select_taps(candidates: list[TapPoint], selection: Any, side: str, any_type:
         and any(fnmatch.fnmatchcase(c.name, p) for p in include)
         and not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)
     ]
-    if drop_output and chosen and chosen[-1].is_output:
-        chosen = chosen[:-1]
+    if drop_output:
+        chosen = [c for c in chosen if not c.is_head]
+        if chosen and chosen[-1].is_output:
+            chosen = chosen[:-1]
     if not chosen:
         raise PairgraphError(
             f"{side}.layers selects no tap points (include={include}, exclude={exclude}, types={sorted(types)})",
@@ -159,11 +162,12 @@ def select_taps(candidates: list[TapPoint], selection: Any, side: str, any_type:
 
 
 def _grown_axis(raw: tuple[int, ...] | None, grown: tuple[int, ...] | None) -> int | None:
-    """The one axis that grew when the input batch grew by a row; None when none or several did."""
+    """The one axis that grew by one when the input batch grew by a row; None when none did, or several, or
+    one grew by more (the batch merged with another axis, e.g. ``(b·T, d)``: no batch axis of its own)."""
     if raw is None or grown is None or len(raw) != len(grown):
         return None
     axes = [i for i, (a, b) in enumerate(zip(raw, grown, strict=True)) if a != b]
-    return axes[0] if len(axes) == 1 else None
+    return axes[0] if len(axes) == 1 and grown[axes[0]] - raw[axes[0]] == 1 else None
 
 
 def make_candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node: str,

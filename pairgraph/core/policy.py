@@ -81,6 +81,42 @@ def is_leaf(module: nn.Module, extra: frozenset[str] = frozenset()) -> bool:
                for c in type(module).__mro__[:-1])
 
 
+def head_names(model: nn.Module) -> tuple[str, ...]:
+    """Qualified names of the modules that make up ``model``'s output head, as its library declares them:
+    timm's ``pretrained_cfg['classifier']`` with the module holding it (``fc``; ``head`` for ``head.fc``, with
+    its norm and pooling; LeViT's two heads), and for a transformers model every child beside its base model
+    (``lm_head``, ``classifier``). Empty for other models: their head is found from the data flow (the tap
+    whose output reaches the logits through parameter-free steps)."""
+    names: list[str] = []
+    cfg = getattr(model, "pretrained_cfg", None)
+    classifier = cfg.get("classifier") if isinstance(cfg, dict) else None
+    if classifier:
+        names += [str(c).split(".", 1)[0] for c in ([classifier] if isinstance(classifier, str) else classifier)]
+    prefix = getattr(model, "base_model_prefix", None)
+    base = getattr(model, prefix, None) if isinstance(prefix, str) and prefix else None
+    if isinstance(base, nn.Module) and base is not model:
+        names += [n for n, _ in model.named_children() if n != prefix]
+    return tuple(names)
+
+
+def in_head(name: str, heads: tuple[str, ...]) -> bool:
+    module = name.split("@", 1)[0]
+    return any(module == h or module.startswith(h + ".") for h in heads)
+
+
+def block_types(model: nn.Module) -> frozenset[str]:
+    """The class names a transformers model declares as its blocks (``_no_split_modules``: what it never
+    splits across devices, e.g. ``LlamaDecoderLayer``), or else the classes of the repeated layers in its
+    ModuleLists (``RobertaLayer``): tapped whole, like the registered blocks. Empty for other models."""
+    if not isinstance(getattr(model, "base_model_prefix", None), str) or not hasattr(model, "_no_split_modules"):
+        return frozenset()
+    declared = getattr(model, "_no_split_modules", None)
+    if declared:
+        return frozenset(str(c) for c in declared)
+    return frozenset(type(m).__name__ for lst in model.modules() if isinstance(lst, nn.ModuleList)
+                     for m in lst if not type(m).__module__.startswith("torch."))
+
+
 def _batch_first_axis(m: nn.Module) -> int:
     return 0 if getattr(m, "batch_first", False) else 1
 

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import re
 from collections import Counter
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import torch
@@ -39,7 +41,7 @@ from pairgraph.core.layer_graph import (
     select_taps,
     shapes_of,
 )
-from pairgraph.core.policy import is_default_tap, is_leaf
+from pairgraph.core.policy import block_types, head_names, in_head, is_default_tap, is_leaf
 from pairgraph.errors import PairgraphError, first_line, one_line
 
 
@@ -69,7 +71,25 @@ class _ShapeRecorder(fx.Interpreter):
         return result
 
 
-def _grownshapes_of(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, Any] | None:
+class ForeignConstantError(Exception):
+    """The traced graph reads a tensor the model does not hold (a constant fx captured from forward's code):
+    the generated network could not find it, so another provider taps the model."""
+
+
+def _check_attributes(gm: fx.GraphModule, model: nn.Module) -> None:
+    """fx stores tensors that forward's code creates as ``_tensor_constantN`` attributes of the traced model;
+    a freshly built model has none, so such a graph cannot be generated code (they are removed again)."""
+    constants = [str(n.target) for n in gm.graph.nodes if n.op == "get_attr"
+                 and re.fullmatch(r"_tensor_constant\d+", str(n.target))]
+    for name in constants:
+        if hasattr(model, name):
+            delattr(model, name)
+    if constants:
+        raise ForeignConstantError(f"the graph reads {constants[0]}, a tensor forward's code creates, which the "
+                                   "generated network could not hold")
+
+
+def _grown_shapes(gm: fx.GraphModule, example: torch.Tensor) -> dict[fx.Node, Any] | None:
     """Each node's output shapes on the example grown by one row; None when the model cannot run on it."""
     recorder = _ShapeRecorder(gm)
     try:
@@ -90,13 +110,15 @@ class ShapePropError(Exception):
 def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
     """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
     gm = fx.GraphModule(model, LeafTracer(leaf_types_of(selection)).trace(model), type(model).__name__)
+    _check_attributes(gm, model)
     recorder = _ShapeRecorder(gm)
     try:
         result = recorder.run(example)
     except Exception as e:  # noqa: BLE001 - traced fine, but the model does not run on this input
         raise ShapePropError(e) from None
-    grown = _grownshapes_of(gm, example)
+    grown = _grown_shapes(gm, example)
     modules = dict(model.named_modules())
+    heads = head_names(model)
     output_node = next(n for n in gm.graph.nodes if n.op == "output")
     feeds_output = set(output_node.all_input_nodes)
     candidates: list[TapPoint] = []
@@ -111,7 +133,8 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
         cand = make_candidate(name, modules[node.target], recorder.shapes.get(node), len(candidates), node.name,
                           grown.get(node) if grown is not None else NOT_PROBED)
         cand.calls = calls[node.target]
-        cand.is_output = node in feeds_output or _only_reshapes_to_output(node, output_node)
+        cand.is_output = node in feeds_output or _reaches_output_unweighted(node, output_node, gm)
+        cand.is_head = in_head(name, heads)
         candidates.append(cand)
         by_node[node] = cand
     chosen = select_taps(candidates, selection, side)
@@ -123,19 +146,26 @@ def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, sid
     return graph
 
 
-def _only_reshapes_to_output(node: fx.Node, output_node: fx.Node) -> bool:
-    """True when ``node`` reaches the output through reshaping/indexing only (e.g. ``out[0]``)."""
-    passthrough = {"getitem", "view", "reshape", "flatten", "squeeze", "contiguous", "float"}
-    frontier = [node]
+def _reaches_output_unweighted(node: fx.Node, output_node: fx.Node, gm: fx.GraphModule) -> bool:
+    """True when ``node`` reaches the output through parameter-free steps only: indexing, reshapes,
+    arithmetic, pooling, ``nn.Identity``/``Flatten``/``Dropout`` (``out[0]``, timm's ``head.fc`` → flatten,
+    LeViT's averaged heads) — no module or function with weights of its own between it and the logits."""
+    frontier, seen = [node], {node}
     while frontier:
         n = frontier.pop()
         for u in n.users:
             if u is output_node:
                 return True
-            name = u.target if isinstance(u.target, str) else getattr(u.target, "__name__", "")
-            if name in passthrough:
+            if u not in seen and not _has_weights(u, gm):
+                seen.add(u)
                 frontier.append(u)
     return False
+
+
+def _has_weights(node: fx.Node, gm: fx.GraphModule) -> bool:
+    if node.op == "call_module":
+        return any(True for _ in gm.get_submodule(str(node.target)).parameters())
+    return any(a.op == "get_attr" for a in node.all_input_nodes)  # e.g. F.linear(x, self.weight)
 
 
 def _tap_edges(gm: fx.GraphModule, taps: dict[fx.Node, TapPoint]) -> list[tuple[str, str]]:
@@ -189,6 +219,7 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
             h.remove()
     if grown is not None and [n for n, _, _ in records] != [n for n, _, _ in first]:
         grown = None  # the grown batch took another path through the model
+    heads = head_names(model)
     calls = Counter(name for name, _, _ in first)
     seen: Counter[str] = Counter()
     candidates: list[TapPoint] = []
@@ -198,6 +229,7 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
                           grown[i] if grown is not None else NOT_PROBED)
         cand.calls = calls[name]
         cand.is_output = o is out or (isinstance(o, tuple) and any(x is out for x in o))
+        cand.is_head = in_head(cand.name, heads)
         candidates.append(cand)
     chosen = select_taps(candidates, selection, side)
     edges = [(a.name, b.name) for a, b in itertools.pairwise(chosen)]
@@ -234,6 +266,7 @@ def trace_intermediates(model: nn.Module, example: torch.Tensor, selection: Any 
     for i, (name, act) in enumerate(zip(names, inter, strict=True)):
         cand = make_candidate(name, nn.Identity(), act, i, "", grown[i] if grown is not None else NOT_PROBED)
         cand.type, cand.feature = type(modules.get(name, nn.Identity())).__name__, i
+        cand.is_head = in_head(name, head_names(model))
         candidates.append(cand)
     chosen = select_taps(candidates, selection, side, any_type=True)
     graph = finish_graph(chosen, list(itertools.pairwise(t.name for t in chosen)), "timm", None, candidates)
@@ -280,7 +313,19 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
     reads tensor values to decide what to do).
     """
     with preserved_state(model):
-        return _trace(model, example, selection, side, notify, materialize)
+        return _trace(model, example, _with_blocks(model, selection), side, notify, materialize)
+
+
+def _with_blocks(model: nn.Module, selection: Any) -> Any:
+    """``selection`` with the blocks a transformers model declares (:func:`block_types`) kept whole, unless
+    it names the types to tap itself."""
+    blocks = block_types(model)
+    if not blocks or getattr(selection, "types", None) is not None:
+        return selection
+    leaves = sorted({*leaf_types_of(selection), *blocks})
+    if selection is None:
+        return SimpleNamespace(leaf_types=leaves)
+    return selection.model_copy(update={"leaf_types": leaves})
 
 
 def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
