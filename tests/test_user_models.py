@@ -332,3 +332,49 @@ def test_a_forward_with_keyword_inputs_is_fed_the_input_and_the_padding_mask(tmp
     with pytest.raises(pairgraph.PairgraphError, match="does not feed forward's required input\\(s\\) attention_mask"):
         pairgraph.compile({**base, "target": {**target, "inputs": {"input_ids": "input"}}}, tmp_path / "miss",
                           render=False, notify=None)
+
+
+class DecoderGuide(nn.Module):
+    """Like the authors' copy-paste guide: one TransformerDecoderLayer (on a memory of zeros) applied twice."""
+
+    def __init__(self, vocab_size: int = 12, num_classes: int = 12, **kwargs):
+        super().__init__()
+        self.emb = nn.Embedding(vocab_size, 16)
+        self.layer = nn.TransformerDecoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        h = self.emb(x)
+        for _ in range(2):
+            h = self.layer(h, torch.zeros_like(h))
+        return self.head(h)
+
+
+def decoder_guide(**kwargs) -> nn.Module:
+    return DecoderGuide(**kwargs)
+
+
+def test_the_paper_preset_taps_what_the_authors_code_hooks(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    paper = {"preset": "paper"}
+    images = {"task": {"kind": "image_classification", "num_classes": 10, "image_size": [32, 32]},
+              "guide": {"model": "resnet18", "args": {"preset": "cpu"}, "layers": paper},
+              "target": {"model": "deep_fcn", "args": {"num_blocks": 3, "width": 16}, "layers": paper}}
+    cp = pairgraph.compile(images, tmp_path / "img", render=False, notify=None)
+    g = cp.guide
+    assert len(g.names) == 21 and g.names[0] == "conv1" and g.names[-1] == "avgpool"  # 1+16+3 convs, the pool
+    assert {t.type for t in g.taps} == {"Conv2d", "AdaptiveAvgPool2d"}  # no BatchNorm; fc (the last) dropped
+    assert cp.target.names == ["blocks.0.linear", "blocks.1.linear", "blocks.2.linear"]  # the head dropped
+    tokens = {"task": {"kind": "copy_paste", "length": [2, 4], "size": 200},
+              "guide": {"model": "test_user_models:decoder_guide", "layers": paper},
+              "target": {"model": "rnn", "args": {"num_layers": 2, "hidden": 16}}}
+    cp = pairgraph.compile(tokens, tmp_path / "tok", render=False, notify=None)
+    per_call = ["layer.self_attn", "layer.multihead_attn", "layer.linear1", "layer.linear2", "layer.norm1",
+                "layer.norm2", "layer.norm3", "layer"]
+    assert sorted(cp.guide.names) == sorted([f"{n}@{k}" for n in per_call for k in (0, 1)])  # nested, per call
+    assert cp.guide.names.index("layer@0") > cp.guide.names.index("layer.norm3@0")  # a layer ends after its parts
+    pair = cp.build()
+    x = torch.randint(0, 10, (3, 9))
+    with torch.no_grad():
+        _, taps = pair.guide(x)
+    assert set(taps) == set(cp.guide.names) and all(a.shape[0] == 3 for a in taps.values())

@@ -50,6 +50,13 @@ class LayerSelection(_Strict):
         "(e.g. [Block] for a timm ViT's blocks, [GPT2Block]).",
     )
     drop_output: bool = Field(default=True, description="Drop the last tap when it produces the network's output.")
+    preset: Literal["default", "paper"] = Field(
+        default="default",
+        description="default: the types above, BatchNorm included, the output head dropped. paper: the authors' "
+        "published selection exactly — every module (nested ones too) of type Conv2d, Linear, AdaptiveAvgPool2d, "
+        "LSTM, RNN, TransformerDecoderLayer, LayerNorm or MultiheadAttention, no BatchNorm, the last one dropped "
+        "(found with hooks). Example: preset: paper.",
+    )
     provider: Literal["auto", "fx", "timm", "hooks"] = Field(
         default="auto",
         description="How tap points are found: fx (torch.fx, the whole data flow), timm (timm's forward_intermediates: "

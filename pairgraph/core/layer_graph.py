@@ -126,13 +126,21 @@ def _batch_first(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     return (b, *rest)
 
 
+#: the module types the authors' code hooks (``layers.preset: paper``): no BatchNorm, the pooling layer in
+PAPER_TYPES = frozenset({"Conv2d", "Linear", "AdaptiveAvgPool2d", "LSTM", "RNN", "TransformerDecoderLayer",
+                         "LayerNorm", "MultiheadAttention"})
+
+
 def select_taps(candidates: list[TapPoint], selection: Any, side: str, any_type: bool = False) -> list[TapPoint]:
     """The candidates ``selection`` (a spec's ``layers``) keeps; ``any_type``: with ``types`` unset, every
     type (timm's feature levels are stages and blocks of any class)."""
     include = list(getattr(selection, "include", ["*"]))
     exclude = list(getattr(selection, "exclude", []))
     types = getattr(selection, "types", None)
-    if types is None and any_type:
+    paper = getattr(selection, "preset", None) == "paper"
+    if types is None and paper:
+        types = sorted(PAPER_TYPES)
+    elif types is None and any_type:
         types = [c.type for c in candidates]
     types = (set(types) if types is not None else default_tap_types()) | {t.rsplit(".", 1)[-1] for t in leaf_types_of(selection)}
     exclude_types = set(getattr(selection, "exclude_types", []))
@@ -143,7 +151,9 @@ def select_taps(candidates: list[TapPoint], selection: Any, side: str, any_type:
         and any(fnmatch.fnmatchcase(c.name, p) for p in include)
         and not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)
     ]
-    if drop_output:
+    if drop_output and paper:
+        chosen = chosen[:-1]  # the authors' code drops the last hooked layer, whatever it is
+    elif drop_output:
         chosen = [c for c in chosen if not c.is_head]
         if chosen and chosen[-1].is_output:
             chosen = chosen[:-1]

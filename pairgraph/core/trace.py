@@ -187,7 +187,9 @@ def _tap_edges(gm: fx.GraphModule, taps: dict[fx.Node, TapPoint]) -> list[tuple[
 def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
     """Fallback for models fx cannot trace: forward hooks on leaf modules, in call order.
 
-    Data flow is unknown here, so edges follow call order (a chain) and depth is the call index.
+    Data flow is unknown here, so edges follow call order (a chain) and depth is the call index. Under
+    ``layers.preset: paper`` every module is hooked, nested ones too, as the authors' code hooks every module
+    of its types: a decoder layer and its attention, linears and norms (in the order their calls finish).
     """
     records: list[tuple[str, nn.Module, Any]] = []
     handles = []
@@ -198,11 +200,13 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
         return hook
 
     leaf_prefixes: list[str] = []
+    nested = getattr(selection, "preset", None) == "paper"
     for name, mod in model.named_modules():  # parents come before children
         if not name or any(name.startswith(p) for p in leaf_prefixes):
             continue
-        if is_leaf(mod, leaf_types_of(selection)) or is_default_tap(mod) or not list(mod.children()):
-            leaf_prefixes.append(name + ".")
+        if nested or is_leaf(mod, leaf_types_of(selection)) or is_default_tap(mod) or not list(mod.children()):
+            if not nested:
+                leaf_prefixes.append(name + ".")
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():
@@ -332,6 +336,8 @@ def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
            notify: Callable[[str], None] | None,
            materialize: Callable[[], tuple[nn.Module, torch.Tensor]] | None) -> LayerGraph:
     provider = getattr(selection, "provider", None) or "auto"
+    if getattr(selection, "preset", None) == "paper":
+        provider = "hooks"  # the authors' code hooks modules, nested ones included
     chain = ["fx", *(["timm"] if has_intermediates(model) else []), "hooks"] if provider == "auto" else [provider]
     attempts: list[Callable[[], tuple[nn.Module, torch.Tensor]]] = [lambda: (model, example)]
     if example.device.type == "meta" and materialize is not None:
