@@ -66,4 +66,9 @@ def assemble(
         guide_bn=g["guide_bn"],
         noise_fn=task.noise_input,
         mask_fn=task.valid_mask if s.get("mask_padding", True) else None,
+        reduce=g.get("reduce", "sum"),
+        schedule=g.get("schedule", "constant"),
+        schedule_steps=g.get("schedule_steps"),
+        balance=g.get("balance", "none"),
+        balance_parameter=g.get("balance_parameter"),
     )

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pairgraph.config.messages import describe
 from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, add_import_root, resolve_model
@@ -173,6 +173,28 @@ class GuidanceSpec(_Strict):
     )
     weight: float = Field(default=1.0, ge=0, description="Weight of the summed alignment loss (the paper uses 1).")
     until_step: int | None = Field(default=None, ge=0, description="Guide only for the first N steps (paper §5.5), then task loss alone.")
+    reduce: Literal["sum", "mean"] = Field(
+        default="sum",
+        description="How the layer terms combine: sum (the paper's Σ(1 − CKA)) or mean (weighted mean over the "
+        "mapped pairs, so one weight means the same for pairs of different depth). Example: reduce: mean.",
+    )
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        default="constant",
+        description="The alignment weight over training: constant, or a linear or cosine decay from weight to 0 "
+        "at step schedule_steps (a soft until_step). Example: schedule: cosine, schedule_steps: 2000.",
+    )
+    schedule_steps: int | None = Field(default=None, ge=1, description="The step where a decaying schedule reaches 0.")
+    balance: Literal["none", "grad_norm"] = Field(
+        default="none",
+        description="grad_norm: scale the alignment term each step by ‖∇task‖ / ‖∇alignment‖ on a reference "
+        "parameter of the target (VA-VAE's / VQGAN's adaptive weight: (‖g_task‖ / (‖g_align‖ + 1e-4)) clamped to "
+        "[0, 1e4], not backpropagated), so neither loss swamps the other. Example: balance: grad_norm.",
+    )
+    balance_parameter: str | None = Field(
+        default=None,
+        description="The target parameter grad_norm compares gradients on (a state-dict name, e.g. "
+        "blocks.15.linear.weight); default: the weight of the last mapped target tap's module.",
+    )
     guide_input: Literal["same", "noise"] = Field(default="same", description="Feed the guide the batch or noise (paper appendix E).")
     temperature: float = Field(default=4.0, gt=0, description="Distillation temperature (mode: distill).")
     guide_bn: Literal["eval", "batch"] = Field(
@@ -185,6 +207,13 @@ class GuidanceSpec(_Strict):
         "guide_bn eval, no augmentation and flatten sequences. Costs 4·N·Σ min(d, N) bytes (docs/performance.md).",
     )
     cache_max_gb: float = Field(default=4.0, gt=0, description="Refuse a guide cache larger than this (GiB).")
+
+    @model_validator(mode="after")
+    def _schedule_has_an_end(self) -> GuidanceSpec:
+        if self.schedule != "constant" and self.schedule_steps is None:
+            raise SpecError(f"guidance.schedule {self.schedule} needs the step where the weight reaches 0",
+                            "add guidance.schedule_steps: N")
+        return self
 
 
 class TrainSpec(_Strict):

@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import difflib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from torch import Tensor, nn
 from pairgraph.core.cache import GuideCache
 from pairgraph.core.distributed import gather_batch
 from pairgraph.core.similarity import get_measure
+from pairgraph.core.taps import split_call
 from pairgraph.errors import PairgraphError
 
 
@@ -76,9 +79,12 @@ class PairOutput:
 class GuidedPair(nn.Module):
     """Target + frozen guide: ``forward(x, y, step)`` → :class:`PairOutput`.
 
-    mode ``guidance``: task + weight·Σ(1 − M); ``baseline``: task only (guide never called);
-    ``distill``: task + weight·logit distillation. With ``until_step`` the guide is called only
-    while ``step < until_step``; ``guide_input="noise"`` feeds it ``noise_fn(x)`` instead of x.
+    mode ``guidance``: task + weight·Σ(1 − M) (``reduce="mean"``: the weighted mean of the terms);
+    ``baseline``: task only (guide never called); ``distill``: task + weight·logit distillation. With
+    ``until_step`` the guide is called only while ``step < until_step``; a ``schedule`` (linear or cosine)
+    decays the weight to 0 at ``schedule_steps``; ``balance="grad_norm"`` scales the alignment term by the
+    ratio of the task's to its gradient norm on ``balance_parameter`` (:meth:`balance_scale`);
+    ``guide_input="noise"`` feeds the guide ``noise_fn(x)`` instead of x.
     With a ``guide_cache`` (:meth:`cache_guide`) and the batch's example numbers passed as
     ``index``, the guide is not run: its prepared taps come from the cache.
     """
@@ -100,6 +106,11 @@ class GuidedPair(nn.Module):
         guide_bn: str = "eval",
         noise_fn: Callable[[Tensor], Tensor] | None = None,
         mask_fn: Callable[[Tensor], Tensor | None] | None = None,
+        reduce: str = "sum",
+        schedule: str = "constant",
+        schedule_steps: int | None = None,
+        balance: str = "none",
+        balance_parameter: str | None = None,
     ):
         super().__init__()
         self.target = target
@@ -110,6 +121,9 @@ class GuidedPair(nn.Module):
         self.weight, self.mode, self.until_step = weight, mode, until_step
         self.guide_input, self.temperature, self.guide_bn = guide_input, temperature, guide_bn
         self.noise_fn, self.mask_fn = noise_fn, mask_fn
+        self.reduce, self.schedule, self.schedule_steps = reduce, schedule, schedule_steps
+        self.balance, self.balance_parameter = balance, balance_parameter
+        self.last_balance: float | None = None  # the grad_norm scale of the last training step
         self.guide.requires_grad_(False)
         self.guide_calls = 0
         self.guide_cache: GuideCache | None = None  # set by cache_guide()
@@ -128,9 +142,45 @@ class GuidedPair(nn.Module):
         return self
 
     def guiding(self, step: int | None) -> bool:
-        if self.mode == "baseline":
-            return False
+        if self.mode == "baseline" or (self.schedule != "constant" and self.weight_at(step) == 0):
+            return False  # a decayed schedule has ended: the guide is no longer run
         return self.until_step is None or step is None or step < self.until_step
+
+    def weight_at(self, step: int | None) -> float:
+        """The alignment weight at ``step``: constant, or decaying linearly / on a cosine to 0 at schedule_steps."""
+        if self.schedule == "constant" or step is None or self.schedule_steps is None:
+            return self.weight
+        frac = min(step / self.schedule_steps, 1.0)
+        return self.weight * (1 - frac if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def balance_scale(self, task: Tensor, align: Tensor) -> Tensor:
+        """VA-VAE's / VQGAN's adaptive weight: ‖∇task‖ / (‖∇align‖ + 1e-4) on the reference parameter, in
+        [0, 1e4], without gradient. 1 where there is no gradient to compare (evaluation, no_grad)."""
+        if not (self.training and torch.is_grad_enabled() and task.requires_grad and align.requires_grad):
+            return align.new_ones(())
+        p = self._reference_parameter()
+        g_task = torch.autograd.grad(task, p, retain_graph=True, allow_unused=True)[0]
+        g_align = torch.autograd.grad(align, p, retain_graph=True, allow_unused=True)[0]
+        if g_task is None or g_align is None:
+            raise PairgraphError(f"guidance.balance_parameter {self.balance_parameter or p.shape} receives no "
+                                 "gradient from the task or the alignment loss",
+                                 "name a target parameter at or before the last mapped target tap")
+        scale = (g_task.norm() / (g_align.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+        self.last_balance = float(scale)
+        return scale
+
+    def _reference_parameter(self) -> nn.Parameter:
+        params = dict(self.target.state_dict(keep_vars=True))  # the eager model's names, hooked or generated
+        name = self.balance_parameter
+        if name is None:
+            module = split_call(self.pairs[-1][1])[0]
+            name = next((k for k in (f"{module}.weight", f"{module}.weight_ih_l0") if k in params),
+                        next((k for k in params if k.startswith(module + ".")), None))
+        if name not in params or not isinstance(params[name], nn.Parameter):
+            close = difflib.get_close_matches(str(name), list(params), n=1)
+            raise PairgraphError(f"guidance.balance_parameter {name!r} is not a parameter of the target",
+                                 f"did you mean {close[0]!r}?" if close else "name a state-dict entry of the target")
+        return params[name]
 
     def cache_guide(self, inputs: Callable[[Tensor], Tensor], n: int, *, max_bytes: float = 4 * 2**30,
                     chunk: int = 256) -> Any:
@@ -172,7 +222,7 @@ class GuidedPair(nn.Module):
         mask = self.mask_fn(x) if self.mask_fn is not None else None
         if self.mode == "distill":
             d = distill_loss(out, g_out, self.temperature, mask)
-            return PairOutput(task + self.weight * d, task, d, out, {"distill": d}, True)
+            return PairOutput(task + self.weight_at(step) * d, task, d, out, {"distill": d}, True)
         if self.global_batch:  # data-parallel: CKA over the global batch, not each rank's shard
             # collectives must run in the same order on every rank: ordered, not set (hash-randomised)
             guide_taps = {g: gather_batch(guide_taps[g]) for g in dict.fromkeys(p[0] for p in self.pairs)}
@@ -181,7 +231,10 @@ class GuidedPair(nn.Module):
         terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
                                 guide_states=self.guide_cache.states(index) if cached else None)
         align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
-        return PairOutput(task + self.weight * align, task, align, out, terms, True)
+        if self.reduce == "mean":
+            align = align / sum(w for _, _, w in self.pairs)
+        weight = self.weight_at(step) * (self.balance_scale(task, align) if self.balance == "grad_norm" else 1.0)
+        return PairOutput(task + weight * align, task, align, out, terms, True)
 
 
 # ---------------------------------------------------------------- building from a spec
