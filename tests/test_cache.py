@@ -119,6 +119,7 @@ def test_trainer_uses_the_cache_and_matches_an_uncached_run(tmp_path, capsys):
         (image_spec(guide_input="noise"), "guide_input is noise"),
         (image_spec(guide_bn="batch"), "guide_bn is batch"),
         ({**image_spec(), "task": {**image_spec()["task"], "augment": True}}, "task.augment is on"),
+        ({**image_spec(), "task": {**image_spec()["task"], "augment": "random_resized_crop"}}, "task.augment is on"),
         (image_spec(cache_max_gb=1e-6), "over the 0.0 GiB limit"),
     ],
 )

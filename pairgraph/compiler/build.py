@@ -7,13 +7,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PRETRAINED
 from pairgraph.core.loss import GuidedPair
-from pairgraph.core.taps import keyword_inputs
+from pairgraph.core.taps import keyword_inputs, transformed_input
 from pairgraph.core.weights import load_weights
+from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
 from pairgraph.zoo import build_model
 
@@ -25,10 +27,53 @@ def build_root(spec: dict[str, Any], side: str, task: Any, device: str | torch.d
     pretrained = side == "guide" and net.get("weights") == PRETRAINED
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(net["model"], net.get("args", {}), task.model_kwargs(), pretrained=pretrained)
+        model = build_model(net["model"], net.get("args", {}), model_kwargs(net, task), pretrained=pretrained)
+    return adapt_inputs(model, net, task, side).to(device)
+
+
+def model_kwargs(net: dict[str, Any], task: Any) -> dict[str, Any]:
+    """The task's arguments for a network's factory; ``image_size`` is the network's own under ``input.resize``."""
+    kwargs = task.model_kwargs()
+    resize = (net.get("input") or {}).get("resize")
+    return {**kwargs, "image_size": tuple(resize)} if resize and "image_size" in kwargs else kwargs
+
+
+def adapt_inputs(model: nn.Module, net: dict[str, Any], task: Any, side: str) -> nn.Module:
+    """``net.inputs`` (keyword inputs of forward) and ``net.input`` (a resized / renormalized view) made part
+    of the model's forward."""
     if net.get("inputs"):
         keyword_inputs(model, net["inputs"], task.valid_mask)
-    return model.to(device)
+    if net.get("input"):
+        transformed_input(model, input_view(net["input"], task, side))
+    return model
+
+
+def input_view(view: dict[str, Any], task: Any, side: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The function a network's ``input`` section asks for: undo the task's normalization and apply the
+    network's own (one per-channel affine map), then resize (bilinear, antialiased; both commute)."""
+    norm, resize = view.get("normalize"), view.get("resize")
+    task_norm = task.pixel_normalization()
+    if task_norm is None:
+        raise PairgraphError(f"{side}.input transforms images, but the task's inputs are not images",
+                             f"remove {side}.input")
+    scale = shift = None
+    if norm:
+        (tm, ts), (m, s) = task_norm, (norm["mean"], norm["std"])
+        if len(m) != len(tm):
+            raise PairgraphError(f"{side}.input.normalize has {len(m)} channels but the task's images have {len(tm)}",
+                                 f"give {len(tm)} means and standard deviations")
+        scale = [a / b for a, b in zip(ts, s, strict=True)]
+        shift = [(a - b) / c for a, b, c in zip(tm, m, s, strict=True)]
+    size = [int(v) for v in resize] if resize else None
+
+    def view_fn(x: torch.Tensor) -> torch.Tensor:
+        if scale is not None:
+            x = x * x.new_tensor(scale).view(1, -1, 1, 1) + x.new_tensor(shift).view(1, -1, 1, 1)
+        if size is not None:
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+        return x
+
+    return view_fn
 
 
 def assemble(

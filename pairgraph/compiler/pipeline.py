@@ -17,6 +17,7 @@ import torch
 import yaml
 from torch import nn
 
+from pairgraph.compiler.build import adapt_inputs, model_kwargs
 from pairgraph.compiler.calibration import CompileContext
 from pairgraph.compiler.codegen import generate
 from pairgraph.compiler.mapping import Correspondence, build_mapping
@@ -24,7 +25,7 @@ from pairgraph.compiler.render import render_mapping
 from pairgraph.config import PairSpec, as_spec
 from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.core.loss import GuidedPair
-from pairgraph.core.taps import keyword_inputs, select_logits
+from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
 from pairgraph.errors import PairgraphError, one_line
@@ -61,7 +62,7 @@ def _model(spec: PairSpec, side: str, task: Any, device: str = "meta") -> nn.Mod
     net = getattr(spec, side)
     try:
         with torch.device(device):
-            model = build_model(net.model, net.args, task.model_kwargs())
+            model = build_model(net.model, net.args, model_kwargs(net.model_dump(), task))
     except PairgraphError as e:
         raise PairgraphError(f"{side}: {e.message}", e.hint) from None
     except Exception as e:  # noqa: BLE001 - any failure of user model code becomes one line
@@ -71,8 +72,7 @@ def _model(spec: PairSpec, side: str, task: Any, device: str = "meta") -> nn.Mod
         ) from None
     if net.inputs:
         _check_inputs(model, side, net.inputs, task)
-        keyword_inputs(model, net.inputs, task.valid_mask)
-    return model
+    return adapt_inputs(model, net.model_dump(), task, side)
 
 
 _KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)

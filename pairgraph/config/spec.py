@@ -65,6 +65,31 @@ class LayerSelection(_Strict):
     )
 
 
+class Normalization(_Strict):
+    mean: list[float] = Field(description="Per-channel mean, in [0, 1] pixel units (e.g. ImageNet's [0.485, 0.456, 0.406]).")
+    std: list[float] = Field(description="Per-channel standard deviation, in [0, 1] pixel units.")
+
+    @model_validator(mode="after")
+    def _positive_std(self) -> Normalization:
+        if len(self.mean) != len(self.std) or any(s <= 0 for s in self.std):
+            raise SpecError("input.normalize needs as many means as standard deviations, all deviations > 0",
+                            "write e.g. normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}")
+        return self
+
+
+class InputTransform(_Strict):
+    """How one network sees the task's images: the same batch (and augmentation) as the other, viewed larger
+    or normalized differently. Part of the network's forward, so tracing, the guide cache and every
+    measurement see it too."""
+
+    resize: tuple[int, int] | None = Field(
+        default=None, description="Resize the batch to (H, W) (bilinear, antialiased); the model is built for "
+        "that size. Example: resize: [224, 224].")
+    normalize: Normalization | None = Field(
+        default=None, description="Normalize with this mean/std instead of the task's (pairgraph undoes the task's "
+        "first). Example: normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}.")
+
+
 class NetworkSpec(_Strict):
     model: str = Field(description="A zoo name, 'torchvision:<name>', or 'package.module:factory' (imports and runs it).")
     args: dict[str, Any] = Field(default_factory=dict, description="Factory keyword arguments; 'preset' picks a zoo preset.")
@@ -79,6 +104,11 @@ class NetworkSpec(_Strict):
         description="Keyword inputs of forward and what feeds each: the task's input, or its padding mask (1 at real "
         "positions, 0 at padding: what transformers call attention_mask, and the mask the similarity uses). Empty = "
         "forward(x) takes the task's input alone. Example: {input_ids: input, attention_mask: mask}.",
+    )
+    input: InputTransform | None = Field(
+        default=None,
+        description="Image tasks: this network sees the batch resized and/or normalized differently (e.g. a guide "
+        "fed 224 px as the authors' ResNet-18 guide was). Example: input: {resize: [64, 64]}.",
     )
 
     @field_validator("model")

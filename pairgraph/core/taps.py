@@ -117,6 +117,19 @@ def keyword_inputs(model: nn.Module, inputs: Mapping[str, str], mask_fn: Callabl
     return model
 
 
+def transformed_input(model: nn.Module, transform: Callable[[Tensor], Tensor]) -> nn.Module:
+    """Make ``model(x)`` compute its own forward on ``transform(x)`` (the class is subclassed in place, so names
+    and state dict keys stay its own, and torch.fx traces the transform as part of the network)."""
+    cls = type(model)
+
+    def forward(self: nn.Module, x: Tensor) -> Any:
+        return cls.forward(self, transform(x))
+
+    model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
+                                                 "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
+    return model
+
+
 def select_logits(value: Any, key: str | int | None = None) -> Tensor:
     """The network's outputs (logits) from what its forward returns: the tensor itself; from a dict or a
     transformers ``ModelOutput``, entry ``key`` (default ``logits``, else the first tensor); from a tuple,

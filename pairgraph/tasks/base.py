@@ -110,6 +110,11 @@ class Task:
     def metrics(self, logits: Tensor, y: Tensor) -> dict[str, tuple[float, int]]:
         raise NotImplementedError
 
+    def pixel_normalization(self) -> tuple[list[float], list[float]] | None:
+        """(mean, std) per channel that the task's image inputs were normalized with, in [0, 1] pixel units
+        ((0, 1) when not normalized); None for a task whose inputs are not images."""
+        return None
+
     def valid_mask(self, x: Tensor) -> Tensor | None:
         return None
 

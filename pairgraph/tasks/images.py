@@ -1,6 +1,6 @@
 """``image_classification``: CIFAR-10, MNIST-1D, an ImageFolder tree or a Hugging Face image
 dataset (sources in :mod:`pairgraph.tasks.image_sources`), with fixed train/val/test subsets,
-optional crop/flip augmentation and per-channel normalization. Metrics ``top1`` and, with more than
+optional augmentation (crop and flip, or RandomResizedCrop and flip) and per-channel normalization. Metrics ``top1`` and, with more than
 5 classes, ``top5``. Grayscale images stay one channel.
 """
 
@@ -50,9 +50,16 @@ class ImageClassificationOptions(OptionsBase):
     test_size: int | None = Field(
         default=None, ge=1, description="Use this many test images (a fixed subset); None uses all."
     )
-    augment: bool = Field(
-        default=False, description="Training augmentation: random crop with padding 4 and horizontal flip."
+    augment: Literal["none", "crop_flip", "random_resized_crop"] = Field(
+        default="none",
+        description="Training augmentation, seen alike by guide and target (it is applied to the batch both get): "
+        "none; crop_flip (random crop with padding 4, horizontal flip; true means this); random_resized_crop "
+        "(torchvision's RandomResizedCrop to the image size with augment_scale, then a horizontal flip: the "
+        "authors' image protocol). Example: augment: random_resized_crop.",
     )
+    augment_scale: tuple[float, float] = Field(
+        default=(0.08, 1.0), description="random_resized_crop: the range of the crop's area, as a fraction of the "
+        "image (torchvision's default).")
     normalize: bool = Field(
         default=True,
         description="Normalize with per-channel mean/std (CIFAR-10's standard values; else the training set's).",
@@ -75,11 +82,37 @@ class ImageClassificationOptions(OptionsBase):
             return v
         raise ValueError(f"unknown dataset {v!r}: use 'cifar10', 'mnist1d', 'folder:<path>' or 'hf:<name>'")
 
+    @field_validator("augment", mode="before")
+    @classmethod
+    def _augment_flag(cls, v: Any) -> Any:
+        return {False: "none", True: "crop_flip"}.get(v, v) if isinstance(v, bool) or v is None else v
+
     @model_validator(mode="after")
     def _positive_size(self) -> ImageClassificationOptions:
         if self.image_size is not None and min(self.image_size) < 1:
             raise ValueError("image_size must be positive")
         return self
+
+
+def _crop_flip(x: Tensor, hflip: bool) -> Tensor:
+    """A random crop of the image padded by 4 (not along a size-1 axis), then a horizontal flip half the time."""
+    h, w = x.shape[-2:]
+    ph, pw = (4 if h > 1 else 0), (4 if w > 1 else 0)
+    xp = F.pad(x, (pw, pw, ph, ph))
+    top = int(torch.randint(0, 2 * ph + 1, ()))
+    left = int(torch.randint(0, 2 * pw + 1, ()))
+    x = xp[:, top : top + h, left : left + w]
+    return x.flip(-1) if hflip and bool(torch.rand(()) < 0.5) else x
+
+
+def _random_resized_crop(x: Tensor, size: tuple[int, int], scale: tuple[float, float], hflip: bool) -> Tensor:
+    """torchvision's RandomResizedCrop (area fraction in ``scale``, aspect ratio 3/4–4/3) resized to ``size``
+    (bilinear, antialiased), then a horizontal flip half the time."""
+    from torchvision.transforms import v2
+
+    top, left, h, w = v2.RandomResizedCrop.get_params(x, list(scale), [3 / 4, 4 / 3])
+    x = v2.functional.resized_crop(x, top, left, h, w, list(size), antialias=True)
+    return x.flip(-1) if hflip and bool(torch.rand(()) < 0.5) else x
 
 
 class _ImageDataset(Dataset):
@@ -92,15 +125,16 @@ class _ImageDataset(Dataset):
         idx: np.ndarray,
         mean: Tensor | None,
         std: Tensor | None,
-        augment: bool,
+        augment: str,
         hflip: bool,
         size: tuple[int, int] | None = None,
+        scale: tuple[float, float] = (0.08, 1.0),
     ):
         self.images, self.labels = images, labels
         self.size = size if size is not None and tuple(size) != tuple(images.shape[-2:]) else None
         self.idx = torch.as_tensor(idx, dtype=torch.long)
         self.mean, self.std = mean, std
-        self.augment, self.hflip = augment, hflip
+        self.augment, self.hflip, self.scale = augment, hflip, tuple(scale)
 
     def __len__(self) -> int:
         return len(self.idx)
@@ -109,16 +143,11 @@ class _ImageDataset(Dataset):
         j = int(self.idx[i])
         x = self.images[j]
         x = x.to(torch.float32).div_(255.0) if x.dtype == torch.uint8 else x.to(torch.float32, copy=True)
-        if self.augment:
-            h, w = x.shape[-2:]
-            ph, pw = (4 if h > 1 else 0), (4 if w > 1 else 0)
-            xp = F.pad(x, (pw, pw, ph, ph))
-            top = int(torch.randint(0, 2 * ph + 1, ()))
-            left = int(torch.randint(0, 2 * pw + 1, ()))
-            x = xp[:, top : top + h, left : left + w]
-            if self.hflip and bool(torch.rand(()) < 0.5):
-                x = x.flip(-1)
-        if self.size is not None:  # task.image_size on a dataset stored at another size (CIFAR-10, MNIST-1D)
+        if self.augment == "crop_flip":
+            x = _crop_flip(x, self.hflip)
+        elif self.augment == "random_resized_crop":
+            x = _random_resized_crop(x, self.size or tuple(x.shape[-2:]), self.scale, self.hflip)
+        if self.size is not None and self.augment != "random_resized_crop":  # task.image_size, another stored size
             x = F.interpolate(x[None], size=self.size, mode="bilinear", align_corners=False, antialias=True)[0]
         if self.mean is not None and self.std is not None:
             x = (x - self.mean) / self.std
@@ -207,6 +236,15 @@ class ImageClassificationTask(Task):
         g = torch.Generator().manual_seed(0)
         return torch.randn((batch_size, c, h, w), generator=g).to(device)
 
+    def pixel_normalization(self) -> tuple[list[float], list[float]]:
+        c = self._shape_info()[1]
+        if not self.options.normalize:
+            return [0.0] * c, [1.0] * c
+        if self.options.dataset == "cifar10":
+            return list(CIFAR10_MEAN), list(CIFAR10_STD)
+        m, s = _channel_stats(self._arrays()["train_x"])
+        return [float(v) for v in m], [float(v) for v in s]
+
     def noise_input(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """N(0, 1) noise of ``x``'s shape (paper appendix, fig. 6)."""
         dtype = x.dtype if x.is_floating_point() else torch.float32
@@ -285,9 +323,9 @@ class ImageClassificationTask(Task):
         hflip = o.dataset != "mnist1d"  # flipping a 1-D signal is not a label-preserving transform
         size = self._shape_info()[2]
         return {
-            "train": _ImageDataset(train_x, train_y, train_idx, mean, std, o.augment, hflip, size),
-            "val": _ImageDataset(train_x, train_y, val_idx, mean, std, False, hflip, size),
-            "test": _ImageDataset(test_x, test_y, test_idx, mean, std, False, hflip, size),
+            "train": _ImageDataset(train_x, train_y, train_idx, mean, std, o.augment, hflip, size, o.augment_scale),
+            "val": _ImageDataset(train_x, train_y, val_idx, mean, std, "none", hflip, size),
+            "test": _ImageDataset(test_x, test_y, test_idx, mean, std, "none", hflip, size),
         }
 
     # -- loss and metrics -----------------------------------------------------------------------

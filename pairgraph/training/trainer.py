@@ -300,9 +300,9 @@ class Trainer:
         g = self.spec.guidance
         if not g.cache_guide or g.mode != "guidance":
             return False
-        if self.spec.task.get("augment"):
+        if self.spec.task.get("augment") not in (None, False, "none"):
             raise PairgraphError("guidance.cache_guide needs fixed inputs, but task.augment is on",
-                                 "set task.augment: false or guidance.cache_guide: false")
+                                 "set task.augment: none or guidance.cache_guide: false")
         if self.dist.enabled:
             raise PairgraphError("guidance.cache_guide is not supported under torchrun",
                                  "set guidance.cache_guide: false for data-parallel runs")
