@@ -61,7 +61,7 @@ def _first_conv_inputs(pair):
 
 
 def test_both_networks_see_the_same_augmented_batch(tmp_path):
-    cp, pair = _image_pair(tmp_path)
+    _, pair = _image_pair(tmp_path)
     seen = _first_conv_inputs(pair)
     x = torch.randn(4, 3, 32, 32)
     pair(x, torch.zeros(4, dtype=torch.long), 0)
