@@ -164,6 +164,15 @@ def test_wandb_not_installed_is_one_line_before_the_run_starts(tmp_path, monkeyp
     assert not (tmp_path / "runs" / "tiny" / "x").exists()
 
 
+def test_a_warmup_as_long_as_an_epochs_run_is_refused_before_the_run_starts(tmp_path):
+    """320 training examples, 1 epoch of 4 × 16: 5 optimizer steps (only the trainer knows it)."""
+    spec = copy_paste_pair({"batch_size": 16, "accumulate": 4, "epochs": 1, "schedule": {"kind": "cosine", "warmup": 5}})
+    cp = pairgraph.compile(spec, tmp_path / "b", render=False)
+    with pytest.raises(PairgraphError, match=r"warmup \(5\) must be below the run's 5 optimizer steps"):
+        cp.train(runs_dir=tmp_path / "runs", run_id="x", progress=False)
+    assert not (tmp_path / "runs" / "tiny" / "x").exists()
+
+
 def test_log_is_a_runtime_field_and_schedules_and_accumulation_are_not():
     base = parse_spec(tiny()).resolved()
 

@@ -57,11 +57,16 @@ def make_scheduler(train_spec: Any, opt: torch.optim.Optimizer, total: int) -> t
 
     Its state (the step count) goes in the checkpoint; the factor is rebuilt from the spec, not stored.
     """
+    check_schedule(train_spec, total)
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(train_spec.schedule, train_spec.lr, total))
+
+
+def check_schedule(train_spec: Any, total: int) -> None:
+    """Refuse a warmup as long as the run (whose length, with train.epochs, is known only to the trainer)."""
     warmup = train_spec.schedule.warmup
     if warmup >= total:
         raise PairgraphError(f"train.schedule.warmup ({warmup}) must be below the run's {total} optimizer steps",
                              "shorten the warmup or train for more steps/epochs")
-    return torch.optim.lr_scheduler.LambdaLR(opt, lr_factor(train_spec.schedule, train_spec.lr, total))
 
 
 def pick_device(name: str) -> torch.device:

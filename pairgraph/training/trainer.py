@@ -31,7 +31,7 @@ from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
-from pairgraph.core.optim import make_optimizer, make_scheduler, pick_device
+from pairgraph.core.optim import check_schedule, make_optimizer, make_scheduler, pick_device
 from pairgraph.errors import Interrupted, PairgraphError, io_error
 from pairgraph.paths import atomic_write
 from pairgraph.tasks import get_task
@@ -134,7 +134,12 @@ class Trainer:
                                  "(pairgraph train SPEC --set train.steps=1 caches it), then start torchrun")
         return resuming
 
-    def _setup(self, data: dict[str, Any], resuming: bool) -> Loop:
+    def _total(self, data: dict[str, Any]) -> int:
+        """The run's optimizer steps: train.steps, else train.epochs (default 1) of the training split."""
+        per_epoch = len(data["train"]) // (self.cfg.batch_size * self.cfg.accumulate)
+        return self.cfg.steps or (self.cfg.epochs or 1) * max(per_epoch, 1)
+
+    def _setup(self, data: dict[str, Any], resuming: bool, total: int) -> Loop:
         """Build the pair, optimizer and scaler; restore them when resuming, else start the run folder."""
         cfg = self.cfg
         guide_weights = self._guide_weights()
@@ -142,8 +147,6 @@ class Trainer:
         self.model = pair.target
         opt = make_optimizer(cfg, [p for p in pair.target.parameters() if p.requires_grad])
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
-        per_epoch = len(data["train"]) // (cfg.batch_size * cfg.accumulate)
-        total = cfg.steps or (cfg.epochs or 1) * max(per_epoch, 1)
         loop = Loop(pair, opt, scaler, data, total=total, sched=make_scheduler(cfg, opt, total))
         if resuming:
             st = self.checkpoints.load(self.model)
@@ -199,9 +202,11 @@ class Trainer:
         torch.manual_seed(self.cfg.seed + self.dist.rank)
         require(self.cfg.log)
         data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
+        total = self._total(data)
+        check_schedule(self.cfg, total)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        loop = self._setup(data, resuming)
+        loop = self._setup(data, resuming, total)
         cached = self._cache_guide(loop.pair, data["train"])
         batches = iter(self._loader(loop, cached))
         t0 = time.time()
