@@ -136,7 +136,8 @@ def _other_value(name: str, value):
         return value * 2 or 0.5
     if value is None:
         return {"grad_clip": 1.0, "epochs": 3, "steps": 7, "eval_batches": 2, "checkpoint_every": 5}[name]
-    return {"optimizer": "sgd", "device": "cpu", "precision": "bf16"}[name]
+    return {"optimizer": "sgd", "device": "cpu", "precision": "bf16", "schedule": {"kind": "cosine"},
+            "log": ["wandb"]}[name]
 
 
 @pytest.mark.parametrize("name", sorted(TrainSpec.model_fields))

@@ -83,3 +83,16 @@ def test_compile_api_accepts_dicts(tmp_path):
     assert isinstance(cp, pairgraph.CompiledPair) and cp.spec.name == "from_dict"
     assert cp.spec.target.model == "rnn" and len(cp.correspondence) == len(cp.guide) > 0
     assert (tmp_path / "guided_pair.py").exists() and callable(cp.trainer)
+
+
+def test_schema_documents_the_training_loop_fields_with_examples():
+    """issue #20: every new train field says what it does and shows a value."""
+    defs = json_schema()["$defs"]
+    train, schedule = defs["TrainSpec"]["properties"], defs["ScheduleSpec"]["properties"]
+    for field in [train["accumulate"], train["schedule"], train["log"], *schedule.values()]:
+        assert field.get("description") and (field.get("examples") or field.get("enum")), field
+    assert {"enum": ["constant", "step", "cosine"], "type": "string"} in train["schedule"]["anyOf"]  # schedule: cosine
+    assert "effective batch is N × batch_size" in train["accumulate"]["description"]
+    spec = parse_spec({"name": "x", "train": {"schedule": "cosine", "log": "wandb"}})
+    assert spec.train.schedule.kind == "cosine" and spec.train.log == ["wandb"]
+    assert parse_spec({"name": "x"}).train.log == ["tensorboard"] and parse_spec({"name": "x"}).train.accumulate == 1

@@ -284,3 +284,27 @@ def test_vit_on_one_dimensional_images_uses_one_row_patches():
     assert model(torch.randn(3, 1, 1, 40)).shape == (3, 10)
     with pytest.raises(PairgraphError, match="not a multiple of the patch"):
         build_model("vit", {"preset": "cpu"}, {"num_classes": 10, "image_size": (30, 30)})
+
+
+@pytest.mark.parametrize("name", ["deep_fcn", "wide_fcn"])
+def test_fcn_dropout_after_each_relu_and_never_a_tap(name):
+    from pairgraph.config import LayerSelection
+    from pairgraph.core.trace import trace
+
+    def fcn(**args):
+        with torch.device("meta"):
+            return build_model(name, {"num_blocks": 3, "width": 8, **args}, IMAGE_DEFAULTS)
+
+    def taps(model):
+        return trace(model, torch.empty(2, 3, 32, 32, device="meta"), LayerSelection(), notify=None).names
+
+    plain, zero, drop = fcn(), fcn(dropout=0.0), fcn(dropout=0.1)
+    dropouts = [m for m in drop.modules() if isinstance(m, nn.Dropout)]
+    assert len(dropouts) == 3 and all(m.p == 0.1 for m in dropouts)
+    assert [type(m).__name__ for m in drop.blocks[0]] == ["Linear", "BatchNorm1d", "ReLU", "Dropout"]
+    assert not [m for m in zero.modules() if isinstance(m, nn.Dropout)]  # 0: no module at all
+    assert [n for n, _ in zero.named_modules()] == [n for n, _ in plain.named_modules()]
+    assert list(drop.state_dict()) == list(zero.state_dict()) == list(plain.state_dict())
+    assert taps(drop) == taps(zero) == taps(plain)  # Dropout is not a tap type
+    with pytest.raises(PairgraphError, match="dropout"):
+        fcn(dropout=1.0)

@@ -40,38 +40,43 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class FCN(nn.Module):
-    """Flatten, then ``num_blocks`` blocks of Linear → BatchNorm1d → ReLU at ``width``, then a Linear head."""
+    """Flatten, then ``num_blocks`` blocks of Linear → BatchNorm1d → ReLU [→ Dropout] at ``width``, then a Linear head.
 
-    def __init__(self, in_features: int, num_classes: int, num_blocks: int, width: int):
+    ``dropout`` > 0 appends ``drop = Dropout(dropout)`` to every block (the authors' Deep FCN uses 0.1);
+    at 0 no module is added, so the graph, the tap points and the state_dict are those of a plain FCN.
+    """
+
+    def __init__(self, in_features: int, num_classes: int, num_blocks: int, width: int, dropout: float = 0.0):
         super().__init__()
-        self.blocks = nn.Sequential(
-            *[
-                nn.Sequential(
-                    OrderedDict(
-                        linear=nn.Linear(in_features if i == 0 else width, width),
-                        norm=nn.BatchNorm1d(width),
-                        act=nn.ReLU(),
-                    )
-                )
-                for i in range(num_blocks)
-            ]
-        )
+        if not 0 <= dropout < 1:
+            raise PairgraphError(f"fcn: dropout must be in [0, 1), got {dropout}", "set args.dropout to e.g. 0.1")
+
+        def block(i: int) -> nn.Sequential:
+            layers = OrderedDict(linear=nn.Linear(in_features if i == 0 else width, width),
+                                 norm=nn.BatchNorm1d(width), act=nn.ReLU())
+            if dropout:
+                layers["drop"] = nn.Dropout(dropout)
+            return nn.Sequential(layers)
+
+        self.blocks = nn.Sequential(*[block(i) for i in range(num_blocks)])
         self.head = nn.Linear(width, num_classes)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.blocks(x.flatten(1)))
 
 
-def _fcn(num_classes: int, in_channels: int, image_size: int | Sequence[int], num_blocks: int, width: int) -> FCN:
+def _fcn(num_classes: int, in_channels: int, image_size: int | Sequence[int], num_blocks: int, width: int,
+         dropout: float) -> FCN:
     h, w = _pair(image_size)
-    return FCN(in_channels * h * w, num_classes, num_blocks, width)
+    return FCN(in_channels * h * w, num_classes, num_blocks, width, dropout)
 
 
 @register_model(
     "deep_fcn",
     input="image",
     presets={"paper": {"num_blocks": 50, "width": 2048}, "cpu": {"num_blocks": 16, "width": 256}},
-    description="Deep FCN target: 50 blocks of Linear-BN-ReLU, 2048 wide (paper); overfits, vanishing gradients.",
+    description="Deep FCN target: 50 blocks of Linear-BN-ReLU, 2048 wide (paper); overfits, vanishing gradients; "
+    "args.dropout adds Dropout after each ReLU.",
 )
 def deep_fcn(
     num_classes: int = 10,
@@ -79,16 +84,18 @@ def deep_fcn(
     image_size: int | Sequence[int] = (32, 32),
     num_blocks: int = 16,
     width: int = 256,
+    dropout: float = 0.0,
 ) -> FCN:
-    """Deep fully connected network (paper: 50 blocks × 2048)."""
-    return _fcn(num_classes, in_channels, image_size, num_blocks, width)
+    """Deep fully connected network (paper: 50 blocks × 2048); ``dropout`` after each block's ReLU (0: none)."""
+    return _fcn(num_classes, in_channels, image_size, num_blocks, width, dropout)
 
 
 @register_model(
     "wide_fcn",
     input="image",
     presets={"paper": {"num_blocks": 3, "width": 8192}, "cpu": {"num_blocks": 3, "width": 1024}},
-    description="Wide ('Shallow') FCN target: 3 blocks of Linear-BN-ReLU, 8192 wide (paper); saturates.",
+    description="Wide ('Shallow') FCN target: 3 blocks of Linear-BN-ReLU, 8192 wide (paper); saturates; "
+    "args.dropout adds Dropout after each ReLU.",
 )
 def wide_fcn(
     num_classes: int = 10,
@@ -96,9 +103,10 @@ def wide_fcn(
     image_size: int | Sequence[int] = (32, 32),
     num_blocks: int = 3,
     width: int = 1024,
+    dropout: float = 0.0,
 ) -> FCN:
-    """Wide, shallow fully connected network (paper: 3 blocks × 8192)."""
-    return _fcn(num_classes, in_channels, image_size, num_blocks, width)
+    """Wide, shallow fully connected network (paper: 3 blocks × 8192); ``dropout`` after each block's ReLU."""
+    return _fcn(num_classes, in_channels, image_size, num_blocks, width, dropout)
 
 
 # --------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED, PairSpec, as_spec
+from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED, PairSpec, TrainSpec, as_spec
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import cache_dir
 
@@ -22,8 +22,9 @@ GuideTrainer = Callable[[PairSpec], Path]
 
 
 def guide_train_section(spec: PairSpec) -> dict[str, Any]:
-    """The train section the guide is trained with: the spec's, updated by ``guide.train``."""
-    return {**spec.resolved()["train"], **spec.guide.train}
+    """The train section the guide is trained with: the spec's, updated by ``guide.train`` (resolved, so
+    ``schedule: cosine`` there keys the same guide as ``{kind: cosine}`` in the spec's train section)."""
+    return TrainSpec.model_validate({**spec.resolved()["train"], **spec.guide.train}).model_dump(mode="json")
 
 
 def guide_key(spec: PairSpec) -> str:

@@ -6,10 +6,21 @@ from typing import Any
 
 import yaml
 
-#: fields that change how a run executes but not what it computes (the guide cache is exact)
-RUNTIME_FIELDS = frozenset({"train.device", "train.num_workers", "guidance.cache_guide", "guidance.cache_max_gb"})
+#: fields that change how a run executes but not what it computes (the guide cache is exact; train.log
+#: says only where the scalars also go)
+RUNTIME_FIELDS = frozenset({"train.device", "train.num_workers", "guidance.cache_guide", "guidance.cache_max_gb",
+                            "train.log"})
 #: fields a run may be continued with a new value of: it runs longer or checkpoints more often
 EXTENDABLE_FIELDS = frozenset({"train.steps", "train.epochs", "train.checkpoint_every"})
+
+
+def extendable_fields(resolved: dict[str, Any]) -> frozenset[str]:
+    """EXTENDABLE_FIELDS for a run of this resolved spec: not its length when its lr schedule spans the whole
+    run (cosine decays to min_lr at the last step: a longer run would have had other lrs all along)."""
+    schedule = resolved.get("train", {}).get("schedule") or {}
+    if isinstance(schedule, dict) and schedule.get("kind") == "cosine":
+        return EXTENDABLE_FIELDS - {"train.steps", "train.epochs"}
+    return EXTENDABLE_FIELDS
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:

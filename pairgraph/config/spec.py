@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -246,25 +246,95 @@ class GuidanceSpec(_Strict):
         return self
 
 
+class ScheduleSpec(_Strict):
+    """The learning rate over optimizer steps: a factor f(s) of ``train.lr`` at step s (from 0).
+
+    With ``warmup`` W, steps s < W use lr·(s+1)/(W+1); after it, with t = s − W and T = total − W:
+    ``constant`` f = 1; ``step`` f = gamma^⌊t/every⌋; ``cosine`` f = m + (1 − m)·(1 + cos(π·t/T))/2,
+    m = min_lr/lr, so the lr reaches min_lr as the last step completes (torch's CosineAnnealingLR).
+    """
+
+    kind: Literal["constant", "step", "cosine"] = Field(
+        default="constant", description="constant (the default: train.lr throughout) | step | cosine; a bare name "
+        "(schedule: cosine) is {kind: cosine}.")
+    warmup: int = Field(default=0, ge=0, description="Linear warmup over the first N optimizer steps: step s (from 0) "
+                        "uses lr·(s+1)/(N+1); the schedule starts after it. Must be below the run's step count.",
+                        examples=[100])
+    every: int | None = Field(default=None, ge=1, description="kind step (required): multiply the lr by gamma every "
+                              "N optimizer steps after the warmup.", examples=[1000])
+    gamma: float = Field(default=0.1, gt=0, description="kind step: the factor applied every `every` steps.",
+                         examples=[0.1])
+    min_lr: float = Field(default=0.0, ge=0, description="kind cosine: the lr the decay reaches at the last step.",
+                          examples=[1e-5])
+
+    @model_validator(mode="before")
+    @classmethod
+    def _bare_name(cls, v: Any) -> Any:
+        return {"kind": v} if isinstance(v, str) else v
+
+    @model_validator(mode="after")
+    def _options_fit_the_kind(self) -> ScheduleSpec:
+        if self.kind == "step" and self.every is None:
+            raise SpecError("a step schedule needs every: N (steps between lr drops)",
+                            "write schedule: {kind: step, every: 1000, gamma: 0.1}")
+        fits = {"every": "step", "gamma": "step", "min_lr": "cosine"}
+        for name, kind in fits.items():
+            if self.kind != kind and getattr(self, name) != ScheduleSpec.model_fields[name].default:
+                raise SpecError(f"{name} applies to schedule kind {kind}, not {self.kind}",
+                                f"remove {name} or set kind: {kind}")
+        return self
+
+
 class TrainSpec(_Strict):
     optimizer: str = Field(default="adamw", description="adamw | adam | sgd, or a name registered in OPTIMIZERS.")
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, description="SGD momentum.")
     grad_clip: float | None = Field(default=None, gt=0, description="Clip the gradient norm to this value.")
-    batch_size: int = Field(default=256, ge=1, description="The paper's batch size is 256.")
+    batch_size: int = Field(default=256, ge=1, description="Examples per forward pass (a micro-batch when accumulate "
+                            "> 1). The paper's batch size is 256.")
+    accumulate: int = Field(
+        default=1, ge=1, examples=[4],
+        description="Gradient accumulation: each optimizer step sums the gradients of N micro-batches of batch_size "
+        "examples, each loss divided by N, so the effective batch is N × batch_size. The alignment loss (CKA, a batch "
+        "statistic) is computed over each micro-batch, not over the effective batch (README).")
+    schedule: ScheduleSpec = Field(
+        default_factory=ScheduleSpec, examples=["cosine", {"kind": "step", "every": 1000, "gamma": 0.1, "warmup": 0}],
+        description="Learning-rate schedule over optimizer steps: constant (default) | step | cosine, with an "
+        "optional linear warmup; e.g. {kind: step, every: 1000, gamma: 0.1} or cosine.")
     epochs: int | None = Field(default=None, ge=1, description="Epochs to train (ignored when steps is set).")
     steps: int | None = Field(default=None, ge=1, description="Optimizer steps to train; default 1 epoch when neither is set.")
-    eval_every: int = Field(default=100, ge=1, description="Evaluate on the validation split every N steps.")
+    eval_every: int = Field(default=100, ge=1, description="Evaluate on the validation split every N optimizer steps.")
     eval_batches: int | None = Field(
         default=None, ge=1,
         description="Validate on N batches of a fixed random subset of the validation split (None = all of it); "
         "the test split is always evaluated whole.")
-    checkpoint_every: int | None = Field(default=None, ge=1, description="Checkpoint every N steps (default: each evaluation).")
+    checkpoint_every: int | None = Field(default=None, ge=1, description="Checkpoint every N optimizer steps (default: each evaluation).")
     seed: int = 0
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)
+    log: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], examples=[["tensorboard", "wandb"]],
+        description="Where the scalars of metrics.jsonl also go (metrics.jsonl is always written): tensorboard "
+        "(runs/<name>/<id>/tb) and/or wandb (Weights & Biases, pip install 'pairgraph[wandb]'; project from "
+        "$WANDB_PROJECT, default 'pairgraph'). Does not change what a run computes.")
+
+    @field_validator("log", mode="before")
+    @classmethod
+    def _log_list(cls, v: Any) -> Any:
+        v = [v] if isinstance(v, str) else v
+        return list(dict.fromkeys(v)) if isinstance(v, list) else v
+
+    @model_validator(mode="after")
+    def _warmup_within_the_run(self) -> TrainSpec:
+        if self.steps is not None and self.schedule.warmup >= self.steps:
+            raise SpecError(f"schedule.warmup ({self.schedule.warmup}) must be below train.steps ({self.steps})",
+                            "shorten the warmup or train for more steps")
+        if self.schedule.min_lr > self.lr:
+            raise SpecError(f"schedule.min_lr ({self.schedule.min_lr}) is above train.lr ({self.lr})",
+                            "a cosine schedule decays: set min_lr below lr")
+        return self
 
     @field_validator("optimizer")
     @classmethod
@@ -328,6 +398,11 @@ def with_defaults(stored: dict[str, Any]) -> dict[str, Any]:
 def json_schema() -> dict[str, Any]:
     """JSON Schema of the spec language, with each registered task's options as a oneOf."""
     schema = PairSpec.model_json_schema()
+    train = schema["$defs"]["TrainSpec"]["properties"]  # a bare name is accepted too: schedule: cosine, log: wandb
+    kinds = {"enum": list(get_args(ScheduleSpec.model_fields["kind"].annotation)), "type": "string"}
+    train["schedule"]["anyOf"] = [{"$ref": train["schedule"].pop("$ref")}, kinds]
+    log = train["log"]
+    log["anyOf"] = [{"type": log.pop("type"), "items": log["items"]}, log.pop("items")]
     schema["properties"]["task"] = {
         "description": "Task 'kind' and its options.",
         "oneOf": [cls.Options.model_json_schema() for _, cls in TASKS.items()],
@@ -409,6 +484,15 @@ def _check_consistency(spec: PairSpec, source: str, root_node: yaml.Node | None)
             f"similarity.measure {measure.name!r}, which needs at least {measure.min_batch} examples per batch",
             f"set train.batch_size >= {measure.min_batch} (the paper uses 256)",
         )
+    if spec.guide.train:  # guide.train is checked alone by GuideSpec; here what it makes with the train section
+        try:
+            TrainSpec.model_validate({**spec.resolved()["train"], **spec.guide.train})
+        except ValidationError as e:
+            cause = e.errors()[0].get("ctx", {}).get("error")
+            text = cause.message if isinstance(cause, PairgraphError) else describe(e.errors()[0], TrainSpec)[0]
+            raise SpecError(f"{where(source, root_node, ('guide', 'train'))}: guide.train with the train section: "
+                            f"{text}", "set those fields in guide.train too (it overrides the train section "
+                            "field by field)") from None
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:

@@ -11,26 +11,35 @@ from pairgraph.errors import PairgraphError
 
 
 class EpochBatches:
-    """Batches of a seeded permutation per epoch, starting at any global step (for resume)."""
+    """Batches of a seeded permutation per epoch, starting at any optimizer step (for resume).
 
-    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1):
-        if n < batch_size:
-            raise PairgraphError(f"the training split has {n} examples, fewer than train.batch_size={batch_size}",
+    With ``accumulate`` N, optimizer step k takes the k-th slice of N × ``batch_size`` examples of its
+    epoch's permutation and yields it as N consecutive micro-batches of ``batch_size``: together they
+    are exactly the batch that ``batch_size`` N × B without accumulation would give.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_step: int = 0, rank: int = 0, world: int = 1,
+                 accumulate: int = 1):
+        step_size = batch_size * accumulate
+        if n < step_size:
+            what = f"train.batch_size={batch_size}" + (f" × train.accumulate={accumulate}" if accumulate > 1 else "")
+            raise PairgraphError(f"the training split has {n} examples, fewer than {what}",
                                  "lower train.batch_size or enlarge the dataset (task size)")
-        self.n, self.bs, self.seed, self.start = n, batch_size, seed, start_step
-        self.per_epoch = n // batch_size  # drop_last: CKA wants the same batch size every step
+        self.n, self.bs, self.seed, self.start, self.accumulate = n, batch_size, seed, start_step, accumulate
+        self.per_epoch = n // step_size  # drop_last: CKA wants the same batch size every step
         self.rank, self.world = rank, world  # each rank takes its contiguous slice of the global batch
 
     def __iter__(self) -> Iterator[list[int]]:
-        step = self.start
+        step, size = self.start, self.bs * self.accumulate
         while True:
             epoch, pos = divmod(step, self.per_epoch)
             g = torch.Generator().manual_seed(self.seed * 100_003 + epoch)
             perm = torch.randperm(self.n, generator=g)
             for p in range(pos, self.per_epoch):
-                batch = perm[p * self.bs:(p + 1) * self.bs]
-                local = self.bs // self.world
-                yield batch[self.rank * local:(self.rank + 1) * local].tolist()
+                for m in range(self.accumulate):
+                    batch = perm[p * size + m * self.bs:p * size + (m + 1) * self.bs]
+                    local = self.bs // self.world
+                    yield batch[self.rank * local:(self.rank + 1) * local].tolist()
                 step += 1
 
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from pairgraph.compiler.pipeline import CompiledPair, compile
 from pairgraph.config import PairSpec, load_spec, parse_spec
-from pairgraph.config.diff import EXTENDABLE_FIELDS, RUNTIME_FIELDS, changed_fields
+from pairgraph.config.diff import RUNTIME_FIELDS, changed_fields, extendable_fields
 from pairgraph.errors import PairgraphError
 from pairgraph.training.guide import train_guide
 from pairgraph.training.runs import stored_spec
@@ -30,8 +30,9 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
     """Continue a run from its last checkpoint, with the spec it was started with.
 
     ``overrides`` (``--set``) or a ``spec`` file may change only what does not change what the run
-    computes — train.steps, train.epochs, train.checkpoint_every (to run longer) and the runtime
-    fields (device, workers, guide cache); anything else is refused with one line.
+    computes — train.steps, train.epochs, train.checkpoint_every (to run longer; not the length under a
+    cosine schedule, which spans the run) and the runtime fields (device, workers, guide cache, log);
+    anything else is refused with one line.
     """
     run = Path(run_dir)
     if not (run / "spec.yaml").exists():
@@ -42,13 +43,14 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
     new = (load_spec(spec, overrides) if spec is not None
            else parse_spec(copy.deepcopy(stored), str(run / "spec.yaml"), overrides))
     changes = changed_fields(stored, new.resolved(), frozenset())
-    refused = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS | EXTENDABLE_FIELDS}
+    refused = {k: v for k, v in changes.items() if k not in RUNTIME_FIELDS | extendable_fields(stored)}
     if refused:
         k, (old, value) = next(iter(refused.items()))
         raise PairgraphError(f"cannot resume {run} with {k}: {value!r} (it was started with {old!r})"
                              + (f" and {len(refused) - 1} more change(s)" if len(refused) > 1 else ""),
-                             "a resumed run keeps what it computes; only train.steps, train.epochs, "
-                             "train.checkpoint_every and device/workers may change — start a new run instead")
+                             "a resumed run keeps what it computes; only train.steps, train.epochs (not under a "
+                             "cosine schedule), train.checkpoint_every and device/workers/log may change — start a "
+                             "new run instead")
     if changes and notify is not None:
         notify("resuming with " + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
     compiled = compile(new, out_dir=run / "build", render=False, notify=None)

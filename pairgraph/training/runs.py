@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from pairgraph.config import PairSpec, with_defaults
-from pairgraph.config.diff import EXTENDABLE_FIELDS, RUNTIME_FIELDS, changed_fields
+from pairgraph.config.diff import RUNTIME_FIELDS, changed_fields, extendable_fields
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import atomic_write
 from pairgraph.version import __version__
@@ -79,14 +79,15 @@ def check_run_folder(run_dir: Path, spec: PairSpec) -> None:
     if stored is None:
         return
     ours = spec.resolved()
-    changes = changed_fields(stored, ours, RUNTIME_FIELDS | EXTENDABLE_FIELDS)
+    changes = changed_fields(stored, ours, RUNTIME_FIELDS | extendable_fields(stored))
     if changes:
         raise PairgraphError(f"run folder {run_dir} holds a run of another spec ({_differences(changes)})",
                              f"pick another --run-id, or continue that run as it was: pairgraph train --resume {run_dir}")
     if (run_dir / "summary.json").exists() and not changed_fields(stored, ours, RUNTIME_FIELDS):
-        raise PairgraphError(f"run {run_dir} already finished",
-                             f"pick another --run-id, or continue it for longer: pairgraph train --resume {run_dir} "
-                             "--set train.steps=N")
+        longer = "train.steps" in extendable_fields(stored)
+        raise PairgraphError(f"run {run_dir} already finished", "pick another --run-id" + (
+            f", or continue it for longer: pairgraph train --resume {run_dir} --set train.steps=N" if longer else
+            " (its cosine schedule ended with the run: it cannot be continued)"))
 
 
 def continue_run(run_dir: Path, spec: PairSpec) -> None:

@@ -1,9 +1,11 @@
 """``pairgraph train``: the training loop, with exact resume.
 
 A run lives in ``runs/<name>/<id>/``: ``spec.yaml`` (resolved), ``env.json``, ``metrics.jsonl``,
-``tb/`` (TensorBoard), ``checkpoints/{last,best}`` and ``summary.json``. Data order is a
-function of (seed, epoch) and the RNG state is checkpointed, so a resumed run continues exactly
-where the last checkpoint stopped; metrics logged after that checkpoint are dropped on resume.
+``tb/`` (TensorBoard; ``train.log`` may add W&B), ``checkpoints/{last,best}`` and ``summary.json``. Data
+order is a function of (seed, epoch), the RNG and lr-schedule states are checkpointed, so a resumed run
+continues exactly where the last checkpoint stopped; metrics logged after that checkpoint are dropped
+on resume. Steps are optimizer steps: with ``train.accumulate`` N each sums the gradients of N
+micro-batches, and checkpoints are written only between optimizer steps.
 The protocol is the paper's: evaluate on the validation split every ``eval_every`` steps and
 report test metrics of the checkpoint with the lowest validation loss.
 """
@@ -15,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +31,14 @@ from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
-from pairgraph.core.optim import make_optimizer, pick_device
+from pairgraph.core.optim import check_schedule, make_optimizer, make_scheduler, pick_device
 from pairgraph.errors import Interrupted, PairgraphError, io_error
 from pairgraph.paths import atomic_write
 from pairgraph.tasks import get_task
 from pairgraph.training.checkpoints import Checkpoints
 from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
+from pairgraph.training.logs import Scalars, require
 from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
 
 
@@ -48,10 +51,12 @@ class Loop:
     scaler: torch.amp.GradScaler | None
     data: dict[str, Any]
     total: int
+    sched: torch.optim.lr_scheduler.LambdaLR
     step: int = 0
+    lr: float = math.nan  # the lr of the last optimizer step
     state: dict[str, Any] = field(default_factory=lambda: {"best_val_loss": math.inf, "best_step": None,
                                                            "best_val": None})
-    writer: Any = None
+    writer: Scalars | None = None
     metrics: IO[str] | None = None
     progress: Any = None
     task_id: Any = None
@@ -129,7 +134,12 @@ class Trainer:
                                  "(pairgraph train SPEC --set train.steps=1 caches it), then start torchrun")
         return resuming
 
-    def _setup(self, data: dict[str, Any], resuming: bool) -> Loop:
+    def _total(self, data: dict[str, Any]) -> int:
+        """The run's optimizer steps: train.steps, else train.epochs (default 1) of the training split."""
+        per_epoch = len(data["train"]) // (self.cfg.batch_size * self.cfg.accumulate)
+        return self.cfg.steps or (self.cfg.epochs or 1) * max(per_epoch, 1)
+
+    def _setup(self, data: dict[str, Any], resuming: bool, total: int) -> Loop:
         """Build the pair, optimizer and scaler; restore them when resuming, else start the run folder."""
         cfg = self.cfg
         guide_weights = self._guide_weights()
@@ -137,11 +147,12 @@ class Trainer:
         self.model = pair.target
         opt = make_optimizer(cfg, [p for p in pair.target.parameters() if p.requires_grad])
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
-        per_epoch = len(data["train"]) // cfg.batch_size
-        loop = Loop(pair, opt, scaler, data, total=cfg.steps or (cfg.epochs or 1) * max(per_epoch, 1))
+        loop = Loop(pair, opt, scaler, data, total=total, sched=make_scheduler(cfg, opt, total))
         if resuming:
             st = self.checkpoints.load(self.model)
             opt.load_state_dict(st["optimizer"])
+            if st.get("scheduler"):  # absent in checkpoints written before train.schedule (constant lr)
+                loop.sched.load_state_dict(st["scheduler"])
             if scaler is not None and st.get("scaler"):
                 scaler.load_state_dict(st["scaler"])
             pair.guide_calls = int(st.get("guide_calls", 0))
@@ -160,15 +171,13 @@ class Trainer:
     def _loader(self, loop: Loop, cached: bool) -> Any:
         train = loop.data["train"]
         batches = EpochBatches(len(train), self.cfg.batch_size, self.cfg.seed, start_step=loop.step,
-                               rank=self.dist.rank, world=self.dist.world)
+                               rank=self.dist.rank, world=self.dist.world, accumulate=self.cfg.accumulate)
         return torch.utils.data.DataLoader(Indexed(train) if cached else train, batch_sampler=batches,
                                            num_workers=self.cfg.num_workers)
 
     def _open_logs(self, loop: Loop, resuming: bool) -> None:
-        from torch.utils.tensorboard import SummaryWriter
-
         if self.dist.is_main:
-            loop.writer = SummaryWriter(str(self.run_dir / "tb"), purge_step=loop.step if resuming else None)
+            loop.writer = Scalars.open(self.cfg.log, self.run_dir, self.spec, loop.step, resuming)
         loop.metrics = open(self.run_dir / "metrics.jsonl" if self.dist.is_main else os.devnull, "a")  # noqa: SIM115
         loop.progress, loop.task_id = self._progress_bar(loop.total, loop.step)
 
@@ -191,17 +200,20 @@ class Trainer:
     def _run(self) -> dict[str, Any]:
         resuming = self._check_can_start()
         torch.manual_seed(self.cfg.seed + self.dist.rank)
+        require(self.cfg.log)
         data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
+        total = self._total(data)
+        check_schedule(self.cfg, total)
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-        loop = self._setup(data, resuming)
+        loop = self._setup(data, resuming, total)
         cached = self._cache_guide(loop.pair, data["train"])
         batches = iter(self._loader(loop, cached))
         t0 = time.time()
         self._open_logs(loop, resuming)
         try:
             while loop.step < loop.total:
-                out = self._step(loop, to_device(next(batches), self.device))
+                out = self._step(loop, batches)
                 self._log_step(loop, out)
                 self._evaluate_and_save(loop)
                 if self.stop_after is not None and loop.step >= self.stop_after:
@@ -224,53 +236,72 @@ class Trainer:
         return Interrupted(f"interrupted at step {step}; {self.checkpoints.kept()}",
                            f"resume with: pairgraph train --resume {self.run_dir}")
 
-    def _step(self, loop: Loop, batch: list[Tensor]) -> PairOutput:
-        """One optimizer step on ``batch`` (x, y[, example numbers for the guide cache])."""
-        x, y, *index = batch
-        pair, opt, scaler, cfg = loop.pair, loop.opt, loop.scaler, self.cfg
-        with self._autocast():
-            out = pair(x, y, loop.step, index=index[0]) if index else pair(x, y, loop.step)
-        loss = out.loss
-        if not torch.isfinite(loss):
-            raise PairgraphError(
-                f"loss became {loss.item()} at step {loop.step + 1} (task {out.task_loss.item():.4g}, "
-                f"guidance {out.guidance_loss.item():.4g}); {self.checkpoints.kept()}",
-                "lower train.lr, set train.grad_clip, or use precision fp32",
-            )
+    def _step(self, loop: Loop, batches: Iterator[list[Tensor]]) -> PairOutput:
+        """One optimizer step over ``train.accumulate`` micro-batches (x, y[, example numbers for the guide
+        cache]), each loss divided by their number; returns their mean loss and parts (detached)."""
+        pair, opt, scaler, cfg, n = loop.pair, loop.opt, loop.scaler, self.cfg, self.cfg.accumulate
         opt.zero_grad(set_to_none=True)
+        outs = []
+        for i in range(n):
+            x, y, *index = to_device(next(batches), self.device)
+            with self._no_sync(loop, i < n - 1), self._autocast():
+                out = pair(x, y, loop.step, index=index[0]) if index else pair(x, y, loop.step)
+            self._check_finite(loop, out)
+            loss = out.loss / n
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            last = out.output.detach() if i == n - 1 else out.output.new_empty(0)  # keep one micro-batch's logits
+            outs.append(PairOutput(out.loss.detach(), out.task_loss.detach(), out.guidance_loss.detach(), last,
+                                   {k: v.detach() for k, v in out.terms.items()}, out.guided))
         if scaler is not None:
-            scaler.scale(loss).backward()
             scaler.unscale_(opt)
-        else:
-            loss.backward()
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(pair.target.parameters(), cfg.grad_clip)
+        loop.lr = opt.param_groups[0]["lr"]
         if scaler is not None:
             scaler.step(opt)
             scaler.update()
         else:
             opt.step()
+        loop.sched.step()
         loop.step += 1
-        return out
+        return outs[0] if n == 1 else _mean(outs)
+
+    @staticmethod
+    def _no_sync(loop: Loop, skip: bool) -> AbstractContextManager[Any]:
+        """Under torchrun, gradients are averaged over ranks once per optimizer step, at its last micro-batch."""
+        target = loop.pair.target
+        if skip and isinstance(target, torch.nn.parallel.DistributedDataParallel):
+            return target.no_sync()
+        return nullcontext()
+
+    def _check_finite(self, loop: Loop, out: PairOutput) -> None:
+        if not torch.isfinite(out.loss):
+            raise PairgraphError(
+                f"loss became {out.loss.item()} at step {loop.step + 1} (task {out.task_loss.item():.4g}, "
+                f"guidance {out.guidance_loss.item():.4g}); {self.checkpoints.kept()}",
+                "lower train.lr, set train.grad_clip, or use precision fp32",
+            )
 
     def _log_step(self, loop: Loop, out: PairOutput) -> None:
         task_loss = distributed.mean_over_ranks(out.task_loss.item())  # the global batch's mean
         rec = {"step": loop.step, "loss": task_loss + out.loss.item() - out.task_loss.item(), "task_loss": task_loss,
-               "guidance_loss": out.guidance_loss.item(), "guided": out.guided,
+               "guidance_loss": out.guidance_loss.item(), "guided": out.guided, "lr": loop.lr,
                "terms": {k: v.item() for k, v in out.terms.items()}}
         loop.metrics.write(json.dumps(rec) + "\n")
         loop.last = rec
         if loop.writer is not None:
-            loop.writer.add_scalar("train/loss", rec["loss"], loop.step)
-            loop.writer.add_scalar("train/task_loss", rec["task_loss"], loop.step)
+            scalars = {"train/loss": rec["loss"], "train/task_loss": rec["task_loss"]}
             if out.guided:
-                loop.writer.add_scalar("train/guidance_loss", rec["guidance_loss"], loop.step)
+                scalars["train/guidance_loss"] = rec["guidance_loss"]
+            scalars["train/lr"] = rec["lr"]
+            loop.writer.add({**scalars, **{f"terms/{k}": v for k, v in rec["terms"].items()}}, loop.step)
         if loop.progress is not None:
             loop.progress.update(loop.task_id, advance=1, loss=rec["task_loss"], dis=rec["guidance_loss"])
 
     def _resume_state(self, loop: Loop) -> dict[str, Any]:
         return {"optimizer": loop.opt.state_dict(), "scaler": loop.scaler.state_dict() if loop.scaler else None,
-                "state": json.dumps(loop.state), "guide_calls": loop.pair.guide_calls}
+                "state": json.dumps(loop.state), "guide_calls": loop.pair.guide_calls,
+                "scheduler": loop.sched.state_dict()}
 
     def _evaluate_and_save(self, loop: Loop) -> None:
         """Rank 0 evaluates every ``eval_every`` steps and checkpoints; other ranks carry on."""
@@ -280,8 +311,7 @@ class Trainer:
         if step % cfg.eval_every == 0 or step == loop.total:
             val = self.evaluate(self.model, loop.data["val"], batches=cfg.eval_batches)
             loop.metrics.write(json.dumps({"step": step, "split": "val", **val}) + "\n")
-            for k, v in val.items():
-                loop.writer.add_scalar(f"val/{k}", v, step)
+            loop.writer.add({f"val/{k}": v for k, v in val.items()}, step)
             if val["loss"] < loop.state["best_val_loss"]:
                 loop.state.update(best_val_loss=val["loss"], best_step=step, best_val=val)
                 self.checkpoints.save("best", self.model, step)
@@ -347,3 +377,13 @@ class Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _mean(outs: list[PairOutput]) -> PairOutput:
+    """An optimizer step's losses: the mean over its micro-batches (each entered the gradient as loss / N)."""
+    def avg(parts: list[Tensor]) -> Tensor:
+        return torch.stack(parts).mean()
+
+    return PairOutput(avg([o.loss for o in outs]), avg([o.task_loss for o in outs]),
+                      avg([o.guidance_loss for o in outs]), outs[-1].output,
+                      {k: avg([o.terms[k] for o in outs]) for k in outs[0].terms}, outs[0].guided)
