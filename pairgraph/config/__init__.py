@@ -1,6 +1,7 @@
 """L1 — the spec language: YAML read with line numbers and duplicate keys refused, the pydantic
 ``PairSpec``, and the registries its names are checked against (without importing implementations)."""
 
+from pairgraph.config.loading import apply_overrides, as_spec, load_spec, parse_spec
 from pairgraph.config.names import MAPPERS, MEASURES, MODEL_SOURCES, MODELS, OPTIMIZERS, TASKS, resolve_model
 from pairgraph.config.spec import (
     PRETRAINED,
@@ -10,11 +11,7 @@ from pairgraph.config.spec import (
     LayerSelection,
     PairSpec,
     TrainSpec,
-    apply_overrides,
-    as_spec,
     json_schema,
-    load_spec,
-    parse_spec,
     with_defaults,
 )
 from pairgraph.config.yaml_io import node_line, read_yaml
