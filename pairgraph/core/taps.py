@@ -112,6 +112,13 @@ def keyword_inputs(model: nn.Module, inputs: Mapping[str, str], mask_fn: Callabl
         mask = torch.ones_like(x, dtype=torch.long) if mask is None else mask.long()
         return cls.forward(self, **{name: x if source == "input" else mask for name, source in feeds.items()})
 
+    return _with_forward(model, forward)
+
+
+def _with_forward(model: nn.Module, forward: Callable[..., Any]) -> nn.Module:
+    """``model`` as an instance of a subclass of its class (same name, module and qualified name, so the
+    tracing policy and state dict keys are unchanged) whose forward is ``forward``."""
+    cls = type(model)
     model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
                                                  "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
     return model
@@ -125,9 +132,7 @@ def transformed_input(model: nn.Module, transform: Callable[[Tensor], Tensor]) -
     def forward(self: nn.Module, x: Tensor) -> Any:
         return cls.forward(self, transform(x))
 
-    model.__class__ = type(cls.__name__, (cls,), {"forward": forward, "__module__": cls.__module__,
-                                                 "__qualname__": cls.__qualname__, "__doc__": cls.__doc__})
-    return model
+    return _with_forward(model, forward)
 
 
 def select_logits(value: Any, key: str | int | None = None) -> Tensor:
