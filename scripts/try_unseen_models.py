@@ -18,6 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 IMG = {"kind": "image_classification", "dataset": "cifar10", "num_classes": 10, "image_size": [32, 32]}
 TOK = {"kind": "copy_paste", "length": [2, 4], "size": 200}
 PAR = {"kind": "parity", "length": [4, 8], "size": 200}
+# a 2-layer decoder at a CPU size, for the Llama-like configs (Llama, Mistral, Qwen2)
+DECODER = {
+    "num_hidden_layers": 2,
+    "hidden_size": 32,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
+    "intermediate_size": 64,
+}
 cases = [
     ("timm:efficientnet_b0", {}, IMG),
     ("timm:mobilenetv3_small_100", {}, IMG),
@@ -34,13 +42,7 @@ cases = [
     ("timm:poolformer_s12", {}, IMG),
     (
         "hf:llama",
-        {
-            "num_hidden_layers": 2,
-            "hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 64,
-        },
+        DECODER,
         TOK,
     ),
     ("hf:distilbert", {"n_layers": 2, "dim": 32, "n_heads": 2, "hidden_dim": 64}, PAR),
@@ -57,24 +59,12 @@ cases = [
     ),
     (
         "hf:mistral",
-        {
-            "num_hidden_layers": 2,
-            "hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 64,
-        },
+        DECODER,
         TOK,
     ),
     (
         "hf:qwen2",
-        {
-            "num_hidden_layers": 2,
-            "hidden_size": 32,
-            "num_attention_heads": 2,
-            "num_key_value_heads": 2,
-            "intermediate_size": 64,
-        },
+        DECODER,
         TOK,
     ),
     ("hf:gpt_neo", {"num_layers": 2, "hidden_size": 32, "num_heads": 2, "attention_types": [[["global"], 2]]}, TOK),
