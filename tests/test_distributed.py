@@ -20,8 +20,9 @@ from pairgraph.compiler.pipeline import import_generated
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny_spec(**train) -> dict:
+def tiny_spec(mode: str = "guidance", **train) -> dict:
     return {
+        "guidance": {"mode": mode, "projector_dim": 8},
         "name": "ddp",
         "task": {"kind": "copy_paste", "length": [2, 4], "size": 400},
         "guide": {"model": "transformer_decoder", "args": {"num_layers": 2, "d_model": 32, "nhead": 4},
@@ -58,13 +59,16 @@ def _worker(rank: int, world: int, port: int, pair_dir: str, out: str) -> None:
     res.loss.backward()
     if rank == 0:
         grads = {k: p.grad for k, p in pair.target.module.named_parameters()}
+        if pair.projectors is not None:  # outside DDP: every rank computes the global loss, so they agree
+            grads.update({f"projectors.{k}": p.grad for k, p in pair.projectors.named_parameters()})
         torch.save({"guidance": res.guidance_loss.detach(), "terms": {k: v.detach() for k, v in res.terms.items()},
                     "grads": grads}, out)
     dist.destroy_process_group()
 
 
-def test_distributed_step_equals_single_process_on_global_batch(tmp_path):
-    cp = pairgraph.compile(tiny_spec(), tmp_path / "pair", render=False)
+@pytest.mark.parametrize("mode", ["guidance", "fitnets"])
+def test_distributed_step_equals_single_process_on_global_batch(mode, tmp_path):
+    cp = pairgraph.compile(tiny_spec(mode), tmp_path / "pair", render=False)
     out = tmp_path / "rank0.pt"
     mp.start_processes(_worker, args=(2, _free_port(), str(tmp_path / "pair"), str(out)), nprocs=2,
                        start_method="spawn")
@@ -76,7 +80,11 @@ def test_distributed_step_equals_single_process_on_global_batch(tmp_path):
     torch.testing.assert_close(ddp["guidance"], res.guidance_loss.detach(), atol=1e-5, rtol=1e-5)
     for k, v in res.terms.items():
         torch.testing.assert_close(ddp["terms"][k], v.detach(), atol=1e-5, rtol=1e-5)
-    for k, p in pair.target.named_parameters():
+    params = dict(pair.target.named_parameters())
+    if pair.projectors is not None:
+        params.update({f"projectors.{k}": p for k, p in pair.projectors.named_parameters()})
+    assert set(ddp["grads"]) == set(params)
+    for k, p in params.items():
         torch.testing.assert_close(ddp["grads"][k], p.grad, atol=1e-5, rtol=1e-4)
 
 

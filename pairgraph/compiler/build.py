@@ -13,7 +13,9 @@ from torch import nn
 from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PRETRAINED
 from pairgraph.core.loss import GuidedPair
+from pairgraph.core.projection import KINDS, Projectors
 from pairgraph.core.taps import keyword_inputs, transformed_input
+from pairgraph.core.trace import preserved_state
 from pairgraph.core.weights import load_weights
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
@@ -96,9 +98,10 @@ def assemble(
         load_weights(guide_root, weights)
     target_root = build_root(spec, "target", task, device)
     g, s = spec["guidance"], spec["similarity"]
+    guide, target = guide_cls(guide_root), target_cls(target_root)
     return GuidedPair(
-        guide_cls(guide_root),
-        target_cls(target_root),
+        guide,
+        target,
         pairs,
         task_loss=task.loss,
         measure=s["measure"],
@@ -116,4 +119,20 @@ def assemble(
         schedule_steps=g.get("schedule_steps"),
         balance=g.get("balance", "none"),
         balance_parameter=g.get("balance_parameter"),
+        projectors=projectors(spec, guide, target, pairs, task, device) if g["mode"] in KINDS else None,
     )
+
+
+def projectors(spec: dict[str, Any], guide: nn.Module, target: nn.Module, pairs: Sequence[tuple[str, str, float]],
+               task: Any, device: str | torch.device) -> Projectors:
+    """The fitnets / repa projectors of a pair, sized from one example forward of both networks (which
+    changes neither: :func:`~pairgraph.core.trace.preserved_state`) and seeded from ``train.seed``."""
+    example = task.example_input(2, device=device)
+    with preserved_state(guide), preserved_state(target):
+        guide.eval()
+        target.eval()
+        guide_taps, target_taps = guide(example)[1], target(example)[1]
+    g = spec["guidance"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(spec["train"]["seed"]) + 2)
+        return Projectors(g["mode"], pairs, guide_taps, target_taps, g.get("projector_dim", 2048)).to(device)

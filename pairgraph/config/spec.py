@@ -81,10 +81,15 @@ class InputTransform(_Strict):
 
     resize: tuple[int, int] | None = Field(
         default=None, description="Resize the batch to (H, W) (bilinear, antialiased); the model is built for "
-        "that size. Example: resize: [224, 224].")
+        "that size. One number is a square. Example: resize: [224, 224] or resize: 224.")
     normalize: Normalization | None = Field(
         default=None, description="Normalize with this mean/std instead of the task's (pairgraph undoes the task's "
         "first). Example: normalize: {mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225]}.")
+
+    @field_validator("resize", mode="before")
+    @classmethod
+    def _square(cls, v: Any) -> Any:
+        return (v, v) if isinstance(v, int) and not isinstance(v, bool) else v
 
 
 class NetworkSpec(_Strict):
@@ -195,9 +200,12 @@ class SimilaritySpec(_Strict):
 
 
 class GuidanceSpec(_Strict):
-    mode: Literal["guidance", "baseline", "distill"] = Field(
-        default="guidance", description="guidance (CKA alignment), baseline (no guide), distill (logit distillation)."
-    )
+    mode: Literal["guidance", "baseline", "distill", "fitnets", "repa"] = Field(
+        default="guidance", description="guidance (CKA alignment, the paper), baseline (no guide), distill (logit "
+        "distillation), fitnets (a learned linear / 1×1 projector from each mapped target tap to its guide tap, "
+        "MSE; FitNets' hints), repa (an MLP projector, 1 − cosine per token; REPA). The projectors train with "
+        "the target and are saved beside it, never in its weights. Example: mode: repa, projector_dim: 512.")
+    projector_dim: int = Field(default=2048, ge=1, description="Hidden width of repa's MLP projector (REPA: 2048).")
     weight: float = Field(default=1.0, ge=0, description="Weight of the summed alignment loss (the paper uses 1).")
     until_step: int | None = Field(default=None, ge=0, description="Guide only for the first N steps (paper §5.5), then task loss alone.")
     reduce: Literal["sum", "mean"] = Field(
@@ -231,7 +239,8 @@ class GuidanceSpec(_Strict):
         default=False,
         description="Run the frozen guide once over the training set and keep its taps (rows, or the N×N gram "
         "of wide taps) instead of running it every step. Exact; needs mode guidance, guide_input same, "
-        "guide_bn eval, no augmentation and flatten sequences. Costs 4·N·Σ min(d, N) bytes (docs/performance.md).",
+        "guide_bn eval, no augmentation and flatten sequences; the other modes ignore it. Costs 4·N·Σ min(d, N) "
+        "bytes (docs/performance.md).",
     )
     cache_max_gb: float = Field(default=4.0, gt=0, description="Refuse a guide cache larger than this (GiB).")
 

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pairgraph.core.cache import GuideCache
 from pairgraph.core.distributed import gather_batch
+from pairgraph.core.projection import Projectors
 from pairgraph.core.similarity import get_measure
 from pairgraph.core.taps import split_call
 from pairgraph.errors import PairgraphError
@@ -80,7 +81,9 @@ class GuidedPair(nn.Module):
     """Target + frozen guide: ``forward(x, y, step)`` → :class:`PairOutput`.
 
     mode ``guidance``: task + weight·Σ(1 − M) (``reduce="mean"``: the weighted mean of the terms);
-    ``baseline``: task only (guide never called); ``distill``: task + weight·logit distillation. With
+    ``baseline``: task only (guide never called); ``distill``: task + weight·logit distillation;
+    ``fitnets``/``repa``: task + weight·Σ (projector loss), with ``projectors`` (one per pair, trained with
+    the target: :meth:`trained_parameters`; :mod:`pairgraph.core.projection`). With
     ``until_step`` the guide is called only while ``step < until_step``; a ``schedule`` (linear or cosine)
     decays the weight to 0 at ``schedule_steps``; ``balance="grad_norm"`` scales the alignment term by the
     ratio of the task's to its gradient norm on ``balance_parameter`` (:meth:`balance_scale`);
@@ -111,8 +114,13 @@ class GuidedPair(nn.Module):
         schedule_steps: int | None = None,
         balance: str = "none",
         balance_parameter: str | None = None,
+        projectors: Projectors | None = None,
     ):
         super().__init__()
+        if (projectors is not None) != (mode in ("fitnets", "repa")):
+            raise PairgraphError(f"mode {mode!r} {'needs' if projectors is None else 'takes no'} projectors",
+                                 "build the pair from a spec (pairgraph.compiler.build.assemble)")
+        self.projectors = projectors
         self.target = target
         self.guide = guide
         self.pairs = [(g, t, float(w)) for g, t, w in pairs]
@@ -133,6 +141,8 @@ class GuidedPair(nn.Module):
     def train(self, mode: bool = True) -> GuidedPair:
         self.training = mode
         self.target.train(mode)
+        if self.projectors is not None:
+            self.projectors.train(mode)
         self.guide.eval()  # the guide is never updated: running stats stay as they are
         if self.guide_bn == "batch":
             for m in self.guide.modules():
@@ -140,6 +150,11 @@ class GuidedPair(nn.Module):
                     m.train()
                     m.track_running_stats = False  # batch statistics, running buffers untouched
         return self
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer updates: the target's parameters and the projectors' (fitnets, repa)."""
+        extra = list(self.projectors.parameters()) if self.projectors is not None else []
+        return [p for p in self.target.parameters() if p.requires_grad] + extra
 
     def guiding(self, step: int | None) -> bool:
         if self.mode == "baseline" or (self.schedule != "constant" and self.weight_at(step) == 0):
@@ -223,13 +238,22 @@ class GuidedPair(nn.Module):
         if self.mode == "distill":
             d = distill_loss(out, g_out, self.temperature, mask)
             return PairOutput(task + self.weight_at(step) * d, task, d, out, {"distill": d}, True)
-        if self.global_batch:  # data-parallel: CKA over the global batch, not each rank's shard
+        if self.global_batch:  # data-parallel: the alignment over the global batch, not each rank's shard
+            # (every rank then computes the same projector loss, so projector gradients agree across ranks)
             # collectives must run in the same order on every rank: ordered, not set (hash-randomised)
             guide_taps = {g: gather_batch(guide_taps[g]) for g in dict.fromkeys(p[0] for p in self.pairs)}
             target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
             mask = gather_batch(mask) if mask is not None else None
-        terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
-                                guide_states=self.guide_cache.states(index) if cached else None)
+        if self.projectors is not None:
+            values = self.projectors.terms(guide_taps, target_taps, mask)
+            terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
+        else:
+            terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
+                                    guide_states=self.guide_cache.states(index) if cached else None)
+        return self._combine(task, terms, step, out)
+
+    def _combine(self, task: Tensor, terms: dict[str, Tensor], step: int | None, out: Tensor) -> PairOutput:
+        """task + weight(step)·(Σ or mean of w·term), the weight scaled by grad_norm balancing when asked."""
         align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
         if self.reduce == "mean":
             align = align / sum(w for _, _, w in self.pairs)

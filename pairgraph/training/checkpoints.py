@@ -2,7 +2,8 @@
 
 ``last_state.pt`` holds the step, optimizer, scaler, RNG state, the trainer's bookkeeping and the
 target's weights in one file, so one rename commits a whole checkpoint: a kill between two writes
-cannot mix two steps. It is read with ``torch.load(weights_only=True)``: code is never unpickled.
+cannot mix two steps. A pair with projectors (guidance.mode fitnets / repa) keeps them beside the target,
+never inside its weights: ``<tag>.projectors.safetensors`` and a ``projectors`` entry of the resume state. It is read with ``torch.load(weights_only=True)``: code is never unpickled.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ class Checkpoints:
         self.run_dir = run_dir
         self.dir = run_dir / "checkpoints"
         self.last_saved: int | None = None
+        self.projectors: nn.Module | None = None  # trained with the target, saved beside it
 
     @property
     def resumable(self) -> bool:
@@ -50,7 +52,11 @@ class Checkpoints:
                                  "lower train.lr, set train.grad_clip, or use precision fp32")
         self.dir.mkdir(parents=True, exist_ok=True)
         save_weights(self.dir / f"{tag}.safetensors", model)
+        if self.projectors is not None:
+            save_weights(self.dir / f"{tag}.projectors.safetensors", self.projectors)
         if resume is not None:
+            if self.projectors is not None:
+                resume = {**resume, "projectors": {k: v.detach().cpu() for k, v in self.projectors.state_dict().items()}}
             rng = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -76,6 +82,11 @@ class Checkpoints:
             model.load_state_dict(st["target"])
         else:  # written before the weights were kept in last_state.pt
             load_weights(model, wpath, "target")
+        if self.projectors is not None:
+            if "projectors" not in st:
+                raise PairgraphError(f"{spath} holds no projectors, but this run trains some",
+                                     "resume with the spec the run was started with")
+            self.projectors.load_state_dict(st["projectors"])
         torch.set_rng_state(st["rng"]["cpu"])
         if "cuda" in st["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])

@@ -145,7 +145,8 @@ class Trainer:
         guide_weights = self._guide_weights()
         pair = self.compiled.build(self.device, guide_weights=guide_weights)
         self.model = pair.target
-        opt = make_optimizer(cfg, [p for p in pair.target.parameters() if p.requires_grad])
+        self.checkpoints.projectors = pair.projectors
+        opt = make_optimizer(cfg, pair.trained_parameters())
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         loop = Loop(pair, opt, scaler, data, total=total, sched=make_scheduler(cfg, opt, total))
         if resuming:
@@ -255,7 +256,7 @@ class Trainer:
         if scaler is not None:
             scaler.unscale_(opt)
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(pair.target.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(pair.trained_parameters(), cfg.grad_clip)
         loop.lr = opt.param_groups[0]["lr"]
         if scaler is not None:
             scaler.step(opt)
@@ -373,10 +374,18 @@ class Trainer:
             "best_step": state["best_step"], "best_val_loss": state["best_val_loss"], "val": state["best_val"],
             "test": test, "primary_metric": self.task.primary_metric, "guide_calls": loop.pair.guide_calls,
             "wall_seconds_this_session": round(wall, 2), "device": str(self.device),
-            "processes": self.dist.world,
+            "processes": self.dist.world, **_parameter_counts(loop.pair),
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _parameter_counts(pair: GuidedPair) -> dict[str, int]:
+    """The target's parameter count, and its projectors' apart (they are not part of the target)."""
+    counts = {"target_parameters": sum(p.numel() for p in pair.target.parameters())}
+    if pair.projectors is not None:
+        counts["projector_parameters"] = pair.projectors.num_parameters()
+    return counts
 
 
 def _mean(outs: list[PairOutput]) -> PairOutput:
