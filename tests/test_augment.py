@@ -91,3 +91,11 @@ def test_input_views_are_refused_where_they_make_no_sense(tmp_path):
                           tmp_path / "a", render=False, notify=None)
     with pytest.raises(pairgraph.PairgraphError, match="input.normalize has 1 channels but the task's images have 3"):
         _image_pair(tmp_path / "b", input={"normalize": {"mean": [0.5], "std": [0.5]}})
+
+
+def test_one_number_resizes_to_a_square():
+    from pairgraph.config.spec import InputTransform
+
+    assert InputTransform(resize=64).resize == (64, 64) and InputTransform(resize=[48, 40]).resize == (48, 40)
+    with pytest.raises(ValueError, match="resize"):
+        InputTransform(resize=True)

@@ -354,7 +354,7 @@ def test_an_arm_without_a_paper_number_is_compared_with_the_arm_it_varies(tmp_pa
                                                                      {"name": "depth", "lr_from": "untrained"}])))
     view = CellView(study.cells[0], {}, {}, "accuracy", True)
     stats = {"baseline": (14.0, 1.0, 2), "untrained": (40.0, 3.0, 2), "depth": (36.0, 4.0, 2)}
-    monkeypatch.setattr(CellView, "stat", lambda self, key: stats.get(key))
+    monkeypatch.setattr(CellView, "stat", lambda self, key, seeds=None: stats.get(key))
     assert view.agreement("depth") == "n/a (no paper number); vs untrained: Δ -4.00 ± 5.00 (0.8 s.e.)"
     assert view.agreement("untrained").startswith("yes: Δ +26.00")
     stats["untrained"] = (15.5, 0.5, 2)  # Δ 1.5 ± 1.1: 1.3 s.e. is no direction either way
@@ -373,7 +373,7 @@ def test_a_paper_difference_inside_its_own_error_bars_is_not_called_a_direction(
     study = load_study(write(tmp_path / "s.yaml", data))
     view = CellView(study.cells[0], {}, {}, "accuracy", True)
     stats = {"baseline": (33.3, 1.28, 3), "untrained": (28.2, 0.09, 3), "trained": (27.4, 1.11, 3)}
-    monkeypatch.setattr(CellView, "stat", lambda self, key: stats.get(key))
+    monkeypatch.setattr(CellView, "stat", lambda self, key, seeds=None: stats.get(key))
     assert view.agreement("untrained") == ("same sign, but the paper's Δ is under 2 s.e.: Δ -5.10 ± 1.28 "
                                            "(4.0 s.e.) vs paper Δ -1.85 ± 2.96 (0.6 s.e.)")
     assert view.agreement("trained") == "no: Δ -5.90 ± 1.69 (3.5 s.e.) vs paper Δ +8.89"
@@ -483,3 +483,82 @@ def test_runs_stored_before_a_field_was_added_are_not_stale():
     old = {**spec, "train": {k: v for k, v in spec["train"].items() if k != "eval_batches"}}
     assert with_defaults(old) == spec
     assert with_defaults({**old, "bogus": 1}) == {**old, "bogus": 1}  # no longer valid: kept as it was
+
+
+def test_pooled_sd_closeness_and_the_papers_checkpoint_rule():
+    from pairgraph.study.stats import is_close, paper_rule, pooled_sd
+
+    assert pooled_sd([1.0, 3.0], [2.0, 4.0]) == pytest.approx(2 ** 0.5)
+    assert is_close([1.0, 3.0], [2.0, 4.0], 3) and not is_close([10.0, 12.0], [2.0, 4.0], 3)
+    assert is_close([1.0], [2.0], 3) is None  # one value each: no spread to compare with
+    # seed-averaged validation loss is lowest at step 20, though seed 0 alone is best at step 10
+    curves = [{10: (0.5, 70.0), 20: (0.6, 72.0), 30: (0.9, 60.0)},
+              {10: (1.2, 50.0), 20: (0.7, 66.0), 30: (0.8, 64.0), 40: (0.1, 99.0)}]
+    assert paper_rule(curves) == (20, [72.0, 66.0])
+
+
+def test_a_verdict_that_changes_with_the_close_seeds_says_so(tmp_path, monkeypatch):
+    from pairgraph.study import CellView
+
+    write(tmp_path / "tiny.yaml", tiny_spec())
+    monkeypatch.chdir(tmp_path)
+    study = load_study(write(tmp_path / "s.yaml", tiny_study(close_seeds=[2, 3])))
+    view = CellView(study.cells[0], {}, {}, "accuracy", True, (0, 1))
+    runs = {"baseline": {0: 14.0, 1: 16.0}, "untrained": {0: 40.0, 1: 44.0}}
+    monkeypatch.setattr(CellView, "values", lambda self, arm, seeds=None: [
+        v for s, v in runs.get(arm, {}).items() if seeds is None or s in seeds])
+    assert view.agreement("untrained").startswith("yes: Δ +27.00")  # 27 / 2.2 pooled s.d.: not close
+    # close on seeds 0–1 (Δ 2, 0.6 s.e.); with seeds 2–3 added to both a resolved yes (Δ 3, 2.1 s.e.)
+    runs.update(baseline={0: 14.0, 1: 16.0, 2: 15.0, 3: 15.0}, untrained={0: 14.0, 1: 20.0, 2: 19.0, 3: 19.0})
+    assert view.close("untrained")
+    text = view.agreement("untrained")
+    assert text.startswith("yes: Δ +3.00") and text.endswith('changed with 4 seeds: on 2 it read "not resolved '
+                                                             '(under 2 s.e.)"')
+    runs["untrained"] = {0: 15.0, 1: 19.0}
+    runs["baseline"] = {0: 14.0, 1: 16.0}
+    assert view.agreement("untrained").endswith("close (|Δ| < 3 pooled s.d.): rests on 2 seeds, wants 5")
+
+
+@pytest.fixture
+def study_copy(done, tmp_path, monkeypatch):
+    """A private copy of the trained tiny study (its results may change)."""
+    root = tmp_path / "copy"
+    shutil.copytree(done[0], root, ignore=shutil.ignore_patterns("runs"))
+    monkeypatch.chdir(root)
+    monkeypatch.setenv("PAIRGRAPH_CACHE", str(root / "cache"))
+    return root
+
+
+@pytest.mark.parametrize(("below", "more"), [(1e-9, False), (1e9, True)])
+def test_close_seeds_go_to_a_close_arm_and_its_baseline_only(study_copy, monkeypatch, below, more):
+    sfile = write(study_copy / "c.yaml", {**tiny_study(), "close_seeds": [2], "close_below": below})
+    ready = {p.arm.name: p.ready() for p in plan_study(sfile)}
+    assert all((("seeds", 3e-3, 2) in r or ("seeds", 1e-3, 2) in r) == more for r in ready.values())
+    calls = count_training(monkeypatch)
+    run_study(sfile, echo=lambda m: None)
+    assert len(calls) == (2 if more else 0)
+    text = report(sfile, study_copy / "docs" / "c.md").read_text()
+    assert ("| 3/3 |" in text) == more and ("close (|Δ| < 1e+09 pooled s.d.)" in text) is False
+
+
+def test_a_repeat_arm_reruns_its_sources_seeds_on_its_own_thread_count(study_copy, monkeypatch):
+    arms = ["baseline", "untrained", {"name": "baseline_t2", "repeat": "baseline", "threads": 2}]
+    sfile = write(study_copy / "r.yaml", tiny_study(arms=arms))
+    (plan,) = [p for p in plan_study(sfile) if p.arm.name == "baseline_t2"]
+    base = [p for p in plan_study(sfile) if p.arm.name == "baseline"][0]
+    assert plan.sweep() == [] and plan.chosen() == base.chosen()
+    assert [j.phase for j in (plan.job(*r) for r in plan.ready())] == ["seeds", "seeds"]
+    seen: list[int] = []
+    monkeypatch.setattr(execute_mod, "train_job", lambda job, real=execute_mod.train_job: (
+        seen.append(torch.get_num_threads()), real(job))[1])
+    run_study(sfile, echo=lambda m: None)
+    assert seen == [2, 2] and torch.get_num_threads() == 1  # the arm's threads, then the process's again
+    out = study_copy / "results" / "tiny_study" / "cp" / "baseline_t2"
+    for s in (0, 1):
+        d = out / f"lr{base.chosen():g}-s{s}"
+        assert json.loads((d / "env.json").read_text())["threads"] == 2
+        assert json.loads((d / "study.json").read_text())["threads"] == 2
+        assert (d / "spec.yaml").read_text() == (out.parent / "baseline" / d.name / "spec.yaml").read_text()
+    text = report(sfile, study_copy / "docs" / "r.md").read_text()
+    row = next(ln for ln in text.splitlines() if ln.startswith("| cp | baseline | 0, 1 | 1 → 2 |"))
+    assert row.count("|") == 10

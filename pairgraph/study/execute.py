@@ -4,6 +4,7 @@ in this process or in several worker processes."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import multiprocessing
@@ -13,7 +14,7 @@ import shutil
 import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,8 +117,11 @@ def execute_job(job: Job) -> dict[str, Any]:
     t0 = time.time()
     record = {"study": job.study, "cell": job.cell, "arm": job.arm, "phase": job.phase, "lr": job.lr,
               "seed": job.seed}
+    if job.threads is not None:
+        record["threads"] = job.threads
     try:
-        run_dir, spec, resumed = train_job(job)
+        with _threads(job.threads):
+            run_dir, spec, resumed = train_job(job)
     except PairgraphError as e:
         if _diverged(e):
             spec = load_spec(job.spec, list(job.overrides))
@@ -131,6 +135,18 @@ def execute_job(job: Job) -> dict[str, Any]:
     wall = time.time() - t0
     _store(job, run_dir, spec, {**record, "wall_seconds": round(wall, 2), "resumed": resumed})
     return {"status": "done", "summary": read_json(Path(job.out) / "summary.json") or {}, "wall": wall}
+
+
+@contextlib.contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    """Run with ``n`` torch threads (an arm's ``threads``), then as before."""
+    before = torch.get_num_threads()
+    if n is not None:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _init_worker(threads: int) -> None:
@@ -192,9 +208,10 @@ class _Scheduler:
             self.outcome.chosen[f"{job.cell}/{job.arm}"] = lr
             self.echo(f"{job.cell}/{job.arm}: sweep complete, chose lr={lr_tag(lr)}" if lr is not None
                       else f"{job.cell}/{job.arm}: every lr of the sweep diverged; no seeds to run")
-        self.enqueue(p)
-        for q in self.plans:  # arms that take this arm's chosen lr can start once its sweep is complete
-            if q.cell.name == p.cell.name and q.arm.lr_from == p.arm.name:
+        # the cell's other arms: those taking this arm's lr can start once its sweep is complete, and a
+        # finished seed can make a verdict close, which adds the study's close_seeds to an arm and its baseline
+        for q in self.plans:
+            if q.cell.name == p.cell.name:
                 self.enqueue(q)
 
     def _report(self, job: Job, res: dict[str, Any]) -> None:

@@ -52,7 +52,7 @@ def _arm_settings(view: CellView, arm: Arm) -> dict[str, Any]:
         return _settings(stored)
     data = json.loads(json.dumps(view.base_spec)) if view.base_spec else {}
     try:
-        apply_overrides(data, arm.all_overrides())
+        apply_overrides(data, view.cell.overrides_of(arm))
     except PairgraphError:
         pass
     return _settings(data)
@@ -183,7 +183,7 @@ def _error_consistency(view: CellView, seed: int) -> tuple[list[str], Any, list[
     sources: list[tuple[str, Path]] = []
     for name, ar in view.arms.items():
         run = next((r for r in ar.seeds if r.seed == seed), None)
-        if run is None:
+        if run is None or ar.arm.repeat is not None:
             continue
         if (run.path / "test_predictions.json").is_file():
             sources.append((name, run.path / "test_predictions.json"))
@@ -213,7 +213,8 @@ def _error_consistency(view: CellView, seed: int) -> tuple[list[str], Any, list[
 def cell_figures(study: Study, v: CellView, fig_dir: Path, figs: FigureIndex, link: Callable[[Path], str]) -> list[str]:
     """Draw a cell's figures under ``fig_dir``, note them in ``figs``; returns the markdown that shows them."""
     name = v.cell.name
-    ran = [(a.name, v.arms[a.name]) for a in v.cell.arms if v.arms[a.name].seeds]
+    # a repeat arm reruns another's seeds (a numerics probe, the Noise floor section): not drawn beside it
+    ran = [(a.name, v.arms[a.name]) for a in v.cell.arms if v.arms[a.name].seeds and a.repeat is None]
     if not ran:
         for kind, _ in FIG_KINDS:
             figs.miss(kind, name, "no arm run")
@@ -247,7 +248,7 @@ def _curve_figures(v: CellView, ran: list[tuple[str, ArmResult]], data: dict[str
         plot_runs([r.path for a, _ in ran for r in v.arms[a].seeds if a in data], path)
         figs.add("curves", name, link(path))
         md += [f"![{name}: loss curves]({link(path)})", ""]
-        missing_arms = [a.name for a in v.cell.arms if not v.arms[a.name].seeds]
+        missing_arms = [a.name for a in v.cell.arms if not v.arms[a.name].seeds and a.repeat is None]
         if missing_arms:
             md += ["Not in the figures (not run): " + ", ".join(missing_arms) + ".", ""]
     guided = [(a, d) for a, d in data.items() if any(r.guidance_terms() for r in d)]

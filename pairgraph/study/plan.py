@@ -18,6 +18,7 @@ from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, load_study, lr_tag, run_folder, yaml_float
+from pairgraph.study.stats import is_close
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,7 @@ class Job:
     runs_dir: str
     out: str
     guide_key: str | None = None
+    threads: int | None = None  # torch threads for this run (the arm's ``threads``); None: the process's
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -47,14 +49,14 @@ class Job:
 def chosen_lr(arm: Arm, sweep: Mapping[float, float | None], source: Callable[[], float | None]) -> float | None:
     """The lr at which the protocol trains an arm's seeds — the one implementation of that choice.
 
-    A pinned ``lr``; else the choice of the ``lr_from`` arm (``source()``); else, once every run of
+    A pinned ``lr``; else the choice of the ``lr_from`` or ``repeat`` arm (``source()``); else, once every run of
     the sweep has finished or diverged, the lr whose run has the lowest best-validation loss (ties:
     the smaller lr; None when every lr diverged). ``sweep`` maps each lr of the arm's sweep to its
     run's best validation loss (``math.inf`` when it diverged, None while it has not run).
     """
     if arm.lr is not None:
         return float(arm.lr)
-    if arm.lr_from is not None:
+    if arm.source is not None:
         return source()
     if any(v is None for v in sweep.values()):
         return None
@@ -87,11 +89,10 @@ class ArmState:
         return self.study.sweep_lrs(self.cell, self.arm)
 
     def source(self) -> ArmState | None:
-        """The state of the arm whose chosen lr this arm takes (``lr_from``)."""
-        if self.arm.lr_from is None:
+        """The state of the arm whose chosen lr this arm takes (``lr_from`` or ``repeat``)."""
+        if self.arm.source is None:
             return None
-        src = next(a for a in self.cell.arms if a.name == self.arm.lr_from)
-        return ArmState(self.study, self.cell, src)
+        return ArmState(self.study, self.cell, self.cell.arm(self.arm.source))
 
     def sweep_scores(self) -> dict[float, float | None]:
         """Each lr of the sweep → its run's best validation loss (inf: diverged; None: not run yet)."""
@@ -113,7 +114,40 @@ class ArmState:
 
     def seed_runs(self, lr: float) -> list[tuple[float, int]]:
         swept = self.arm.swept
-        return [(lr, s) for s in self.study.seeds if not (swept and s == self.study.sweep_seed)]
+        return [(lr, s) for s in self.seeds() if not (swept and s == self.study.sweep_seed)]
+
+    def seeds(self) -> list[int]:
+        """The study's seeds, and its ``close_seeds`` once this arm's verdict is close (:meth:`wants_more`)."""
+        return [*self.study.seeds, *(self.study.close_seeds if self.wants_more() else [])]
+
+    def wants_more(self) -> bool:
+        """An arm wants ``close_seeds`` when its |Δ| from the cell's baseline over the study's seeds is under
+        ``close_below`` pooled s.d. (:func:`~pairgraph.study.stats.is_close`); the baseline wants them when
+        any arm of its cell does. Only arms with a verdict (a paper number) count. Repeats never do: they rerun their arm's seeds as they are."""
+        study, cell = self.study, self.cell
+        names = [a.name for a in cell.arms]
+        if not study.close_seeds or self.arm.repeat is not None or "baseline" not in names:
+            return False
+        base = ArmState(study, cell, cell.arm("baseline"))
+        if self.arm.name != "baseline":
+            return judged(cell, self.arm.name) and bool(is_close_to(self, base))
+        return any(is_close_to(ArmState(study, cell, a), base) for a in cell.arms
+                   if judged(cell, a.name) and a.repeat is None)
+
+    def test_values(self, seeds: list[int]) -> list[float] | None:
+        """The test metric of the seed runs at the chosen lr (None until all of them are done)."""
+        lr = self.chosen()
+        if lr is None:
+            return None
+        out = []
+        for s in seeds:
+            summary = read_json(self.out_dir / run_folder(lr, s) / "summary.json")
+            metric = self.cell.metric or (summary or {}).get("primary_metric")
+            value = ((summary or {}).get("test") or {}).get(metric)
+            if not isinstance(value, int | float):
+                return None
+            out.append(float(value))
+        return out
 
     def n_runs(self) -> int:
         return len(self.sweep_runs()) + len(self.seed_runs(0.0))
@@ -156,7 +190,7 @@ class ArmPlan(ArmState):
         return Job(self.study.name, self.cell.name, self.arm.name, float(lr), int(seed), phase, str(self.spec_file),
                    tuple(self.study.overrides_for(self.cell, self.arm, lr, seed)),
                    str(self.study.runs_path() / self.cell.name / self.arm.name),
-                   str(self.out_dir / run_folder(lr, seed)), guide_key)
+                   str(self.out_dir / run_folder(lr, seed)), guide_key, self.arm.threads)
 
     def check_stale(self) -> None:
         """Refuse results that were run with a different spec than the study now gives."""
@@ -176,6 +210,18 @@ class ArmPlan(ArmState):
                     f"{d} was run with a different spec than study {self.study.name!r} now gives ("
                     + "; ".join(diff[:3]) + (f"; {len(diff) - 3} more" if len(diff) > 3 else "") + ")",
                     "restore the study file, or move that results folder away to rerun it")
+
+
+def judged(cell: Cell, arm: str) -> bool:
+    """Does the report give this arm a verdict (the paper has a number for it and for the baseline)?"""
+    paper = cell.paper
+    return arm != "baseline" and paper is not None and None not in (paper.get(arm), paper.get("baseline"))
+
+
+def is_close_to(arm: ArmState, baseline: ArmState) -> bool | None:
+    """Is the arm's verdict close (:meth:`ArmState.wants_more`)? None until both have the study's seeds."""
+    a, b = arm.test_values(arm.study.seeds), baseline.test_values(arm.study.seeds)
+    return None if a is None or b is None else is_close(a, b, arm.study.close_below)
 
 
 def _select(study: Study, only: Iterable[str] | None) -> list[tuple[Cell, Arm]]:
@@ -237,13 +283,15 @@ def _plan_row(p: ArmPlan, chosen: float | None, left: int) -> str:
         marks = {"done": "✓", "diverged": "✗", "todo": ""}
         sweep_txt = " ".join(lr_tag(lr) + marks[p.state(lr, study.sweep_seed)] for lr in sweep)
     else:
-        sweep_txt = f"(lr of {p.arm.lr_from})" if p.arm.lr_from else "(pinned)"
-    seeds_done = sum(p.state(chosen, s) != "todo" for s in study.seeds) if chosen is not None else 0
+        sweep_txt = (f"(lr of {p.arm.lr_from})" if p.arm.lr_from else f"(repeats {p.arm.repeat})" if p.arm.repeat
+                     else "(pinned)")
+    seeds = p.seeds()
+    seeds_done = sum(p.state(chosen, s) != "todo" for s in seeds) if chosen is not None else 0
     steps = p.base.train.steps
     steps_txt = str(steps) if steps is not None else f"{p.base.train.epochs or 1}ep"
     return (f"{p.cell.name + '/' + p.arm.name:<34} {steps_txt:>6} {sweep_txt:<44} "
             f"{lr_tag(chosen) if chosen is not None else '—':>8} "
-            f"{f'{seeds_done}/{len(study.seeds)}':>6} {left:>5}")
+            f"{f'{seeds_done}/{len(seeds)}':>6} {left:>5}")
 
 
 def format_plan(plans: list[ArmPlan]) -> str:

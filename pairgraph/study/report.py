@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pairgraph.errors import PairgraphError
 from pairgraph.study.figures import FIG_KINDS, FigureIndex, cell_figures
+from pairgraph.study.noise import noise_section
 from pairgraph.study.results import RESOLVED, ArmResult, cell_views, collect
 from pairgraph.study.schema import Study, load_study, lr_tag
 from pairgraph.study.tables import (
@@ -48,6 +49,7 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
     md += ["## Headline", ""] + headline
     md += image_table([v for v in views if v.task_kind == "image_classification"])
     md += sequence_table([v for v in views if v.task_kind in ("copy_paste", "parity", "language_modeling")])
+    md += noise_section(views)
     md += ["## Cells", ""]
     for v in views:
         md += cell_section(study, v)
@@ -77,10 +79,13 @@ def _header(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[str
     md += [("**Protocol** (paper §4.3): for each cell and arm, train every learning rate of the sweep "
            f"({lrs_txt}; a cell may give its own) on seed {study.sweep_seed}, keep the lr with the lowest "
            f"best-validation loss, then train seeds {', '.join(map(str, study.seeds))} at it (the sweep's run is "
-           "reused as its seed). Each run is evaluated on the validation split every `eval_every` steps; its test "
+           "reused as its seed)" + (f", and seeds {', '.join(map(str, study.close_seeds))} too where an arm's "
+           f"|Δ| from the baseline is under {study.close_below:g} pooled standard deviations (and for that baseline)"
+           if study.close_seeds else "") + ". Each run is evaluated on the validation split every `eval_every` steps; its test "
            "metric is that of the checkpoint with the lowest validation loss. Tables show mean ± standard error "
            "(std with ddof = 1, / √n, n = seeds that finished). The paper instead picks the epoch with the lowest "
-           "seed-averaged validation loss; the per-run choice applies to every arm alike. Accuracies are in %. "
+           "seed-averaged validation loss; the per-run choice applies to every arm alike, and the Noise floor "
+           "section gives the verdicts under both rules. Accuracies are in %. "
            "An arm agrees with the paper when (arm − baseline) has the sign of the paper's; a difference under "
            f"{RESOLVED} standard errors (of the difference) is reported as *not resolved*, neither yes nor no. "
            "Where the paper gives standard errors and its own difference is under "

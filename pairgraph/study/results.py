@@ -12,9 +12,10 @@ from typing import Any
 from pairgraph.config import load_spec
 from pairgraph.errors import PairgraphError
 from pairgraph.study.formatting import higher_is_better, mean_se, num, scale, signed
-from pairgraph.study.plan import chosen_lr
+from pairgraph.study.plan import ArmState, chosen_lr, judged
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, lr_tag
+from pairgraph.study.stats import is_close
 from pairgraph.tasks import TASKS
 
 
@@ -83,7 +84,7 @@ def collect(study: Study) -> dict[tuple[str, str], ArmResult]:
     """Every (cell, arm) of the study as its results folder holds it: sweep, chosen lr, finished seeds."""
     out: dict[tuple[str, str], ArmResult] = {}
     for cell in study.cells:
-        for arm in sorted(cell.arms, key=lambda a: a.lr_from is not None):  # lr_from arms after their source
+        for arm in sorted(cell.arms, key=lambda a: a.source is not None):  # lr_from / repeat arms after their source
             out[(cell.name, arm.name)] = _arm_result(study, cell, arm, out)
     return out
 
@@ -95,17 +96,18 @@ def _arm_result(study: Study, cell: Cell, arm: Arm, done: dict[tuple[str, str], 
     lrs = study.sweep_lrs(cell, arm)
     sweep = {lr_tag(lr): by.get((lr_tag(lr), study.sweep_seed)) for lr in lrs}
     scores = {lr: None if r is None else best_val(r.summary) for lr, r in zip(lrs, sweep.values())}
-    chosen = chosen_lr(arm, scores, lambda: done[(cell.name, arm.lr_from)].chosen)
+    chosen = chosen_lr(arm, scores, lambda: done[(cell.name, arm.source)].chosen)
+    wanted = ArmState(study, cell, arm).seeds()
     seeds: list[StoredRun] = []
     div: list[int] = []
     if chosen is not None:
-        for s in study.seeds:
+        for s in wanted:
             r = by.get((lr_tag(chosen), s))
             if r is not None and r.done:
                 seeds.append(r)
             elif r is not None:
                 div.append(s)
-    return ArmResult(cell, arm, sweep, chosen, seeds, div, runs, len(study.seeds))
+    return ArmResult(cell, arm, sweep, chosen, seeds, div, runs, len(wanted))
 
 
 #: |Δ| / s.e. below which our direction is called unresolved
@@ -121,6 +123,8 @@ class CellView:
     base_spec: dict[str, Any]
     metric: str
     higher: bool
+    base_seeds: tuple[int, ...] = ()  # the study's seeds (its close_seeds come on top where a verdict is close)
+    close_below: float = 3.0
 
     @property
     def label(self) -> str:
@@ -136,12 +140,15 @@ class CellView:
     def target_label(self) -> str:
         return self.cell.target_label or str((self.base_spec.get("target") or {}).get("model", "target"))
 
-    def values(self, arm: str) -> list[float]:
+    def values(self, arm: str, seeds: tuple[int, ...] | None = None) -> list[float]:
+        """The arm's test metric over its finished seeds (only ``seeds`` when given)."""
         ar = self.arms.get(arm)
         if ar is None:
             return []
         out = []
         for r in ar.seeds:
+            if seeds is not None and r.seed not in seeds:
+                continue
             v = ((r.summary or {}).get("test") or {}).get(self.metric)
             if isinstance(v, int | float):
                 out.append(scale(self.metric, float(v)))
@@ -160,8 +167,9 @@ class CellView:
                 out.append(scale(self.metric, float(v)))
         return out
 
-    def stat(self, key: str) -> tuple[float, float | None, int] | None:
-        vals = self.guide_values() if key == "guide" else [] if key == "untrained_guide" else self.values(key)
+    def stat(self, key: str, seeds: tuple[int, ...] | None = None) -> tuple[float, float | None, int] | None:
+        vals = (self.guide_values() if key == "guide" else [] if key == "untrained_guide"
+                else self.values(key, seeds))
         if not vals:
             return None
         m, se = mean_se(vals)
@@ -169,21 +177,48 @@ class CellView:
 
     def _versus_source(self, arm: str) -> str:
         """``; vs <source>: Δ …`` for an arm that varies another (``lr_from``), when both have results."""
-        src = next((a.lr_from for a in self.cell.arms if a.name == arm), None)
+        src = next((a.source for a in self.cell.arms if a.name == arm), None)
         ours, ref = self.stat(arm), self.stat(src) if src else None
         if ours is None or ref is None:
             return ""
         return f"; vs {src}: " + _difference(ours, ref)[2]
 
     def agreement(self, arm: str) -> str:
+        """:meth:`verdict` over every finished seed, saying when it changed from the study's first seeds
+        (``close_seeds`` added where the verdict was close) and when a close verdict still lacks them."""
+        text = self.verdict(arm)
+        if arm == "baseline" or text.startswith("n/a"):
+            return text
+        n = min(len(self.values(arm)), len(self.values("baseline")))
+        if n > len(self.base_seeds):
+            before = self.verdict(arm, self.base_seeds)
+            if word(before) != word(text):
+                text += f" — changed with {n} seeds: on {len(self.base_seeds)} it read \"{word(before)}\""
+        elif self.close(arm):
+            text += f" — close (|Δ| < {self.close_below:g} pooled s.d.): rests on {n} seeds, wants 5"
+        return text
+
+    def close(self, arm: str) -> bool:
+        """|Δ| from the baseline over the study's first seeds under ``close_below`` pooled s.d."""
+        return bool(is_close(self.values(arm, self.base_seeds), self.values("baseline", self.base_seeds),
+                             self.close_below))
+
+    def verdict(self, arm: str, seeds: tuple[int, ...] | None = None) -> str:
         """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes; a difference
         smaller than ``RESOLVED`` standard errors is "not resolved" rather than a yes or no."""
         if arm == "baseline":
             return "reference"
-        paper = self.cell.paper
-        if paper is None or paper.get(arm) is None or paper.get("baseline") is None:
+        if not self.has_verdict(arm):
             return "n/a (no paper number)" + self._versus_source(arm)
-        ours, base = self.stat(arm), self.stat("baseline")
+        return self.judge(arm, self.stat(arm, seeds), self.stat("baseline", seeds))
+
+    def has_verdict(self, arm: str) -> bool:
+        return judged(self.cell, arm)
+
+    def judge(self, arm: str, ours: tuple | None, base: tuple | None) -> str:
+        """The verdict on two (mean, s.e., n) statistics of the arm and the baseline (see :meth:`verdict`)."""
+        paper = self.cell.paper
+        assert paper is not None
         if ours is None or base is None:
             return "n/a (" + ("baseline" if base is None else "arm") + " not run)"
         d_ours, se, size = _difference(ours, base)
@@ -200,6 +235,11 @@ class CellView:
             # the paper's own difference is inside its error bars: there is no direction to agree with
             return f"{'same' if agree else 'opposite'} sign, but the paper's Δ is under {RESOLVED} s.e.: {size}"
         return f"{'yes' if agree else 'no'}: {size}"
+
+
+def word(verdict: str) -> str:
+    """A verdict's answer without its sizes: "yes", "no", "not resolved (under 2 s.e.)", …"""
+    return verdict.split(":")[0]
 
 
 def _difference(ours: tuple, ref: tuple) -> tuple[float, float | None, str]:
@@ -227,7 +267,8 @@ def cell_views(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[
             prim = [(r.summary or {}).get("primary_metric") for ar in arms.values() for r in ar.seeds]
             prim = [p for p in prim if p]
             metric = prim[0] if prim else _default_metric(base)
-        views.append(CellView(cell, arms, base, metric, higher_is_better(metric)))
+        views.append(CellView(cell, arms, base, metric, higher_is_better(metric), tuple(study.seeds),
+                              study.close_below))
     return views
 
 

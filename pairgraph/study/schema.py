@@ -76,10 +76,21 @@ class Arm(_Strict):
     lr: float | None = Field(default=None, gt=0, description="Pin the learning rate (no sweep).")
     lr_from: str | None = Field(default=None, pattern=_NAME,
                                 description="Take the lr chosen by this other (swept) arm of the cell (no sweep).")
+    repeat: str | None = Field(default=None, pattern=_NAME,
+                               description="Rerun this other arm's seed runs (its overrides and lr) as they are, "
+                               "usually with another `threads`: the spread float rounding alone makes (the report's "
+                               "noise floor).")
+    threads: int | None = Field(default=None, ge=1, description="Torch threads of this arm's runs (default: the "
+                                "study's: 1 per process under --jobs N > 1, torch's own under --jobs 1).")
 
     @property
     def swept(self) -> bool:
-        return self.lr is None and self.lr_from is None
+        return self.lr is None and self.lr_from is None and self.repeat is None
+
+    @property
+    def source(self) -> str | None:
+        """The arm whose chosen lr this arm takes: ``lr_from`` or ``repeat``."""
+        return self.lr_from or self.repeat
 
     @field_validator("overrides")
     @classmethod
@@ -88,7 +99,7 @@ class Arm(_Strict):
 
     @model_validator(mode="after")
     def _known(self) -> Arm:
-        if self.name not in PRESET_ARMS and not self.overrides:
+        if self.name not in PRESET_ARMS and not self.overrides and self.repeat is None:
             close = difflib.get_close_matches(self.name, list(PRESET_ARMS), n=1)
             raise ValueError(
                 f"arm {self.name!r} is not predefined and gives no overrides"
@@ -99,8 +110,10 @@ class Arm(_Strict):
 
     @model_validator(mode="after")
     def _one_lr_source(self) -> Arm:
-        if self.lr is not None and self.lr_from is not None:
-            raise ValueError(f"arm {self.name!r} gives both lr and lr_from; keep one")
+        given = [k for k in ("lr", "lr_from", "repeat") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"arm {self.name!r} gives {'both ' if len(given) == 2 else ''}{' and '.join(given)}; "
+                             "keep one")
         return self
 
     def all_overrides(self) -> list[str]:
@@ -127,6 +140,13 @@ class Cell(_Strict):
     @classmethod
     def _overrides(cls, v: list[str]) -> list[str]:
         return _check_overrides(v)
+
+    def arm(self, name: str) -> Arm:
+        return next(a for a in self.arms if a.name == name)
+
+    def overrides_of(self, arm: Arm) -> list[str]:
+        """An arm's overrides: its preset's and its own, after those of the arm it repeats."""
+        return [*(self.arm(arm.repeat).all_overrides() if arm.repeat else []), *arm.all_overrides()]
 
     @field_validator("arms", mode="before")
     @classmethod
@@ -157,6 +177,13 @@ class Cell(_Strict):
             if not src.swept:
                 raise ValueError(f"arm {a.name!r} of cell {self.name!r}: lr_from {a.lr_from!r} names an arm that "
                                  "does not sweep (it pins lr or takes lr_from itself); name a swept arm")
+        for a in self.arms:
+            if a.repeat is None:
+                continue
+            src = by_name.get(a.repeat)
+            if src is None or src is a or src.repeat is not None:
+                raise ValueError(f"arm {a.name!r} of cell {self.name!r}: repeat {a.repeat!r} is not another arm of the "
+                                 "cell that is not a repeat itself")
         if self.paper is not None:
             allowed = set(names) | set(GUIDE_KEYS) | set(PRESET_ARMS)
             bad = sorted(set(self.paper.values) - allowed)
@@ -187,6 +214,10 @@ class Study(_Strict):
     sweep_seed: int = 0
     seeds: list[int] = Field(description="Seeds trained at the chosen lr (at least min_seeds).")
     min_seeds: int = Field(default=3, ge=2, description="Fewest seeds allowed (standard errors need several).")
+    close_seeds: list[int] = Field(default_factory=list, description="Seeds added to an arm and to its cell's "
+                                   "baseline when the arm's |Δ| from the baseline over `seeds` is under `close_below` "
+                                   "pooled standard deviations (the paper trains 5 seeds), e.g. [3, 4].")
+    close_below: float = Field(default=3.0, gt=0, description="What counts as close, in pooled standard deviations.")
     overrides: list[str] = Field(default_factory=list, description="--set-style overrides for every run.")
     cells: list[Cell] = Field(min_length=1)
 
@@ -208,6 +239,8 @@ class Study(_Strict):
             raise ValueError(f"seeds has {len(self.seeds)} value(s); at least {self.min_seeds} are needed for a "
                              f"standard error (the paper uses 5)")
         self.seeds = sorted(self.seeds)
+        if set(self.close_seeds) & set(self.seeds) or len(set(self.close_seeds)) != len(self.close_seeds):
+            raise ValueError("close_seeds must be new seeds, each once (not already in seeds)")
         names = [c.name for c in self.cells]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
@@ -250,7 +283,7 @@ class Study(_Strict):
         return list(cell.lrs or self.lrs) if arm.swept else []
 
     def overrides_for(self, cell: Cell, arm: Arm, lr: float | None = None, seed: int | None = None) -> list[str]:
-        out = [*self.overrides, *cell.overrides, *arm.all_overrides()]
+        out = [*self.overrides, *cell.overrides, *cell.overrides_of(arm)]
         if lr is not None:
             out.append(f"train.lr={yaml_float(lr)}")
         if seed is not None:

@@ -54,7 +54,7 @@ def headline_table(study: Study, views: list[CellView]) -> list[str]:
             if st is None:
                 continue
             rows.append([v.label, f"{unit(v.metric)} {'↑' if v.higher else '↓'}", arm.name,
-                         f"{st[2]}/{len(study.seeds)}", pm(st[0], st[1]), paper_cell(v.cell.paper, arm.name),
+                         f"{st[2]}/{v.arms[arm.name].n_seeds}", pm(st[0], st[1]), paper_cell(v.cell.paper, arm.name),
                          v.agreement(arm.name)])
     if not rows:
         return ["No arm has a finished seed yet.", ""]
@@ -149,7 +149,7 @@ def cell_section(study: Study, v: CellView) -> list[str]:
                          ar.status, paper_cell(paper, arm.name), "n/a (not run)"])
             continue
         m, se = mean_se(v.values(arm.name)) if v.values(arm.name) else (math.nan, None)
-        n_txt = f"{len(ar.seeds)}/{len(study.seeds)}" + (f", {len(ar.diverged_seeds)} diverged" if ar.diverged_seeds
+        n_txt = f"{len(ar.seeds)}/{ar.n_seeds}" + (f", {len(ar.diverged_seeds)} diverged" if ar.diverged_seeds
                                                          else "")
         pinned = " (pinned)" if arm.lr is not None else f" (from {arm.lr_from})" if arm.lr_from else ""
         swept = [float(t) for t in ar.sweep]
