@@ -545,7 +545,7 @@ def test_a_repeat_arm_reruns_its_sources_seeds_on_its_own_thread_count(study_cop
     arms = ["baseline", "untrained", {"name": "baseline_t2", "repeat": "baseline", "threads": 2}]
     sfile = write(study_copy / "r.yaml", tiny_study(arms=arms))
     (plan,) = [p for p in plan_study(sfile) if p.arm.name == "baseline_t2"]
-    base = [p for p in plan_study(sfile) if p.arm.name == "baseline"][0]
+    base = next(p for p in plan_study(sfile) if p.arm.name == "baseline")
     assert plan.sweep() == [] and plan.chosen() == base.chosen()
     assert [j.phase for j in (plan.job(*r) for r in plan.ready())] == ["seeds", "seeds"]
     seen: list[int] = []
