@@ -106,7 +106,7 @@ def test_cached_guide_gives_the_same_loss_and_gradients_without_running_the_guid
 def test_trainer_uses_the_cache_and_matches_an_uncached_run(tmp_path, capsys):
     runs = tmp_path / "runs"
     pairgraph.compile(image_spec(), tmp_path / "a", render=False, notify=None).train(runs_dir=runs, run_id="cached")
-    assert "guide cache: 80 examples" in capsys.readouterr().out
+    assert "guide cache (asked for): 80 examples" in capsys.readouterr().out
     plain = pairgraph.compile(
         image_spec(), tmp_path / "b", overrides=["guidance.cache_guide=false"], render=False, notify=None
     )
@@ -149,3 +149,41 @@ def test_caching_the_guide_is_not_a_different_configuration_for_a_study():
     older = {**plain, "guidance": {k: v for k, v in plain["guidance"].items() if not k.startswith("cache")}}
     assert spec_diff(plain, cached) == [] and spec_diff(older, cached) == []
     assert spec_diff(plain, load_spec(copy_spec(guide_input="noise")).resolved())  # a real difference is seen
+
+
+def _guide_calls(tmp_path, name: str, overrides: list[str]) -> tuple[int, str]:
+    spec = image_spec()
+    del spec["guidance"]["cache_guide"]  # the default: null
+    cp = pairgraph.compile(spec, tmp_path / name, overrides, render=False, notify=None)
+    return cp.train(runs_dir=tmp_path / "runs", run_id=name)["guide_calls"], name
+
+
+@pytest.mark.parametrize(("overrides", "cached", "said"), [
+    ([], True, "guide cache (on by default: exact here): 80 examples"),  # 6 steps × 16 ≥ 80 examples
+    (["train.steps=4"], False, None),  # 64 examples seen: a cache pass over 80 would cost more
+    (["task.augment=crop_flip"], False, None),  # inexact: not cached, and not an error either
+    (["guidance.guide_bn=batch"], False, None),
+    (["guidance.cache_max_gb=1e-6"], False, "guide cache off: the guide cache needs"),
+])
+def test_the_cache_turns_itself_on_where_it_is_exact_and_pays(tmp_path, capsys, overrides, cached, said):
+    calls, _ = _guide_calls(tmp_path, "r", overrides)
+    out = capsys.readouterr().out
+    assert (calls == 0) == cached
+    assert (said in out) if said else "guide cache" not in out
+
+
+def test_every_shipped_spec_with_a_frozen_guide_and_fixed_inputs_caches_by_default():
+    from pathlib import Path
+
+    from pairgraph.config import load_spec
+    from pairgraph.training.guide_cache import inexact
+
+    specs = sorted(Path(__file__).resolve().parents[1].glob("specs/**/*.yaml"))
+    assert len(specs) >= 10
+    for path in specs:
+        spec = load_spec(path)
+        assert spec.guidance.cache_guide is None, path
+        assert inexact(spec) is None, path  # none of them augments, feeds noise or uses batch statistics
+    augmented = load_spec(Path(__file__).resolve().parents[1] / "specs/fcn_deep_from_resnet18.yaml",
+                          ["task.augment=crop_flip"])
+    assert "task.augment is on" in inexact(augmented)

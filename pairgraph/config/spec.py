@@ -235,12 +235,14 @@ class GuidanceSpec(_Strict):
     guide_bn: Literal["eval", "batch"] = Field(
         default="eval", description="Guide normalisation: eval (running stats) or batch statistics (never updated)."
     )
-    cache_guide: bool = Field(
-        default=False,
+    cache_guide: bool | None = Field(
+        default=None,
         description="Run the frozen guide once over the training set and keep its taps (rows, or the N×N gram "
-        "of wide taps) instead of running it every step. Exact; needs mode guidance, guide_input same, "
-        "guide_bn eval, no augmentation and flatten sequences; the other modes ignore it. Costs 4·N·Σ min(d, N) "
-        "bytes (docs/performance.md).",
+        "of wide taps) instead of running it every step. null (default): on whenever that is exact (mode "
+        "guidance, guide_input same, guide_bn eval, no augmentation, flatten sequences, one process) and the run "
+        "shows the guide at least one pass of the training set, with a one-line notice; true: always (refused "
+        "where inexact); false: never. Costs 4·N·Σ min(d, N) bytes (docs/performance.md). Example: "
+        "cache_guide: false.",
     )
     cache_max_gb: float = Field(default=4.0, gt=0, description="Refuse a guide cache larger than this (GiB).")
 

@@ -31,6 +31,10 @@ from pairgraph.core.similarity import State, get_measure
 from pairgraph.errors import PairgraphError
 
 
+class CacheTooLarge(PairgraphError):
+    """The cache would not fit under its memory limit."""
+
+
 @dataclass
 class CachedTap:
     kind: str  # "feat": (N, d) rows; "gram": (N, N) gram of dataset-centred rows
@@ -73,6 +77,7 @@ class GuideCache:
         chunk: int = 256,
         max_bytes: float = 4 * 2**30,
         device: str | torch.device = "cpu",
+        progress: Callable[[int], None] | None = None,
     ) -> GuideCache:
         """Run ``guide`` (frozen, eval) over examples ``0..n-1`` (``inputs(index)`` gives a batch).
 
@@ -97,6 +102,8 @@ class GuideCache:
                     if a.ndim >= 3 and mask is not None:  # flatten mode zeroes padded positions
                         a = a * mask.reshape(*mask.shape, *([1] * (a.ndim - 2))).to(a.dtype)
                     rows[t].append(a.reshape(a.shape[0], -1).cpu())
+                if progress is not None:
+                    progress(len(idx))
                 if start == 0:
                     dims = {t: rows[t][0].shape[1] for t in taps}
                     need = 4 * n * sum(min(d, n) for d in dims.values())
@@ -106,7 +113,7 @@ class GuideCache:
                         raise PairgraphError(f"measure {measure!r} cannot be cached as a gram (tap {wide!r} is wide)",
                                              "use cka or debiased_cka, or guidance.cache_guide: false")
                     if max(need, transient) > max_bytes:
-                        raise PairgraphError(
+                            raise CacheTooLarge(
                             f"the guide cache needs {max(need, transient) / 2**30:.1f} GiB for {n} examples "
                             f"(taps of {sum(dims.values()):,} floats per example), over the "
                             f"{max_bytes / 2**30:.1f} GiB limit",

@@ -198,7 +198,7 @@ class GuidedPair(nn.Module):
         return params[name]
 
     def cache_guide(self, inputs: Callable[[Tensor], Tensor], n: int, *, max_bytes: float = 4 * 2**30,
-                    chunk: int = 256) -> Any:
+                    chunk: int = 256, progress: Callable[[int], None] | None = None) -> Any:
         """Run the guide once over examples ``0..n-1`` (``inputs(index)`` → batch) and keep its taps.
 
         Only valid when the guide sees exactly the training example on every step: mode guidance,
@@ -212,7 +212,7 @@ class GuidedPair(nn.Module):
         device = next(iter(self.target.parameters())).device
         self.guide_cache = GuideCache.build(
             self.guide, inputs, n, [p[0] for p in self.pairs], measure=self.measure, sequence=self.sequence,
-            mask_fn=self.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device)
+            mask_fn=self.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device, progress=progress)
         self.train(self.training)
         return self.guide_cache
 

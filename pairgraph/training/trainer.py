@@ -38,6 +38,7 @@ from pairgraph.tasks import get_task
 from pairgraph.training.checkpoints import Checkpoints
 from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
+from pairgraph.training.guide_cache import build_cache
 from pairgraph.training.logs import Scalars, require
 from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
 
@@ -208,7 +209,8 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         loop = self._setup(data, resuming, total)
-        cached = self._cache_guide(loop.pair, data["train"])
+        cached = build_cache(self.spec, loop.pair, data["train"], loop.total, self.dist.enabled,
+                             self.progress and self.dist.is_main)
         batches = iter(self._loader(loop, cached))
         t0 = time.time()
         self._open_logs(loop, resuming)
@@ -325,28 +327,6 @@ class Trainer:
         elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             loop.metrics.flush()
             self.checkpoints.save("last", self.model, step, self._resume_state(loop))
-
-    def _cache_guide(self, pair: GuidedPair, train: Any) -> bool:
-        """Build the guide cache when the spec asks for it (guidance.cache_guide); True if built."""
-        g = self.spec.guidance
-        if not g.cache_guide or g.mode != "guidance":
-            return False
-        if self.spec.task.get("augment") not in (None, False, "none"):
-            raise PairgraphError("guidance.cache_guide needs fixed inputs, but task.augment is on",
-                                 "set task.augment: none or guidance.cache_guide: false")
-        if self.dist.enabled:
-            raise PairgraphError("guidance.cache_guide is not supported under torchrun",
-                                 "set guidance.cache_guide: false for data-parallel runs")
-
-        def inputs(index: Tensor) -> Tensor:
-            return torch.stack([train[int(i)][0] for i in index])
-
-        t0 = time.time()
-        cache = pair.cache_guide(inputs, len(train), max_bytes=g.cache_max_gb * 2**30, chunk=self.cfg.batch_size)
-        if self.progress:
-            print(f"guide cache: {len(train)} examples, {cache.nbytes / 2**20:.0f} MiB, "
-                  f"built in {time.time() - t0:.1f} s", flush=True)
-        return True
 
     def _progress_bar(self, total: int, start: int) -> tuple[Any, Any]:
         if not (self.progress and sys.stderr.isatty()):
