@@ -14,6 +14,7 @@ from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PRETRAINED
 from pairgraph.core.loss import GuidedPair
 from pairgraph.core.projection import KINDS, Projectors
+from pairgraph.core.shared_taps import SCALE_INVARIANT, rescaled_taps
 from pairgraph.core.taps import keyword_inputs, transformed_input
 from pairgraph.core.trace import preserved_state
 from pairgraph.core.weights import load_weights
@@ -120,7 +121,18 @@ def assemble(
         balance=g.get("balance", "none"),
         balance_parameter=g.get("balance_parameter"),
         projectors=projectors(spec, guide, target, pairs, task, device) if g["mode"] in KINDS else None,
+        guide_aliases=guide_aliases(spec, guide, pairs, task, device),
     )
+
+
+def guide_aliases(spec: dict[str, Any], guide: nn.Module, pairs: Sequence[tuple[str, str, float]], task: Any,
+                  device: str | torch.device) -> dict[str, str]:
+    """Guide taps whose CKA is provably another's (:mod:`pairgraph.core.shared_taps`); none where the guide
+    uses batch statistics, the measure is not scale-invariant, or the mode compares raw features."""
+    g, s = spec["guidance"], spec["similarity"]
+    if g["mode"] != "guidance" or g["guide_bn"] != "eval" or s["measure"] not in SCALE_INVARIANT:
+        return {}
+    return rescaled_taps(guide, task.example_input(2, device=device), [p[0] for p in pairs])
 
 
 def projectors(spec: dict[str, Any], guide: nn.Module, target: nn.Module, pairs: Sequence[tuple[str, str, float]],

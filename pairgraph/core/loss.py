@@ -38,17 +38,20 @@ def alignment_terms(
     mask: Tensor | None = None,
     sequence: str = "flatten",
     guide_states: dict[str, Any] | None = None,
+    aliases: dict[str, str] | None = None,
 ) -> dict[str, Tensor]:
     """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs).
 
     ``guide_states`` are already-prepared guide taps (from a :class:`pairgraph.core.cache.GuideCache`);
-    ``guide_taps`` is then not read.
+    ``guide_taps`` is then not read. ``aliases`` maps a guide tap to another whose similarity it provably
+    has (:mod:`pairgraph.core.shared_taps`): only that one is prepared.
     """
     m = get_measure(measure)
+    same = aliases or {}
     g_states = guide_states if guide_states is not None else {
-        g: m.prepare(guide_taps[g], mask, sequence) for g in dict.fromkeys(p[0] for p in pairs)}
+        g: m.prepare(guide_taps[g], mask, sequence) for g in dict.fromkeys(same.get(p[0], p[0]) for p in pairs)}
     t_states = {t: m.prepare(target_taps[t], mask, sequence) for t in dict.fromkeys(p[1] for p in pairs)}
-    return {tap_key(g, t): 1.0 - m.score(g_states[g], t_states[t]) for g, t, _ in pairs}
+    return {tap_key(g, t): 1.0 - m.score(g_states[same.get(g, g)], t_states[t]) for g, t, _ in pairs}
 
 
 def distill_loss(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
@@ -115,12 +118,14 @@ class GuidedPair(nn.Module):
         balance: str = "none",
         balance_parameter: str | None = None,
         projectors: Projectors | None = None,
+        guide_aliases: dict[str, str] | None = None,
     ):
         super().__init__()
         if (projectors is not None) != (mode in ("fitnets", "repa")):
             raise PairgraphError(f"mode {mode!r} {'needs' if projectors is None else 'takes no'} projectors",
                                  "build the pair from a spec (pairgraph.compiler.build.assemble)")
         self.projectors = projectors
+        self.guide_aliases = dict(guide_aliases or {})  # guide taps whose similarity another tap gives
         self.target = target
         self.guide = guide
         self.pairs = [(g, t, float(w)) for g, t, w in pairs]
@@ -150,6 +155,10 @@ class GuidedPair(nn.Module):
                     m.train()
                     m.track_running_stats = False  # batch statistics, running buffers untouched
         return self
+
+    def guide_taps(self) -> list[str]:
+        """The guide taps whose activations the alignment reads (an alias's source, not the alias)."""
+        return list(dict.fromkeys(self.guide_aliases.get(g, g) for g, _, _ in self.pairs))
 
     def trained_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates: the target's parameters and the projectors' (fitnets, repa)."""
@@ -211,7 +220,7 @@ class GuidedPair(nn.Module):
             raise PairgraphError(f"cannot cache the guide: {why}", "set guidance.cache_guide: false")
         device = next(iter(self.target.parameters())).device
         self.guide_cache = GuideCache.build(
-            self.guide, inputs, n, [p[0] for p in self.pairs], measure=self.measure, sequence=self.sequence,
+            self.guide, inputs, n, self.guide_taps(), measure=self.measure, sequence=self.sequence,
             mask_fn=self.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device, progress=progress)
         self.train(self.training)
         return self.guide_cache
@@ -241,7 +250,8 @@ class GuidedPair(nn.Module):
         if self.global_batch:  # data-parallel: the alignment over the global batch, not each rank's shard
             # (every rank then computes the same projector loss, so projector gradients agree across ranks)
             # collectives must run in the same order on every rank: ordered, not set (hash-randomised)
-            guide_taps = {g: gather_batch(guide_taps[g]) for g in dict.fromkeys(p[0] for p in self.pairs)}
+            needed = self.guide_taps() if self.projectors is None else dict.fromkeys(p[0] for p in self.pairs)
+            guide_taps = {g: gather_batch(guide_taps[g]) for g in needed}
             target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
             mask = gather_batch(mask) if mask is not None else None
         if self.projectors is not None:
@@ -249,7 +259,8 @@ class GuidedPair(nn.Module):
             terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
         else:
             terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
-                                    guide_states=self.guide_cache.states(index) if cached else None)
+                                    guide_states=self.guide_cache.states(index) if cached else None,
+                                    aliases=self.guide_aliases)
         return self._combine(task, terms, step, out)
 
     def _combine(self, task: Tensor, terms: dict[str, Tensor], step: int | None, out: Tensor) -> PairOutput:

@@ -145,6 +145,11 @@ class Trainer:
         cfg = self.cfg
         guide_weights = self._guide_weights()
         pair = self.compiled.build(self.device, guide_weights=guide_weights)
+        if pair.guide_aliases and self.progress and self.dist.is_main:
+            shown = ", ".join(f"{a} = {b}" for a, b in list(pair.guide_aliases.items())[:3])
+            more = f", … ({len(pair.guide_aliases)} in all)" if len(pair.guide_aliases) > 3 else ""
+            print(f"guide taps computed once: {shown}{more} — each a BatchNorm that rescales its input uniformly, "
+                  "so its CKA is its input's", flush=True)
         self.model = pair.target
         self.checkpoints.projectors = pair.projectors
         opt = make_optimizer(cfg, pair.trained_parameters())
