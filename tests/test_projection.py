@@ -88,3 +88,59 @@ def test_a_projector_mode_runs_the_guide_on_every_step_even_when_a_cell_asks_for
     the projector modes ignore guidance.cache_guide (a study cell sets it for all its arms)."""
     cp = pairgraph.compile(spec("fitnets"), tmp_path / "b", ["guidance.cache_guide=true"], render=False, notify=None)
     assert cp.train(runs_dir=tmp_path, run_id="c", progress=False)["guide_calls"] == 6
+
+
+def mlp(width: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    nn = torch.nn
+    return nn.Sequential(nn.Linear(6, width), nn.BatchNorm1d(width), nn.ReLU(), nn.Linear(width, width), nn.ReLU(),
+                         nn.Linear(width, 3))
+
+
+@pytest.mark.parametrize("objective", ["fitnets", "repa"])
+def test_guidance_loss_trains_its_projectors_in_a_user_loop_and_its_terms_are_the_projector_terms(objective):
+    guide, target = mlp(12, 0), mlp(5, 1)
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    states = [{k: v.clone() for k, v in m.state_dict().items()} for m in (guide, target)]
+    rng = torch.get_rng_state()
+    guidance = pairgraph.GuidanceLoss(guide, target, example_input=x[:4], objective=objective, projector_dim=8)
+    assert torch.equal(torch.get_rng_state(), rng) and guide.training and target.training  # neither model changed
+    for m, st in zip((guide, target), states, strict=True):
+        assert all(torch.equal(v, st[k]) for k, v in m.state_dict().items())
+    again = pairgraph.GuidanceLoss(guide, target, example_input=x[:4], objective=objective, projector_dim=8)
+    again.remove()
+    start = {k: v.clone() for k, v in guidance.projectors.state_dict().items()}
+    assert all(torch.equal(v, again.projectors.state_dict()[k]) for k, v in start.items())  # seeded
+    trainable = [p for p in guidance.parameters() if p.requires_grad]
+    assert trainable and [id(p) for p in trainable] == [id(p) for p in guidance.projectors.parameters()]
+    assert not {id(p) for p in guide.parameters()} & {id(p) for p in trainable}
+    first = guidance.projectors.nets[0]
+    first = first if objective == "fitnets" else first[0]
+    assert first.in_features == 5 and len(guidance.pairs) == len(guidance.projectors.nets) > 0
+
+    opt = torch.optim.Adam([*target.parameters(), *guidance.parameters()], lr=1e-2)
+    for _ in range(4):
+        loss = F.cross_entropy(target(x), y) + guidance(x)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert all(torch.equal(v, states[0][k]) for k, v in guide.state_dict().items())  # the guide never moves
+    assert any(not torch.equal(v, start[k]) for k, v in guidance.projectors.state_dict().items())  # they learned
+
+    taps: dict[str, dict[str, torch.Tensor]] = {"g": {}, "t": {}}
+    for side, model, names in (("g", guide, {p[0] for p in guidance.pairs}), ("t", target, {p[1] for p in guidance.pairs})):
+        for name in names:
+            dict(model.named_modules())[name].register_forward_hook(
+                lambda m, a, out, side=side, name=name: taps[side].__setitem__(name, out.detach().clone()))
+    target(x)
+    total = guidance(x)
+    expected = [guidance.projectors.term(i, taps["g"][g], taps["t"][t]) for i, (g, t, _) in enumerate(guidance.pairs)]
+    for (g, t, _), e in zip(guidance.pairs, expected, strict=True):
+        torch.testing.assert_close(guidance.last_terms[f"{g}->{t}"], e.detach())
+    torch.testing.assert_close(total, sum(w * e for (_, _, w), e in zip(guidance.pairs, expected, strict=True)))
+
+
+def test_guidance_loss_refuses_an_unknown_objective_in_one_line():
+    with pytest.raises(pairgraph.PairgraphError, match="cka, fitnets, repa") as e:
+        pairgraph.GuidanceLoss(mlp(4, 0), mlp(4, 1), example_input=torch.randn(4, 6), objective="vicreg")
+    assert "\n" not in str(e.value)

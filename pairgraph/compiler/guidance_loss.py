@@ -11,9 +11,12 @@ from torch import Tensor, nn
 from pairgraph.compiler.mapping import build_mapping
 from pairgraph.config import LayerSelection
 from pairgraph.core.loss import alignment_terms, tap_key
+from pairgraph.core.projection import KINDS, Projectors
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
-from pairgraph.core.trace import trace
+from pairgraph.core.trace import preserved_state, trace
 from pairgraph.errors import PairgraphError
+
+OBJECTIVES = ("cka", *KINDS)
 
 
 class GuidanceLoss(nn.Module):
@@ -26,6 +29,19 @@ class GuidanceLoss(nn.Module):
     ``mapping`` is a mapper name (``uniform``, ``depth``) or a list of (guide, target, weight)
     triples; ``guide_layers``/``target_layers`` are :class:`pairgraph.config.LayerSelection`-like
     objects or dicts. The guide is frozen and runs under ``no_grad``; the target is not owned.
+
+    ``objective``: ``cka`` (default) sums 1 − ``measure`` over the pairs; ``fitnets`` and ``repa``
+    compare each pair through a learned projector (:class:`pairgraph.core.projection.Projectors`:
+    linear + MSE, or an MLP of hidden width ``projector_dim`` + 1 − cosine per token), sized from one
+    forward of both networks on the example (which changes neither) and seeded with ``seed``. The
+    projectors are this module's trainable parameters: train them with the target.
+
+    >>> guidance = GuidanceLoss(guide, target, example_input=x[:8], objective="fitnets")
+    >>> opt = torch.optim.Adam([*target.parameters(), *guidance.parameters()])
+
+    ``guidance.parameters()`` also lists the guide's, frozen (``requires_grad`` False: the optimizer
+    never moves them); those with ``requires_grad`` are exactly the projectors' (none for ``cka``).
+    Save them with ``guidance.projectors.state_dict()``.
     """
 
     def __init__(
@@ -40,8 +56,13 @@ class GuidanceLoss(nn.Module):
         weight: float = 1.0,
         guide_layers: Any = None,
         target_layers: Any = None,
+        objective: str = "cka",
+        projector_dim: int = 2048,
+        seed: int = 0,
     ):
         super().__init__()
+        if objective not in OBJECTIVES:
+            raise PairgraphError(f"unknown GuidanceLoss objective {objective!r}", f"use one of {', '.join(OBJECTIVES)}")
 
         def selection(s: Any) -> Any:
             return LayerSelection.model_validate(s) if isinstance(s, dict) else (s or LayerSelection())
@@ -57,7 +78,7 @@ class GuidanceLoss(nn.Module):
         else:
             pairs = [(g, t, float(w)) for g, t, w in mapping]
         self.pairs = pairs
-        self.measure, self.sequence, self.weight = measure, sequence, weight
+        self.measure, self.sequence, self.weight, self.objective = measure, sequence, weight, objective
         self._guide = HookedNetwork(guide, [t.spec() for t in gg.taps if t.name in {p[0] for p in pairs}])
         self._guide.requires_grad_(False)
         self._captured: dict[str, Tensor] = {}
@@ -66,6 +87,22 @@ class GuidanceLoss(nn.Module):
         self._handles = capture_hooks(target, [t.spec() for t in tg.taps if t.name in needed], self._captured,
                                       first_only=False)
         self.last_terms: dict[str, Tensor] = {}
+        self.projectors = self._projectors(example, projector_dim, seed) if objective in KINDS else None
+
+    def _projectors(self, example: Tensor, hidden: int, seed: int) -> Projectors:
+        """The fitnets / repa projectors, sized from one forward of both networks on ``example`` with the
+        taps captured as :meth:`forward` captures them (neither network changes: ``preserved_state``)."""
+        target = self._target[0]
+        with preserved_state(self._guide), preserved_state(target):
+            self._guide.eval()
+            target.eval()
+            _, guide_taps = self._guide(example)
+            target(example)
+        target_taps = dict(self._captured)
+        self._captured.clear()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return Projectors(self.objective, self.pairs, guide_taps, target_taps, hidden).to(example.device)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if not self._captured:
@@ -76,7 +113,11 @@ class GuidanceLoss(nn.Module):
         self._guide.eval()
         with torch.no_grad():
             _, guide_taps = self._guide(x)
-        terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
+        if self.projectors is not None:
+            values = self.projectors.terms(guide_taps, target_taps, mask)
+            terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
+        else:
+            terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return self.weight * sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
 
