@@ -16,9 +16,9 @@ $(BIN)/pairgraph: pyproject.toml
 
 install: $(BIN)/pairgraph
 
+# the default pair trained alone and guided, side by side: a table, runs/demo/curves.png, runs/demo/mapping.png
 demo: install
-	$(BIN)/pairgraph compile $(SPEC)
-	$(BIN)/pairgraph train $(SPEC) --set train.steps=60 --set train.eval_every=30 --set task.size=4000 --run-id demo-$$(date +%s)
+	$(BIN)/pairgraph demo $(SPEC)
 
 test: install
 	$(BIN)/python -m pytest -q

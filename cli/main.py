@@ -11,6 +11,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from pairgraph.cli.demo import demo
 from pairgraph.errors import Interrupted, PairgraphError
 
 app = typer.Typer(
@@ -176,7 +177,9 @@ def _print_summary(summary: dict) -> None:
     test = summary.get("test") or {}
     shown = "  ".join(f"{k} {v:.4g}" for k, v in test.items())
     console.print(f"[green]done[/green] {summary['run_dir']}: best val loss {summary['best_val_loss']:.4f} "
-                  f"at step {summary['best_step']}; test {shown}")
+                  f"at step {summary['best_step']}; test {shown}", soft_wrap=True)
+    console.print(f"best checkpoint: {summary['run_dir']}/checkpoints/best.safetensors   next: pairgraph plot "
+                  f"{summary['run_dir']} -o {summary['run_dir']}/curves.png", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -339,6 +342,9 @@ def report_cmd(
 
     report(study_file, output, figures, echo=lambda m: console.print(m, highlight=False, soft_wrap=True),
            readme=readme)
+
+
+app.command()(demo)
 
 
 def main() -> None:

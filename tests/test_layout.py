@@ -52,7 +52,7 @@ def test_pyproject_lists_every_package():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"pairgraph." + ".".join(p.parent.relative_to(ROOT / "pairgraph").parts)
              for p in (ROOT / "pairgraph").rglob("__init__.py")}
-    found = {f.rstrip(".") for f in found} | {"pairgraph.zoo", "pairgraph.cli"}
+    found = {f.rstrip(".") for f in found} | {"pairgraph.zoo", "pairgraph.cli", "pairgraph.specs"}
     assert listed == found
 
 

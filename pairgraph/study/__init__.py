@@ -12,13 +12,15 @@ is what the report shows.
     lrs: [1.0e-4, 3.0e-4, 1.0e-3, 3.0e-3, 1.0e-2]   # the sweep (a cell may give its own)
     sweep_seed: 0
     seeds: [0, 1, 2]
+    close_seeds: [3, 4]    # also trained for an arm (and its baseline) whose |Δ| < close_below (3) pooled s.d.
     overrides: [train.steps=200]                   # --set-style, every run
     cells:
       - name: fcn_deep
         spec: specs/fcn_deep_from_resnet18.yaml
         paper: {metric: ImageNet top-5 accuracy (%), source: Table 2,
                 values: {baseline: [1.65, 0.51], trained: [7.50, 1.51], untrained: [13.10, 0.72]}}
-        arms: [baseline, untrained, trained, {name: slow, overrides: [guidance.weight=0.1], lr: 1.0e-4}]
+        arms: [baseline, untrained, trained, {name: slow, overrides: [guidance.weight=0.1], lr: 1.0e-4},
+               {name: baseline_threads2, repeat: baseline, threads: 2}]   # the same runs on 2 threads: rounding
 
 Results land in ``results/<study>/<cell>/<arm>/lr<lr>-s<seed>/`` (summary.json, metrics.jsonl.gz,
 spec.yaml, env.json, test_predictions.json when the run wrote one, study.json, and guide/ with the

@@ -326,7 +326,9 @@ class Trainer:
             loop.metrics.flush()
             os.fsync(loop.metrics.fileno())
             self.checkpoints.save("last", self.model, step, self._resume_state(loop))
-            if loop.progress is None and self.progress:
+            if loop.progress is not None:  # the bar shows the latest evaluation
+                loop.progress.update(loop.task_id, val=_val_text(val, self.task.primary_metric))
+            elif self.progress:
                 print(f"step {step}/{loop.total} train {loop.last['task_loss']:.4f} val {val['loss']:.4f} "
                       + " ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"), flush=True)
         elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
@@ -339,10 +341,11 @@ class Trainer:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
         prog = Progress(TextColumn(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("task {task.fields[loss]:.4f}  dissim {task.fields[dis]:.3f}"),
+                        MofNCompleteColumn(), TextColumn("task {task.fields[loss]:.4f}  dissim {task.fields[dis]:.3f}"
+                                                         "  {task.fields[val]}"),
                         TimeRemainingColumn())
         prog.start()
-        return prog, prog.add_task("train", total=total, completed=start, loss=float("nan"), dis=0.0)
+        return prog, prog.add_task("train", total=total, completed=start, loss=float("nan"), dis=0.0, val="")
 
     def _finish(self, loop: Loop, wall: float) -> dict[str, Any]:
         """Test the best checkpoint, write test predictions and summary.json."""
@@ -363,6 +366,12 @@ class Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
+
+
+def _val_text(val: dict[str, float], metric: str) -> str:
+    """The latest evaluation for the progress bar: ``val loss 1.234 accuracy 0.56``."""
+    shown = f" {metric} {val[metric]:.3g}" if metric in val else ""
+    return f"val loss {val['loss']:.4f}{shown}"
 
 
 def _parameter_counts(pair: GuidedPair) -> dict[str, int]:
