@@ -91,7 +91,11 @@ def compile_cmd(
     cp = compile_pair(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
     print_mapping(cp.guide, cp.target, cp.correspondence, console, None if all_rows else 40)
     console.print(f"[green]compiled[/green] {cp.spec.name} → {cp.out_dir}/ (guided_pair.py, mapping.json"
-                  + (", mapping.png, mapping.svg)" if render else ")"))
+                  + (", mapping.png, mapping.svg)" if render else ")"), soft_wrap=True)
+    import shlex
+
+    sets = "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
+    console.print(f"next: pairgraph train {shlex.quote(str(spec))}{sets}", soft_wrap=True, highlight=False)
 
 
 @app.command()
