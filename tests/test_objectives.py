@@ -73,3 +73,13 @@ def test_grad_norm_balance_gives_alignment_the_task_gradients_norm_on_the_refere
     with pytest.raises(pairgraph.PairgraphError, match=r"not a parameter of the target — fix: did you mean "
                                                        r"'layers.1.weight_ih_l0'\?"):
         bad(x, y, 0)
+
+
+def test_each_logged_step_carries_its_balance_scale(tmp_path):
+    import json
+
+    cp, _ = _pair(tmp_path, balance="grad_norm")
+    s = cp.train(runs_dir=tmp_path / "runs", run_id="b", progress=False, stop_after=3)
+    rows = [json.loads(ln) for ln in (tmp_path / "runs" / "tiny" / "b" / "metrics.jsonl").read_text().splitlines()]
+    scales = [r["balance"] for r in rows if "split" not in r]
+    assert s["stopped_at"] == 3 and len(scales) == 3 and all(x > 0 for x in scales) and len(set(scales)) > 1

@@ -295,6 +295,8 @@ class Trainer:
         rec = {"step": loop.step, "loss": task_loss + out.loss.item() - out.task_loss.item(), "task_loss": task_loss,
                "guidance_loss": out.guidance_loss.item(), "guided": out.guided, "lr": loop.lr,
                "terms": {k: v.item() for k, v in out.terms.items()}}
+        if loop.pair.balance == "grad_norm" and out.guided:  # the step's adaptive scale of the alignment term
+            rec["balance"] = loop.pair.last_balance
         loop.metrics.write(json.dumps(rec) + "\n")
         loop.last = rec
         if loop.writer is not None:
@@ -302,6 +304,8 @@ class Trainer:
             if out.guided:
                 scalars["train/guidance_loss"] = rec["guidance_loss"]
             scalars["train/lr"] = rec["lr"]
+            if rec.get("balance") is not None:
+                scalars["train/balance"] = rec["balance"]
             loop.writer.add({**scalars, **{f"terms/{k}": v for k, v in rec["terms"].items()}}, loop.step)
         if loop.progress is not None:
             loop.progress.update(loop.task_id, advance=1, loss=rec["task_loss"], dis=rec["guidance_loss"])
