@@ -38,6 +38,8 @@ class ModelEntry:
     default_keys: set[str] | None = None
     #: the arguments that make the factory load its source's pretrained weights (None: it has none)
     pretrained: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    #: the ``args`` a starter spec (``pairgraph init``) gives the model: a CPU-sized one where the source knows how
+    starter_args: dict[str, Any] = field(default_factory=dict)
 
     def accepts(self) -> set[str] | None:
         """Keyword arguments the factory takes (None when it takes ``**kwargs``)."""
@@ -63,7 +65,9 @@ def register_model(
 
     def deco(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
-        MODELS.register(name)(ModelEntry(name, factory, input, dict(presets or {}), doc))
+        presets_ = dict(presets or {})
+        starter = {"preset": "cpu"} if "cpu" in presets_ else {}
+        MODELS.register(name)(ModelEntry(name, factory, input, presets_, doc, starter_args=starter))
         return factory
 
     return deco

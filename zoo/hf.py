@@ -84,7 +84,7 @@ def hf_source(ref: str) -> ModelEntry:
     tf = _transformers(ref)
     model_type = ref.split(":", 1)[1]
     try:
-        tf.AutoConfig.for_model(model_type)
+        default_config = tf.AutoConfig.for_model(model_type)
     except ValueError:
         raise PairgraphError(f"unknown transformers model type {model_type!r}",
                              "use a model_type such as gpt2, bert, vit, llama (transformers' CONFIG_MAPPING)") from None
@@ -112,7 +112,22 @@ def hf_source(ref: str) -> ModelEntry:
 
     return ModelEntry(ref, hf_factory, "tokens", {}, f"transformers {model_type}",
                       default_keys={"vocab_size", "num_classes", "pad_id", "max_len", "image_size", "in_channels"},
-                      pretrained=_pretrained_args)
+                      pretrained=_pretrained_args, starter_args=_small_args(default_config))
+
+
+#: a CPU-sized transformer, in transformers' standard config names (each config maps them to its own)
+_SMALL = {"num_hidden_layers": 2, "hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128}
+
+
+def _small_args(config: Any) -> dict[str, Any]:
+    """The config arguments of a small model of this type, in the names its config takes (gpt2: n_layer, …)."""
+    names = getattr(config, "attribute_map", None) or {}
+    out = {}
+    for standard, value in _SMALL.items():
+        key = names.get(standard, standard)
+        if isinstance(getattr(config, key, None), int):
+            out[key] = value
+    return out
 
 
 def _pretrained_args(args: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,8 @@ from pairgraph.errors import PairgraphError, SpecError
 
 #: ``guide.weights`` values that are not a checkpoint path: a seeded init, or train the guide first
 UNTRAINED, TRAIN, PRETRAINED = "untrained", "train", "pretrained"
+#: what a spec's ``name`` may hold (it names the run and build folders)
+NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Strict(BaseModel):
@@ -361,7 +363,7 @@ class TrainSpec(_Strict):
 class PairSpec(_Strict):
     """A guide/target pair and everything needed to train it."""
 
-    name: str = Field(default="pair", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name (folder-safe).")
+    name: str = Field(default="pair", pattern=NAME_PATTERN, description="Run name (folder-safe).")
     task: dict[str, Any] = Field(default_factory=lambda: {"kind": "copy_paste"}, description="Task 'kind' and its options.")
     guide: GuideSpec = Field(default_factory=GuideSpec)
     target: TargetSpec = Field(default_factory=TargetSpec)

@@ -74,6 +74,11 @@ def read_yaml(path: str | Path, what: str = "spec", example: str = "specs/rnn_fr
         raise SpecError(f"{p}: not UTF-8 text (byte {e.start})", f"save the {what} as UTF-8 YAML") from None
     except OSError as e:
         raise SpecError(f"cannot read {what} file {p}: {e.strerror or e}", "check the file's permissions") from None
+    return parse_yaml(text, str(p))
+
+
+def parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
+    """YAML text as (data, root node), read as :func:`read_yaml` reads a file; errors name ``source`` and the line."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -81,11 +86,12 @@ def read_yaml(path: str | Path, what: str = "spec", example: str = "specs/rnn_fr
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
         problem = getattr(e, "problem", None) or first_line(e) or "invalid YAML"
-        raise SpecError(f"{p}{line}: YAML syntax error: {problem}", "fix the YAML (indentation, ':' after keys, quotes)") from None
+        raise SpecError(f"{source}{line}: YAML syntax error: {problem}",
+                        "fix the YAML (indentation, ':' after keys, quotes)") from None
     dup = duplicate_key(root)
     if dup:
         key, first, again = dup
-        raise SpecError(f"{p}:{again}: key {key!r} appears twice (first on line {first})",
+        raise SpecError(f"{source}:{again}: key {key!r} appears twice (first on line {first})",
                         "keep one of them: YAML would silently use the last")
     return data, root
 
