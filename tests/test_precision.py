@@ -113,6 +113,15 @@ def test_tf32_off_cuda_is_fp32(name):
                                                  _value_and_grads(name, x, y), strict=True))
 
 
+def test_the_tf32_switch_is_scoped_and_restores_the_setting_exactly():
+    matmul = torch.backends.cuda.matmul
+    flag, on = ("fp32_precision", "tf32") if hasattr(matmul, "fp32_precision") else ("allow_tf32", True)
+    before = getattr(matmul, flag)
+    with measure_mod._tf32_allowed():
+        assert getattr(matmul, flag) == on
+    assert getattr(matmul, flag) == before
+
+
 def test_a_bad_precision_is_one_line():
     with pytest.raises(PairgraphError, match="unknown similarity precision 'fp16' — fix: use one of fp32, tf32, bf16"):
         get_measure("cka").prepare(torch.randn(4, 3), precision="fp16")
@@ -160,9 +169,11 @@ def test_guidance_loss_refuses_a_bad_precision():
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
 def test_reduced_precisions_on_cuda_stay_close_and_leave_the_tf32_flag_alone(precision):
     x, y = _pair(256, 3000, 2000, seed=5)
-    before = torch.backends.cuda.matmul.allow_tf32
+    matmul = torch.backends.cuda.matmul
+    flag = "fp32_precision" if hasattr(matmul, "fp32_precision") else "allow_tf32"
+    before = getattr(matmul, flag)
     v32, gx32, _ = _value_and_grads("cka", x.cuda(), y.cuda())
     v, gx, _ = _value_and_grads("cka", x.cuda(), y.cuda(), precision=precision)
-    assert torch.backends.cuda.matmul.allow_tf32 == before
+    assert getattr(matmul, flag) == before
     assert v.dtype == gx.dtype == torch.float32
     assert abs(v.item() - v32.item()) < 1e-2 and ((gx - gx32).norm() / gx32.norm()).item() < 5e-2

@@ -124,11 +124,11 @@ def matmul_precision(precision: str) -> Iterator[None]:
     """Within the block, :func:`bmm` and :func:`gram` — the grams and the products of the scores, forward
     and backward — multiply at ``precision``; everything else stays fp32 and so do their results.
 
-    ``fp32``: ordinary fp32 products (bit for bit what pairgraph always computed). ``tf32``: on CUDA, the
-    products with TF32 tensor cores allowed (``torch.backends.cuda.matmul.allow_tf32``, set for each
-    product and restored); TF32 is a CUDA format, so on other devices this is fp32. ``bf16``: both
-    operands cast to bf16, the product (fp32-accumulated by the BLAS) cast back to fp32. float64
-    inputs (gradient checks) always multiply in float64.
+    ``fp32``: ordinary fp32 products (bit for bit what pairgraph always computed). ``tf32``: on CUDA,
+    the products with TF32 tensor cores allowed (``torch.backends.cuda.matmul.fp32_precision``, or
+    ``allow_tf32`` on an older torch, set for each product and restored); TF32 is a CUDA format, so on
+    other devices this is fp32. ``bf16``: both operands cast to bf16, the product (fp32-accumulated by
+    the BLAS) cast back to fp32. float64 inputs (gradient checks) always multiply in float64.
     """
     token = _PRECISION.set(check_precision(precision))
     try:
@@ -147,12 +147,19 @@ def _effective(*ts: Tensor) -> str:
 
 @contextlib.contextmanager
 def _tf32_allowed() -> Iterator[None]:
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = True
+    """TF32 for CUDA matmuls within the block, the previous setting restored exactly after it: through
+    ``fp32_precision`` where torch has it (≥ 2.9; its legacy ``allow_tf32`` would turn an inherited
+    "none" into an explicit "ieee"), else ``allow_tf32``."""
+    m = torch.backends.cuda.matmul
+    try:
+        attr, on, old = "fp32_precision", "tf32", m.fp32_precision
+    except AttributeError:
+        attr, on, old = "allow_tf32", True, m.allow_tf32
+    setattr(m, attr, on)
     try:
         yield
     finally:
-        torch.backends.cuda.matmul.allow_tf32 = old
+        setattr(m, attr, old)
 
 
 def _product(a: Tensor, b: Tensor, precision: str) -> Tensor:
