@@ -108,6 +108,7 @@ def test_bench_runs_the_networks_in_bf16_and_refuses_bad_input_in_one_line(tmp_p
             bench("s.yaml", batch_size=16, steps=1, warmup=1, memory=False, device="cuda")
 
 
+@pytest.mark.slow  # four fresh processes, ~30 s on 2 cores
 def test_bench_measures_peak_memory_in_subprocesses_on_a_cpu(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(COPY))
