@@ -31,7 +31,8 @@ lint: install
 	$(BIN)/ruff check pairgraph zoo cli tests scripts
 	$(BIN)/python scripts/check_layout.py
 
-# Guidance cost against its floor (issue #7): CPU, fp32, batch 256; tables by batch size and by pairs.
+# Guidance cost against its floors (issues #7, #21): CPU, fp32, batch 256, with the gram floor (g); tables by
+# batch size and by pairs; then similarity.precision fp32 | tf32 | bf16 on both pairs (scripts/gram_precision.py).
 BENCH_SIZES ?= 64,128,256,512,1024
 bench: install
 	mkdir -p results/bench
@@ -45,14 +46,19 @@ bench: install
 		-o results/bench/rnn_from_transformer-cpu-compiled.json
 	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --channels-last --no-memory \
 		--cache-pool 1024 -o results/bench/fcn_deep_1024_from_resnet18-cpu-channels-last.json
+	$(BIN)/python scripts/gram_precision.py --device cpu -o results/bench/gram_precision-cpu.json
 	$(BIN)/python scripts/bench_report.py results/bench docs/performance.md
 
-# On a machine with an NVIDIA GPU (never required): CPU-vs-GPU agreement of the guided loss, the
-# benchmark on the GPU (fp32 and TF32), short fp32/bf16 training runs and the device tests;
-# records under results/gpu/. GPU_PY: a Python with torch for that GPU (the Makefile's CPU venv is not).
+# On a machine with an NVIDIA GPU (never required), sized for < 8 minutes: CPU-vs-GPU agreement of the guided
+# loss, the device tests and the `gpu`-marked ones, the benchmark on the GPU (networks fp32 and bf16),
+# similarity.precision on the GPU, the paper-size pair's images/s and peak memory, short fp32/bf16
+# training runs; the summary in results/gpu/, the benchmark records in results/bench/*-cuda*.json
+# (then `python scripts/bench_report.py results/bench docs/performance.md`). Smoke test on a CPU:
+# `python scripts/gpu_check.py --quick --device cpu --out /tmp/gc`. GPU_PY: a Python with torch for that
+# GPU (the Makefile's CPU venv is not).
 GPU_PY ?= python3
 gpu-check:
-	$(GPU_PY) scripts/gpu_check.py --out results/gpu
+	$(GPU_PY) scripts/gpu_check.py --out results/gpu --bench-out results/bench
 
 clean:
 	rm -rf build runs .pytest_cache

@@ -289,7 +289,8 @@ def bench(
     steps: Annotated[int, typer.Option(help="Timed rounds (median reported) after warm-up.")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed rounds first.")] = 3,
     device: Annotated[str, typer.Option(help="cpu | cuda")] = "cpu",
-    memory: Annotated[bool, typer.Option(help="Measure peak memory (one subprocess per variant).")] = True,
+    memory: Annotated[bool, typer.Option(help="Measure peak memory (the CUDA allocator's, or one subprocess per "
+                                              "variant on a CPU).")] = True,
     batch_sizes: Annotated[str, typer.Option(help="Comma-separated batch sizes for the overhead table.")] = "",
     pairs: Annotated[str, typer.Option(help="Comma-separated numbers of mapped pairs for the overhead table.")] = "",
     cache_pool: Annotated[int, typer.Option(help="Also time the guided step with the guide cached over a pool of "
@@ -297,45 +298,63 @@ def bench(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the networks of every variant.")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="Run every variant's networks and image "
                                                 "inputs in the channels-last memory format.")] = False,
+    precision: Annotated[str, typer.Option(help="fp32 | bf16: the networks of every variant under bf16 autocast "
+                                                "(as train.precision); the similarity's own precision is "
+                                                "--set similarity.precision=…")] = "fp32",
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
-    """Time the guided step against its floor (target step + guide forward) and a naive implementation."""
+    """Time the guided step against its floors (target step + guide forward, and + the gram work alone) and a
+    naive implementation."""
     from pairgraph.bench import bench as run_bench
 
     def ints(text: str) -> tuple[int, ...]:
-        return tuple(int(v) for v in text.split(",") if v.strip())
+        try:
+            return tuple(int(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise PairgraphError(f"not a comma-separated list of integers: {text!r}", "write e.g. 64,256,1024") from None
 
     rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
-                    cache_pool, compile_, channels_last)
-    sec = rec["seconds"]
-    console.print(f"{spec} · {rec['device']} · batch {batch_size} · {rec['pairs']} pairs · median of {steps} steps"
-                  + (f" · torch.compile (first round {rec['first_round_seconds']:.0f} s)" if compile_ else "")
-                  + (" · channels_last" if channels_last else ""))
-    console.print(f"  (a) target step {sec['target'] * 1e3:.1f} ms   (b) guide forward {sec['guide'] * 1e3:.1f} ms   "
-                  f"(c) guided step {sec['guided'] * 1e3:.1f} ms"
-                  + (f"   (d) naive step {sec['naive'] * 1e3:.1f} ms" if "naive" in sec else "   (d) not timed (compiled)"))
-    console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}"
-                  + (f"   speedup d/c = {rec['speedup']:.2f}" if rec["speedup"] is not None else "")
-                  + (f"   peak memory c/(a+b) = {rec['memory_ratio']:.3f}" if "memory_ratio" in rec else ""))
-    if "cache" in rec:
-        c = rec["cache"]
-        console.print(f"  (e) guided step, guide cached over {c['pool']} examples: {sec['cached'] * 1e3:.1f} ms   "
-                      f"overhead e/(a+b) = {c['overhead']:.3f}"
-                      + (f"   speedup d/e = {c['speedup']:.2f}" if c["speedup"] is not None else "")
-                      + (f"   peak memory e/(a+b) = {c['memory_ratio']:.3f}" if "memory_ratio" in c else ""))
-        console.print(f"      cache {c['bytes'] / 2**20:.0f} MiB, built in {c['build_seconds']:.1f} s")
-
-    def cached(row: dict[str, Any]) -> str:
-        return f", cached {row['overhead_cached']:.3f}" if "overhead_cached" in row else ""
-
-    for row in rec["by_batch_size"]:
-        console.print(f"  batch {row['batch_size']:>5}: overhead {row['overhead']:.3f}{cached(row)}")
-    for row in rec["by_pairs"]:
-        console.print(f"  {row['pairs']:>3} pairs: overhead {row['overhead']:.3f}{cached(row)}")
+                    cache_pool, compile_, channels_last, precision)
+    _print_bench(rec, spec)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(rec, indent=2) + "\n")
         console.print(f"wrote {output}")
+
+
+def _print_bench(rec: dict[str, Any], spec: Path) -> None:
+    sec = rec["seconds"]
+
+    def ms(v: str) -> str:
+        return f"{sec[v] * 1e3:.1f} ms" if v in sec else "not timed"
+
+    console.print(f"{spec} · {rec['device']} · batch {rec['batch_size']} · {rec['pairs']} pairs · median of "
+                  f"{rec['steps']} steps · networks {rec['precision']}, similarity {rec['similarity_precision']}"
+                  + (f" · torch.compile (first round {rec['first_round_seconds']:.0f} s)" if rec["compiled"] else "")
+                  + (" · channels_last" if rec["channels_last"] else ""))
+    console.print(f"  (a) target step {ms('target')}   (b) guide forward {ms('guide')}   (g) grams alone {ms('gram')}   "
+                  f"(c) guided step {ms('guided')}   (d) naive step {ms('naive')}")
+    console.print(f"  overhead c/(a+b) = {rec['overhead']:.3f}"
+                  + (f"   c/(a+b+g) = {rec['overhead_gram']:.3f}" if rec["overhead_gram"] is not None else "")
+                  + (f"   speedup d/c = {rec['speedup']:.2f}" if rec["speedup"] is not None else "")
+                  + (f"   peak memory c/(a+b) = {rec['memory_ratio']:.3f}" if "memory_ratio" in rec else ""))
+    if "cache" in rec:
+        c = rec["cache"]
+        console.print(f"  (e) guided step, guide cached over {c['pool']} examples: {ms('cached')}   "
+                      f"e/(a+b) = {c['overhead']:.3f}   e/a = {c['vs_target']:.3f}"
+                      + (f"   speedup d/e = {c['speedup']:.2f}" if c["speedup"] is not None else "")
+                      + (f"   peak memory e/(a+b) = {c['memory_ratio']:.3f}" if "memory_ratio" in c else ""))
+        console.print(f"      cache {c['bytes'] / 2**20:.0f} MiB, built in {c['build_seconds']:.1f} s")
+
+    def row(r: dict[str, Any]) -> str:
+        return (f"overhead {r['overhead']:.3f}" + (f", c/(a+b+g) {r['overhead_gram']:.3f}" if "overhead_gram" in r else "")
+                + (f", cached {r['overhead_cached']:.3f}, e/a {r['cached_vs_target']:.3f}" if "overhead_cached" in r
+                   else ""))
+
+    for r in rec["by_batch_size"]:
+        console.print(f"  batch {r['batch_size']:>5}: {row(r)}")
+    for r in rec["by_pairs"]:
+        console.print(f"  {r['pairs']:>3} pairs: {row(r)}")
 
 
 @app.command("study")

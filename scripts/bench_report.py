@@ -1,9 +1,12 @@
-"""Render the benchmark records (``pairgraph bench -o …json``) as the tables of docs/performance.md.
+"""Render the benchmark records (``pairgraph bench -o …json`` and the ``kind: gram_precision`` /
+``kind: throughput`` records of scripts/gram_precision.py and scripts/gpu_check.py) as the tables of
+docs/performance.md.
 
     python scripts/bench_report.py results/bench docs/performance.md
 
 Replaces what lies between ``<!-- bench:begin -->`` and ``<!-- bench:end -->`` in the doc (the prose
-around it is written by hand); every number in the tables comes from the JSON records.
+around it is written by hand); every number in the tables comes from the JSON records, and a value an
+older record does not have is shown as "—".
 """
 
 from __future__ import annotations
@@ -14,10 +17,15 @@ from pathlib import Path
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
 TARGETS = {"overhead": 1.10, "speedup": 2.0, "memory_ratio": 1.25}
+DASH = "—"
 
 
-def _ms(s: float) -> str:
-    return f"{s * 1e3:,.1f}"
+def _ms(s: float | None) -> str:
+    return DASH if s is None else f"{s * 1e3:,.1f} ms"
+
+
+def _num(v: float | None, digits: int = 2) -> str:
+    return DASH if v is None else f"{v:.{digits}f}"
 
 
 def _verdict(name: str, value: float | None) -> str:
@@ -28,58 +36,124 @@ def _verdict(name: str, value: float | None) -> str:
     return f"{value:.2f} ({'meets' if ok else 'misses'} {'≥' if name == 'speedup' else '≤'} {bar:.2f})"
 
 
+def _heading(rec: dict) -> str:
+    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    precision = rec.get("precision", "fp32")
+    return (f"### `{rec['spec']}`" + (f" {over}" if over else "") + (" — `torch.compile`" if rec.get("compiled") else "")
+            + (" — channels_last" if rec.get("channels_last") else "")
+            + (f" — networks {precision} (autocast)" if precision != "fp32" else ""))
+
+
+def _where(rec: dict) -> str:
+    m = rec["machine"]
+    return m.get("gpu") or f"{m['processor']}, {m['threads']} torch threads of {m['cpu_count']} cores"
+
+
 def _section(rec: dict, source: str) -> list[str]:
     m = rec["machine"]
-    where = m.get("gpu") or f"{m['processor']}, {m['threads']} torch threads of {m['cpu_count']} cores"
-    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
     sec = rec["seconds"]
     compiled = rec.get("compiled", False)
-    md = [f"### `{rec['spec']}`" + (f" {over}" if over else "") + (" — `torch.compile`" if compiled else "")
-          + (" — channels_last" if rec.get("channels_last") else ""), "",
-          (f"{rec['device']} ({where}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
+    md = [_heading(rec), "",
+          (f"{rec['device']} ({_where(rec)}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
            f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up"
+           + (f"; similarity products in {rec['similarity_precision']}" if "similarity_precision" in rec else "")
            + (f"; every variant's networks compiled (first round, compiling included: "
               f"{rec['first_round_seconds']:.0f} s)" if compiled else "") + f"; record `{source}`."), "",
-          ("| (a) target step | (b) guide forward | (c) guided step | (d) naive step | overhead c/(a+b) "
-           "| speedup d/c | peak memory c/(a+b) |"),
-          "|---:|---:|---:|---:|---:|---:|---:|",
-          f"| {_ms(sec['target'])} ms | {_ms(sec['guide'])} ms | {_ms(sec['guided'])} ms | "
-          + (f"{_ms(sec['naive'])} ms " if "naive" in sec else "— ")
-          + f"| {_verdict('overhead', rec['overhead'])} | {_verdict('speedup', rec['speedup'])} | "
+          ("| (a) target step | (b) guide forward | (g) grams alone | (c) guided step | (d) naive step "
+           "| overhead c/(a+b) | c/(a+b+g) | speedup d/c | peak memory c/(a+b) |"),
+          "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+          f"| {_ms(sec['target'])} | {_ms(sec['guide'])} | {_ms(sec.get('gram'))} | {_ms(sec['guided'])} | "
+          f"{_ms(sec.get('naive'))} | {_verdict('overhead', rec['overhead'])} | {_num(rec.get('overhead_gram'))} | "
+          f"{_verdict('speedup', rec['speedup'])} | "
           + (_verdict("memory_ratio", rec["memory_ratio"]) if "memory_ratio" in rec else "not measured") + " |", ""]
     if "peak_bytes" in rec:
         pb = rec["peak_bytes"]
-        md += [(f"Peak memory above the built pair: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
+        how = f" ({rec['memory_method']})" if "memory_method" in rec else ""
+        md += [(f"Peak memory above the built pair{how}: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
                 f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB"
                 + (f", cached guided step {pb['cached'] / 2**20:,.0f} MiB" if "cached" in pb else "") + "."), ""]
     if "cache" in rec:
-        c = rec["cache"]
-        kinds = sorted(c["kinds"].values())
-        even = f"{c['break_even_steps']:,.0f} steps" if c["break_even_steps"] else "never"
-        md += [("(e) the guided step with the guide cached (`guidance.cache_guide`) over a pool of "
-                f"{c['pool']:,} examples ({kinds.count('gram')} taps kept as grams, {kinds.count('feat')} as rows; "
-                f"{c['bytes'] / 2**20:,.0f} MiB, built in {c['build_seconds']:.1f} s, which the faster step repays "
-                f"after {even}):"), "",
-               "| (e) cached step | overhead e/(a+b) | speedup d/e | peak memory e/(a+b), cache excluded |",
-               "|---:|---:|---:|---:|",
-               (f"| {_ms(sec['cached'])} ms | {_verdict('overhead', c['overhead'])} | {_verdict('speedup', c['speedup'])} "
-               f"| {_verdict('memory_ratio', c['memory_ratio']) if 'memory_ratio' in c else 'not measured'} |"), ""]
+        md += _cache(rec["cache"], sec)
+    return md + _tables(rec)
+
+
+def _cache(c: dict, sec: dict) -> list[str]:
+    kinds = sorted(c["kinds"].values())
+    even = f"{c['break_even_steps']:,.0f} steps" if c["break_even_steps"] else "never"
+    return [("(e) the guided step with the guide cached (`guidance.cache_guide`) over a pool of "
+             f"{c['pool']:,} examples ({kinds.count('gram')} taps kept as grams, {kinds.count('feat')} as rows; "
+             f"{c['bytes'] / 2**20:,.0f} MiB, built in {c['build_seconds']:.1f} s, which the faster step repays "
+             f"after {even}):"), "",
+            "| (e) cached step | overhead e/(a+b) | e/a | speedup d/e | peak memory e/(a+b), cache excluded |",
+            "|---:|---:|---:|---:|---:|",
+            (f"| {_ms(sec['cached'])} | {_verdict('overhead', c['overhead'])} | {_num(c.get('vs_target'))} "
+             f"| {_verdict('speedup', c['speedup'])} "
+             f"| {_verdict('memory_ratio', c['memory_ratio']) if 'memory_ratio' in c else 'not measured'} |"), ""]
+
+
+def _tables(rec: dict) -> list[str]:
+    """The overhead by batch size and by number of mapped pairs."""
     cached = "cached" in rec["seconds"]
-    extra_h, extra_a = (" (e) cached | overhead cached |", "---:|---:|") if cached else ("", "")
+    extra_h, extra_a = (" (e) cached | e/(a+b) | e/a |", "---:|---:|---:|") if cached else ("", "")
+    head = f"| (a) target | (b) guide | (g) grams | (c) guided | c/(a+b) | c/(a+b+g) |{extra_h}"
+    rule = f"|---:|---:|---:|---:|---:|---:|---:|{extra_a}"
 
-    def extra(r: dict) -> str:
-        return f" {_ms(r['cached'])} ms | {r['overhead_cached']:.3f} |" if cached else ""
+    def cells(r: dict) -> str:
+        return (f"| {_ms(r['target'])} | {_ms(r['guide'])} | {_ms(r.get('gram'))} | {_ms(r['guided'])} "
+                f"| {r['overhead']:.3f} | {_num(r.get('overhead_gram'), 3)} |"
+                + (f" {_ms(r['cached'])} | {r['overhead_cached']:.3f} | {_num(r.get('cached_vs_target'), 3)} |"
+                   if cached else ""))
 
+    md: list[str] = []
     if rec["by_batch_size"]:
-        md += [f"| batch | (a) target | (b) guide | (c) guided | overhead |{extra_h}", f"|---:|---:|---:|---:|---:|{extra_a}"]
-        md += [f"| {r['batch_size']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
-               f"| {r['overhead']:.3f} |{extra(r)}" for r in rec["by_batch_size"]] + [""]
+        md += ["| batch " + head, rule] + [f"| {r['batch_size']} " + cells(r) for r in rec["by_batch_size"]] + [""]
     if rec["by_pairs"]:
-        md += [f"| mapped pairs (batch {rec['batch_size']}) | (a) target | (b) guide | (c) guided | overhead |{extra_h}",
-               f"|---:|---:|---:|---:|---:|{extra_a}"]
-        md += [f"| {r['pairs']} | {_ms(r['target'])} ms | {_ms(r['guide'])} ms | {_ms(r['guided'])} ms "
-               f"| {r['overhead']:.3f} |{extra(r)}" for r in rec["by_pairs"]] + [""]
+        md += [f"| mapped pairs (batch {rec['batch_size']}) " + head, rule]
+        md += [f"| {r['pairs']} " + cells(r) for r in rec["by_pairs"]] + [""]
     return md
+
+
+def _precision_section(rec: dict, source: str) -> list[str]:
+    """A ``kind: gram_precision`` record: per pair and precision, the gram work's time and its errors."""
+    cpu = rec["cpu"]
+    flags = ", ".join(f"{f} {'yes' if cpu[f] else 'no' if cpu[f] is not None else DASH}"
+                      for f in ("avx512_bf16", "amx_bf16", "amx_tile"))
+    gpu = rec.get("gpu")
+    md = [f"### `similarity.precision` on {rec['device']} ({_where(rec)})", "",
+          (f"torch {rec['machine']['torch']}; CPU {cpu.get('model') or DASH}: {flags}; torch CPU capability "
+           f"{cpu['torch_cpu_capability']}, oneDNN {'available' if cpu['mkldnn_available'] else 'absent'}"
+           + (f"; GPU {gpu['name']} (compute capability {'.'.join(map(str, gpu['capability']))}, bf16 "
+              f"{'supported' if gpu['bf16_supported'] else 'unsupported'})" if gpu else "")
+           + f"; tf32 here: {rec['tf32']}; record `{source}`."), "",
+          "| pair | batch | precision | (g) grams alone | × fp32 | max \\|ΔCKA\\| | gradient rel. error |",
+          "|---|---:|---|---:|---:|---:|---:|"]
+    floors = []
+    for name, p in rec["pairs"].items():
+        for prec, v in p["precisions"].items():
+            md.append(f"| {name} ({p['pairs']} pairs) | {p['batch_size']} | {prec} | {_ms(v['gram_seconds'])} "
+                      f"| {_num(v['vs_fp32'])} | {v['max_abs_dcka']:.1e} | {v['grad_rel_err']:.1e} |")
+        floors.append(f"{name} {p['fp32_repeat_grad_rel_err']:.1e}")
+    return md + ["", ("Gradient: the target's parameter gradient of the alignment loss against fp32's; fp32 against "
+                      f"itself, run twice (the noise floor): {'; '.join(floors)}."), ""]
+
+
+def _throughput_section(rec: dict, source: str) -> list[str]:
+    """A ``kind: throughput`` record: back-to-back steps, examples per second and peak memory."""
+    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    md = [f"### Throughput: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+          (f"{rec['device']} ({_where(rec)}), torch {rec['machine']['torch']}, batch {rec['batch_size']}, "
+           f"{rec['pairs']} mapped pairs, {rec['target_parameters']:,} target parameters, networks {rec['precision']}, "
+           f"similarity {rec['similarity_precision']}, {rec['steps']} back-to-back steps after {rec['warmup']} "
+           f"warm-up, synthetic data; peak memory: {rec['memory_method']}; record `{source}`."), "",
+          "| step | time per step | examples/s | peak memory |", "|---|---:|---:|---:|"]
+    names = {"target": "(a) target step", "guided": "(c) guided step"}
+    for v, r in rec["variants"].items():
+        md.append(f"| {names.get(v, v)} | {_ms(r['seconds_per_step'])} | {r['examples_per_second']:,.0f} "
+                  f"| {r['peak_bytes'] / 2**20:,.0f} MiB |")
+    return md + [""]
+
+
+RENDER = {None: _section, "gram_precision": _precision_section, "throughput": _throughput_section}
 
 
 def main(folder: str, doc: str) -> None:
@@ -88,7 +162,8 @@ def main(folder: str, doc: str) -> None:
         raise SystemExit(f"no benchmark records in {folder}: run `make bench` first")
     md = [BEGIN, ""]
     for p in records:
-        md += _section(json.loads(p.read_text()), str(p))
+        rec = json.loads(p.read_text())
+        md += RENDER[rec.get("kind")](rec, str(p))
     md.append(END)
     path = Path(doc)
     text = path.read_text() if path.exists() else f"# Performance\n\n{BEGIN}\n{END}\n"

@@ -107,6 +107,7 @@ def assemble(
         task_loss=task.loss,
         measure=s["measure"],
         sequence=s["sequence"],
+        precision=s.get("precision", "fp32"),
         weight=g["weight"],
         mode=g["mode"],
         until_step=g["until_step"],

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from pairgraph.compiler.mapping import build_mapping
 from pairgraph.config import LayerSelection
 from pairgraph.core.loss import alignment_terms, tap_key
+from pairgraph.core.measure import check_precision
 from pairgraph.core.projection import KINDS, Projectors
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import preserved_state, trace
@@ -28,7 +29,8 @@ class GuidanceLoss(nn.Module):
 
     ``mapping`` is a mapper name (``uniform``, ``depth``) or a list of (guide, target, weight)
     triples; ``guide_layers``/``target_layers`` are :class:`pairgraph.config.LayerSelection`-like
-    objects or dicts. The guide is frozen and runs under ``no_grad``; the target is not owned.
+    objects or dicts; ``precision`` that of the similarity's matrix products (fp32 | tf32 | bf16, as
+    ``similarity.precision``). The guide is frozen and runs under ``no_grad``; the target is not owned.
 
     ``objective``: ``cka`` (default) sums 1 − ``measure`` over the pairs; ``fitnets`` and ``repa``
     compare each pair through a learned projector (:class:`pairgraph.core.projection.Projectors`:
@@ -53,6 +55,7 @@ class GuidanceLoss(nn.Module):
         mapping: str | Sequence[tuple[str, str, float]] = "uniform",
         measure: str = "cka",
         sequence: str = "flatten",
+        precision: str = "fp32",
         weight: float = 1.0,
         guide_layers: Any = None,
         target_layers: Any = None,
@@ -79,6 +82,7 @@ class GuidanceLoss(nn.Module):
             pairs = [(g, t, float(w)) for g, t, w in mapping]
         self.pairs = pairs
         self.measure, self.sequence, self.weight, self.objective = measure, sequence, weight, objective
+        self.precision = check_precision(precision)
         self._guide = HookedNetwork(guide, [t.spec() for t in gg.taps if t.name in {p[0] for p in pairs}])
         self._guide.requires_grad_(False)
         self._captured: dict[str, Tensor] = {}
@@ -117,7 +121,8 @@ class GuidanceLoss(nn.Module):
             values = self.projectors.terms(guide_taps, target_taps, mask)
             terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
         else:
-            terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence)
+            terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
+                                    precision=self.precision)
         self.last_terms = {k: v.detach() for k, v in terms.items()}
         return self.weight * sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
 

@@ -193,6 +193,14 @@ class SimilaritySpec(_Strict):
         default="flatten", description="How sequence taps (b, T, d) become matrices: per-sample flatten (paper), per-token, per-position."
     )
     mask_padding: bool = Field(default=True, description="Keep padded positions out of the similarity.")
+    precision: Literal["fp32", "tf32", "bf16"] = Field(
+        default="fp32",
+        description="Precision of the similarity's matrix products only (the grams and the score's products, "
+        "forward and backward); their results, and everything else, stay fp32. fp32: exact as ever; tf32: TF32 "
+        "tensor cores for those products on CUDA (fp32 elsewhere); bf16: operands cast to bf16, products "
+        "accumulated and returned in fp32. Independent of train.precision (the networks' autocast). "
+        "Example: precision: bf16.",
+    )
 
     @field_validator("measure")
     @classmethod

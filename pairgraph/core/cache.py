@@ -51,16 +51,17 @@ class GuideCache:
     def nbytes(self) -> int:
         return sum(t.mat.numel() * t.mat.element_size() for t in self.taps.values())
 
-    def states(self, index: Tensor) -> dict[str, State]:
-        """The prepared guide states of the examples ``index`` (one step's batch), as ``prepare`` gives."""
+    def states(self, index: Tensor, precision: str = "fp32") -> dict[str, State]:
+        """The prepared guide states of the examples ``index`` (one step's batch), as ``prepare`` gives at
+        ``precision`` (the cache itself is built in fp32)."""
         m = get_measure(self.measure)
         out: dict[str, State] = {}
         for name, tap in self.taps.items():
             idx = index.to(tap.mat.device)
             if tap.kind == "feat":
-                out[name] = m.prepare(tap.mat[idx], None, "flatten")
+                out[name] = m.prepare(tap.mat[idx], None, "flatten", precision)
             else:
-                out[name] = m.prepare_gram(tap.mat[idx][:, idx])
+                out[name] = m.prepare_gram(tap.mat[idx][:, idx], precision)
         return out
 
     @classmethod

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from pairgraph.core.cache import GuideCache
 from pairgraph.core.distributed import gather_batch
+from pairgraph.core.measure import check_precision
 from pairgraph.core.projection import Projectors
 from pairgraph.core.similarity import get_measure
 from pairgraph.core.taps import split_call
@@ -39,18 +40,21 @@ def alignment_terms(
     sequence: str = "flatten",
     guide_states: dict[str, Any] | None = None,
     aliases: dict[str, str] | None = None,
+    precision: str = "fp32",
 ) -> dict[str, Tensor]:
     """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs).
 
     ``guide_states`` are already-prepared guide taps (from a :class:`pairgraph.core.cache.GuideCache`);
     ``guide_taps`` is then not read. ``aliases`` maps a guide tap to another whose similarity it provably
-    has (:mod:`pairgraph.core.shared_taps`): only that one is prepared.
+    has (:mod:`pairgraph.core.shared_taps`): only that one is prepared. ``precision``: of the grams and
+    scores' products (:func:`pairgraph.core.measure.matmul_precision`).
     """
     m = get_measure(measure)
     same = aliases or {}
     g_states = guide_states if guide_states is not None else {
-        g: m.prepare(guide_taps[g], mask, sequence) for g in dict.fromkeys(same.get(p[0], p[0]) for p in pairs)}
-    t_states = {t: m.prepare(target_taps[t], mask, sequence) for t in dict.fromkeys(p[1] for p in pairs)}
+        g: m.prepare(guide_taps[g], mask, sequence, precision)
+        for g in dict.fromkeys(same.get(p[0], p[0]) for p in pairs)}
+    t_states = {t: m.prepare(target_taps[t], mask, sequence, precision) for t in dict.fromkeys(p[1] for p in pairs)}
     return {tap_key(g, t): 1.0 - m.score(g_states[same.get(g, g)], t_states[t]) for g, t, _ in pairs}
 
 
@@ -90,7 +94,8 @@ class GuidedPair(nn.Module):
     ``until_step`` the guide is called only while ``step < until_step``; a ``schedule`` (linear or cosine)
     decays the weight to 0 at ``schedule_steps``; ``balance="grad_norm"`` scales the alignment term by the
     ratio of the task's to its gradient norm on ``balance_parameter`` (:meth:`balance_scale`);
-    ``guide_input="noise"`` feeds the guide ``noise_fn(x)`` instead of x.
+    ``guide_input="noise"`` feeds the guide ``noise_fn(x)`` instead of x. ``precision`` is that of the
+    similarity's matrix products (``similarity.precision``; :func:`pairgraph.core.measure.matmul_precision`).
     With a ``guide_cache`` (:meth:`cache_guide`) and the batch's example numbers passed as
     ``index``, the guide is not run: its prepared taps come from the cache.
     """
@@ -104,6 +109,7 @@ class GuidedPair(nn.Module):
         task_loss: Callable[[Tensor, Tensor], Tensor],
         measure: str = "cka",
         sequence: str = "flatten",
+        precision: str = "fp32",
         weight: float = 1.0,
         mode: str = "guidance",
         until_step: int | None = None,
@@ -130,7 +136,7 @@ class GuidedPair(nn.Module):
         self.guide = guide
         self.pairs = [(g, t, float(w)) for g, t, w in pairs]
         self.task_loss = task_loss
-        self.measure, self.sequence = measure, sequence
+        self.measure, self.sequence, self.precision = measure, sequence, check_precision(precision)
         self.weight, self.mode, self.until_step = weight, mode, until_step
         self.guide_input, self.temperature, self.guide_bn = guide_input, temperature, guide_bn
         self.noise_fn, self.mask_fn = noise_fn, mask_fn
@@ -259,8 +265,8 @@ class GuidedPair(nn.Module):
             terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
         else:
             terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
-                                    guide_states=self.guide_cache.states(index) if cached else None,
-                                    aliases=self.guide_aliases)
+                                    guide_states=self.guide_cache.states(index, self.precision) if cached else None,
+                                    aliases=self.guide_aliases, precision=self.precision)
         return self._combine(task, terms, step, out)
 
     def _combine(self, task: Tensor, terms: dict[str, Tensor], step: int | None, out: Tensor) -> PairOutput:

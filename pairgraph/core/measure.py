@@ -6,7 +6,9 @@ reason for every numerical guard are documented in :mod:`pairgraph.core.similari
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +17,8 @@ from torch import Tensor
 from pairgraph.errors import PairgraphError
 
 SEQUENCE_MODES = ("flatten", "token", "position")
+#: precisions of the similarity's matrix products (``similarity.precision``), see :func:`matmul_precision`
+PRECISIONS = ("fp32", "tf32", "bf16")
 
 #: added under the square root of the Frobenius norm used to scale centred features (only matters for
 #: an exactly-zero tap, where it keeps 0/0 away); the features are max-abs rescaled first, so any
@@ -48,6 +52,7 @@ class State:
     n: int
     sequence: str = "flatten"
     keep: Tensor | None = None  # (G,) bool: group has ≥ min_batch real rows (position mode)
+    precision: str = "fp32"  # of the matrix products that made it, and of score's (see matmul_precision)
 
     @property
     def groups(self) -> int:
@@ -103,24 +108,119 @@ def centre_scale(x: Tensor, valid: Tensor | None) -> Tensor:
     return xc / torch.sqrt(xc.square().sum(dim=(1, 2), keepdim=True) + TINY)
 
 
+# --------------------------------------------------------------------------------------- precision
+
+_PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("pairgraph_matmul_precision", default="fp32")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise PairgraphError(f"unknown similarity precision {precision!r}", "use one of " + ", ".join(PRECISIONS))
+    return precision
+
+
+@contextlib.contextmanager
+def matmul_precision(precision: str) -> Iterator[None]:
+    """Within the block, :func:`bmm` and :func:`gram` — the grams and the products of the scores, forward
+    and backward — multiply at ``precision``; everything else stays fp32 and so do their results.
+
+    ``fp32``: ordinary fp32 products (bit for bit what pairgraph always computed). ``tf32``: on CUDA,
+    the products with TF32 tensor cores allowed (``torch.backends.cuda.matmul.fp32_precision``, or
+    ``allow_tf32`` on an older torch, set for each product and restored); TF32 is a CUDA format, so on
+    other devices this is fp32. ``bf16``: both operands cast to bf16, the product (fp32-accumulated by
+    the BLAS) cast back to fp32. float64 inputs (gradient checks) always multiply in float64.
+    """
+    token = _PRECISION.set(check_precision(precision))
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
+def _effective(*ts: Tensor) -> str:
+    """The precision of a product of ``ts`` in the current :func:`matmul_precision` block."""
+    p = _PRECISION.get()
+    if p == "fp32" or any(t.dtype == torch.float64 for t in ts) or (p == "tf32" and ts[0].device.type != "cuda"):
+        return "fp32"
+    return p
+
+
+@contextlib.contextmanager
+def _tf32_allowed() -> Iterator[None]:
+    """TF32 for CUDA matmuls within the block, the previous setting restored exactly after it: through
+    ``fp32_precision`` where torch has it (≥ 2.9; its legacy ``allow_tf32`` would turn an inherited
+    "none" into an explicit "ieee"), else ``allow_tf32``."""
+    m = torch.backends.cuda.matmul
+    try:
+        attr, on, old = "fp32_precision", "tf32", m.fp32_precision
+    except AttributeError:
+        attr, on, old = "allow_tf32", True, m.allow_tf32
+    setattr(m, attr, on)
+    try:
+        yield
+    finally:
+        setattr(m, attr, old)
+
+
+def _product(a: Tensor, b: Tensor, precision: str) -> Tensor:
+    """``bmm(a, b)`` at ``precision`` (already effective), returned in fp32 (or a's dtype for fp32)."""
+    if precision == "bf16":
+        return torch.bmm(a.bfloat16(), b.bfloat16()).float()
+    if precision == "tf32":
+        with _tf32_allowed():
+            return torch.bmm(a, b)
+    return torch.bmm(a, b)
+
+
+class _Product(torch.autograd.Function):
+    """``bmm(a, b)`` whose backward products run at the forward's precision too."""
+
+    @staticmethod
+    def forward(ctx: torch.autograd.function.FunctionCtx, a: Tensor, b: Tensor, precision: str) -> Tensor:
+        ctx.save_for_backward(a, b)
+        ctx.precision = precision
+        return _product(a, b, precision)
+
+    @staticmethod
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None]:
+        a, b = ctx.saved_tensors
+        ga = _product(grad, b.transpose(1, 2), ctx.precision) if ctx.needs_input_grad[0] else None
+        gb = _product(a.transpose(1, 2), grad, ctx.precision) if ctx.needs_input_grad[1] else None
+        return ga, gb, None
+
+
+def bmm(a: Tensor, b: Tensor) -> Tensor:
+    """``torch.bmm(a, b)`` at the current :func:`matmul_precision` (plain ``torch.bmm`` at fp32)."""
+    p = _effective(a, b)
+    if p == "fp32":
+        return torch.bmm(a, b)
+    if torch.is_grad_enabled() and (a.requires_grad or b.requires_grad):
+        return _Product.apply(a, b, p)
+    return _product(a, b, p)
+
+
 class _Gram(torch.autograd.Function):
     """``F Fᵀ`` per group whose backward is one bmm, ``(G + Gᵀ) F``, where autograd's bmm rule takes
-    two (one per operand, though both are F): a third less work for a target tap's gram."""
+    two (one per operand, though both are F): a third less work for a target tap's gram. Both run at
+    the precision given (see :func:`matmul_precision`)."""
 
     @staticmethod
-    def forward(ctx: torch.autograd.function.FunctionCtx, f: Tensor) -> Tensor:
+    def forward(ctx: torch.autograd.function.FunctionCtx, f: Tensor, precision: str) -> Tensor:
         ctx.save_for_backward(f)
-        return torch.bmm(f, f.transpose(1, 2))
+        ctx.precision = precision
+        return _product(f, f.transpose(1, 2), precision)
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> Tensor:
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: Tensor) -> tuple[Tensor, None]:
         (f,) = ctx.saved_tensors
-        return torch.bmm(grad + grad.transpose(1, 2), f)
+        return _product(grad + grad.transpose(1, 2), f, ctx.precision), None
 
 
 def gram(f: Tensor) -> Tensor:
-    """The per-group gram ``F Fᵀ`` of ``f`` (G, n, d), with the cheaper backward when ``f`` needs grad."""
-    return _Gram.apply(f) if f.requires_grad else torch.bmm(f, f.transpose(1, 2))
+    """The per-group gram ``F Fᵀ`` of ``f`` (G, n, d) at the current :func:`matmul_precision`, with the
+    cheaper backward when ``f`` needs grad."""
+    p = _effective(f)
+    return _Gram.apply(f, p) if f.requires_grad else _product(f, f.transpose(1, 2), p)
 
 
 def pair_dtype(a: State, b: State) -> torch.dtype:
@@ -132,11 +232,11 @@ def trace_kl(a: State, b: State) -> Tensor:
     dt = pair_dtype(a, b)
     x, y = a.mat.to(dt), b.mat.to(dt)
     if a.kind == "feat" and b.kind == "feat":  # ‖Fᵀ G‖²_F, cost b·d1·d2
-        return torch.bmm(x.transpose(1, 2), y).square().sum(dim=(1, 2))
+        return bmm(x.transpose(1, 2), y).square().sum(dim=(1, 2))
     if a.kind == "gram" and b.kind == "gram":  # Σ K⊙L, cost b²
         return (x * y).sum(dim=(1, 2))
     f, k = (x, y) if a.kind == "feat" else (y, x)  # tr(Fᵀ L F), cost b²·d
-    return (f * torch.bmm(k, f)).sum(dim=(1, 2))
+    return (f * bmm(k, f)).sum(dim=(1, 2))
 
 
 def reduce_groups(values: Tensor, a: State, b: State) -> Tensor:
@@ -168,21 +268,27 @@ class Measure:
 
     # -- public API -------------------------------------------------------------------------------
 
-    def prepare(self, act: Tensor, mask: Tensor | None = None, sequence: str = "flatten") -> State:
-        """Per-tap work, done once per step and shared by every pair the tap takes part in."""
-        with no_autocast(act.device):
+    def prepare(self, act: Tensor, mask: Tensor | None = None, sequence: str = "flatten",
+                precision: str = "fp32") -> State:
+        """Per-tap work, done once per step and shared by every pair the tap takes part in.
+
+        ``precision``: of the gram and the other matrix products, here and in :meth:`score` (see
+        :func:`matmul_precision`); the state is fp32 at every precision.
+        """
+        with no_autocast(act.device), matmul_precision(precision):
             x, valid = self._rows(act, mask, sequence)
             state = self._prepare_rows(x.to(compute_dtype(act)), valid)
-        state.sequence = sequence
+        state.sequence, state.precision = sequence, precision
         if valid is not None:
             state.keep = valid.sum(dim=1) >= self.min_batch
         return state
 
-    def prepare_gram(self, gram: Tensor) -> State:
+    def prepare_gram(self, gram: Tensor, precision: str = "fp32") -> State:
         """The state :meth:`prepare` gives for rows ``R`` (flatten mode, no mask), from ``R Rᵀ`` alone.
 
         ``gram`` (b×b) may be the gram of the rows minus any common vector (e.g. a dataset mean):
-        double centring removes it.  Used by :class:`pairgraph.core.cache.GuideCache`.
+        double centring removes it.  Used by :class:`pairgraph.core.cache.GuideCache`. ``precision`` is
+        that of :meth:`score` (no product is computed here).
         """
         if not self.supports_gram:
             raise PairgraphError(f"{self.name} cannot be computed from a gram", "use cka or debiased_cka")
@@ -191,16 +297,17 @@ class Measure:
             k = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
             k = (k / k.diagonal().sum().clamp_min(TINY_SCALE)).unsqueeze(0)  # = F̂F̂ᵀ, ‖F̂‖_F = 1
             state = self._from_gram(k)
-        state.sequence = "flatten"
+        state.sequence, state.precision = "flatten", check_precision(precision)
         return state
 
     def _from_gram(self, k: Tensor) -> State:  # pragma: no cover - abstract
         raise NotImplementedError
 
     def score(self, a: State, b: State) -> Tensor:
-        """Scalar similarity of two prepared taps (1 = identical)."""
+        """Scalar similarity of two prepared taps (1 = identical), its products at the states' precision
+        (fp32 when they were prepared at different ones)."""
         self._check_pair(a, b)
-        with no_autocast(a.mat.device):
+        with no_autocast(a.mat.device), matmul_precision(a.precision if a.precision == b.precision else "fp32"):
             return reduce_groups(self._score(a, b), a, b)
 
     def __call__(self, x: Tensor, y: Tensor, mask: Tensor | None = None, sequence: str = "flatten") -> Tensor:

@@ -38,8 +38,11 @@ How it is computed (see docs/similarity.md for the derivations and measured cost
   gives bit-identical cosines, then keeps its strict lower triangle centred and scaled to unit norm;
   Pearson(D, D') = Pearson(cos, cos') because D = 1 − cos, so a pair is one O(b²) dot product.
 * Everything runs in at least fp32 with autocast disabled (float64 stays float64 — used by the
-  gradient checks).  Denominators are ``sqrt(x + eps)`` so a constant activation scores 0 with finite,
-  NaN-free values and gradients.
+  gradient checks).  ``precision`` (``similarity.precision``: fp32 | tf32 | bf16) applies to the matrix
+  products alone — the grams, CKA's ‖FᵀF‖ and the products of ``score``, forward and backward — whose
+  results are fp32 at every precision (:func:`pairgraph.core.measure.matmul_precision`).
+  Denominators are ``sqrt(x + eps)`` so a constant activation scores 0 with finite, NaN-free values
+  and gradients.
 
 Sequence taps ``(b, T, ...)`` with an optional ``(b, T)`` bool mask (True = real position) are reduced
 by ``sequence``: ``flatten`` (the paper: one ``T·d`` row per sample, padded positions zeroed),
@@ -59,10 +62,12 @@ from pairgraph.config.names import MEASURES
 from pairgraph.core.measure import (
     EPS,
     EPS_UNBIASED,
+    PRECISIONS,
     SEQUENCE_MODES,
     TINY_SCALE,
     Measure,
     State,
+    bmm,
     centre,
     centre_scale,
     first_valid,
@@ -74,6 +79,7 @@ from pairgraph.core.measure import (
 __all__ = [
     "CKA",
     "MEASURES",
+    "PRECISIONS",
     "RSA",
     "SEQUENCE_MODES",
     "DebiasedCKA",
@@ -101,7 +107,7 @@ class CKA(Measure):
         _, n, d = x.shape
         if d < n:  # keep features: pair cost b·d1·d2, self ‖FᵀF‖²_F costs b·d²
             f = centre_scale(x, valid)
-            return "feat", f, torch.bmm(f.transpose(1, 2), f).square().sum(dim=(1, 2))
+            return "feat", f, bmm(f.transpose(1, 2), f).square().sum(dim=(1, 2))
         # d ≥ b: centre, take the gram (b²·d, once per tap), then rescale the b×b gram by its detached
         # trace (= ‖F‖²_F) — O(b²) instead of several passes over the b×d features and their gradients.
         f = centre(x, valid)
