@@ -28,7 +28,7 @@ from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.paths import atomic_write
 
 #: the demo's sizes on top of the spec (chosen by scripts/demo_sizes.py; see results/demo/sizes.json)
-STEPS = 650
+STEPS = 1000
 OVERRIDES = ["train.eval_every=50"]
 
 
