@@ -46,6 +46,8 @@ bench: install
 		-o results/bench/rnn_from_transformer-cpu-compiled.json
 	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --channels-last --no-memory \
 		--cache-pool 1024 -o results/bench/fcn_deep_1024_from_resnet18-cpu-channels-last.json
+	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --set similarity.precision=bf16 \
+		--cache-pool 1024 --no-memory -o results/bench/fcn_deep_1024_from_resnet18-cpu-bf16-grams.json
 	$(BIN)/python scripts/gram_precision.py --device cpu -o results/bench/gram_precision-cpu.json
 	$(BIN)/python scripts/bench_report.py results/bench docs/performance.md
 

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pairgraph.cli.demo import demo
+from pairgraph.cli.starter import init
 from pairgraph.errors import Interrupted, PairgraphError
 
 app = typer.Typer(
@@ -44,38 +45,6 @@ def validate(spec: Annotated[Path, typer.Argument(help="A spec YAML file.")], se
                   f"{s.target.model} ({len(c.target)} taps) on {s.task['kind']}; {mapped}", highlight=False)
 
 
-
-
-@app.command()
-def init(
-    guide: Annotated[str, typer.Option("--guide", "-g", help="The guide: a zoo name (`pairgraph zoo`), "
-                                       "torchvision:<name>, timm:<name>, hf:<model_type> or package.module:factory.")],
-    target: Annotated[str, typer.Option("--target", "-t", help="The target, named as the guide.")],
-    task: Annotated[str, typer.Option("--task", help="Task kind: copy_paste, parity, language_modeling, "
-                                      "image_classification (or one you registered).")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="The file to write (a folder: "  # noqa: UP045
-                                                   "<name>.yaml in it); default <guide>_to_<target>.yaml here.")] = None,
-    name: Annotated[Optional[str], typer.Option(help="The pair's name (runs/<name>/); default "  # noqa: UP045
-                                                "<guide>_to_<target>.")] = None,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False,
-) -> None:
-    """Write a commented starting spec for a guide → target pair on a task, CPU-sized, then say what to run.
-
-    Usage: pairgraph init --guide MODEL --target MODEL --task KIND [-o FILE] [--name NAME] [--force]
-
-    Example: pairgraph init --guide resnet18 --target deep_fcn --task image_classification writes
-    resnet18_to_deep_fcn.yaml; then pairgraph compile resnet18_to_deep_fcn.yaml. Every section is commented
-    with what it does and its alternatives. An unknown task or model, a zoo model that does not read the
-    task's input, an existing file (without --force) or a bad path is a one-line error (exit 2).
-    """
-    import shlex
-
-    from pairgraph.config.starter import write_starter
-
-    made = write_starter(guide, target, task, output, name, force)
-    console.print(f"[green]wrote[/green] {made.path}: {made.spec.guide.model} → {made.spec.target.model} on "
-                  f"{task}, CPU-sized", highlight=False, soft_wrap=True)
-    console.print(f"next: pairgraph compile {shlex.quote(str(made.path))}", highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -122,12 +91,26 @@ def compile_cmd(
 
     cp = compile_pair(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
     print_mapping(cp.guide, cp.target, cp.correspondence, console, None if all_rows else 40)
+    _print_shared_taps(cp)
     console.print(f"[green]compiled[/green] {cp.spec.name} → {cp.out_dir}/ (guided_pair.py, mapping.json"
                   + (", mapping.png, mapping.svg)" if render else ")"), soft_wrap=True)
     import shlex
 
     sets = "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
     console.print(f"next: pairgraph train {shlex.quote(str(spec))}{sets}", soft_wrap=True, highlight=False)
+
+
+def _print_shared_taps(cp: Any) -> None:
+    """Guide taps whose CKA is provably another's (computed once in training). Known now for an untrained
+    guide (built here, seeded as training builds it); for other weights the trainer says so when it starts."""
+    if cp.spec.guide.weights != "untrained" or cp.spec.guidance.mode != "guidance":
+        return
+    shared = cp.build("cpu").guide_aliases
+    if shared:
+        shown = ", ".join(f"{a} = {b}" for a, b in list(shared.items())[:4])
+        more = f", … ({len(shared)} in all)" if len(shared) > 4 else ""
+        console.print(f"computed once: {len(shared)} guide taps are BatchNorms that rescale their input uniformly, "
+                      f"so their CKA is their input's: {shown}{more}", soft_wrap=True, highlight=False)
 
 
 @app.command()
@@ -400,6 +383,7 @@ def report_cmd(
 
 
 app.command()(demo)
+app.command()(init)
 
 
 def main() -> None:

@@ -82,7 +82,7 @@ def test_the_gram_floor_is_the_similarity_work_of_the_guided_step(spec, tmp_path
     out = pair(x, fake_labels(pair.target(x)[0], task), 0)
     taps = mapped_taps(pair, x)
     assert (taps[2] is not None) == (spec is COPY)
-    terms = alignment_terms(*taps[:2], pair.pairs, pair.measure, taps[2], pair.sequence)
+    terms = alignment_terms(*taps[:2], pair.pairs, pair.measure, taps[2], pair.sequence, aliases=pair.guide_aliases)
     assert terms.keys() == out.terms.keys()
     assert all(terms[k].item() == pytest.approx(out.terms[k].item(), abs=1e-6) for k in terms)
     calls = {"target": 0, "guide": 0}

@@ -84,7 +84,8 @@ def pair_precision(spec: str, overrides: list[str] | None = None, batch_size: in
     taps = mapped_taps(pair, x)
     with torch.no_grad():
         cka = {p: {k: 1.0 - v.item() for k, v in alignment_terms(
-            taps[0], taps[1], pair.pairs, pair.measure, taps[2], pair.sequence, precision=p).items()}
+            taps[0], taps[1], pair.pairs, pair.measure, taps[2], pair.sequence, aliases=pair.guide_aliases,
+            precision=p).items()}
             for p in ("fp32", *precisions)}
     fns = {p: gram_step(pair, taps, p) for p in precisions}
     seconds = time_variants(fns, dev, steps, warmup, tuple(precisions))

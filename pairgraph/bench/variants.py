@@ -6,7 +6,8 @@
 
 (g) is exactly the similarity work of (c) without either network: on detached copies of this batch's
 mapped taps (captured once, from the same networks, batch and autocast as (c)), every distinct mapped
-guide tap is prepared once without gradient and every distinct mapped target tap once with gradient —
+guide tap is prepared once without gradient (a tap whose CKA is provably another's,
+:mod:`pairgraph.core.shared_taps`, is not prepared again: exact CKA does not need it) and every distinct mapped target tap once with gradient —
 the centring, the gram F Fᵀ (or the feature-space FᵀF when d < b, whichever the measure takes), and the
 norms — then every pair is scored, the weighted terms summed and backpropagated to the target taps (the
 gram's backward and the scores'). That is :func:`pairgraph.core.loss.alignment_terms` at the pair's
@@ -128,7 +129,7 @@ def mapped_taps(pair: Any, x: Tensor, autocast: Autocast = contextlib.nullcontex
     with torch.no_grad(), autocast():
         _, t_all = pair.target(x)
         _, g_all = pair.guide(x)
-    guide_taps = {g: g_all[g].detach().clone() for g in dict.fromkeys(p[0] for p in pair.pairs)}
+    guide_taps = {g: g_all[g].detach().clone() for g in pair.guide_taps()}  # a tap sharing another's CKA: once
     target_taps = {t: t_all[t].detach().clone().requires_grad_(True) for t in dict.fromkeys(p[1] for p in pair.pairs)}
     return guide_taps, target_taps, pair.mask_fn(x) if pair.mask_fn is not None else None
 
@@ -139,7 +140,8 @@ def gram_step(pair: Any, taps: MappedTaps, precision: str) -> Callable[[], None]
     pairs = list(pair.pairs)
 
     def step() -> None:
-        terms = alignment_terms(guide_taps, target_taps, pairs, pair.measure, mask, pair.sequence, precision=precision)
+        terms = alignment_terms(guide_taps, target_taps, pairs, pair.measure, mask, pair.sequence,
+                                aliases=pair.guide_aliases, precision=precision)
         loss = sum(w * terms[tap_key(g, t)] for g, t, w in pairs)
         for t in target_taps.values():
             t.grad = None
