@@ -99,9 +99,11 @@ def noise_section(views: list[CellView]) -> list[str]:
     """The markdown of the section."""
     md = ["## Noise floor: seeds, float rounding and the checkpoint rule", ""]
     rep = repeat_rows(views)
-    md += [("How far a result moves with nothing but float rounding: an arm's seed runs rerun unchanged with "
-           "another torch thread count (`repeat` arms), against how far it moves from seed to seed. Rounding "
-           "s.d. is the s.d. of the paired differences / √2."), ""]
+    md += [("How far a result moves with nothing but float rounding: an arm's seed runs rerun, same spec and "
+           "seed, with another torch thread count (`repeat` arms), against how far it moves from seed to seed. "
+           "A rerun also runs the code of its day, so any rounding-level change since (a stored run's "
+           "`env.json` names its commit) is part of what it measures. Rounding s.d. is the s.d. of the paired "
+           "differences / √2."), ""]
     md += table(["cell", "arm", "seeds", "threads", "values", "rerun", "seed s.d.", "rounding s.d.", "max |Δ|"],
                 rep) if rep else ["(no repeat arm has finished)"]
     close = [(v.label, a.name) for v in views for a in v.cell.arms if v.has_verdict(a.name) and v.close(a.name)]
