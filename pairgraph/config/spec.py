@@ -215,7 +215,8 @@ class GuidanceSpec(_Strict):
         "distillation), fitnets (a learned linear / 1×1 projector from each mapped target tap to its guide tap, "
         "MSE; FitNets' hints), repa (an MLP projector, 1 − cosine per token; REPA). The projectors train with "
         "the target and are saved beside it, never in its weights. Example: mode: repa, projector_dim: 512.")
-    projector_dim: int = Field(default=2048, ge=1, description="Hidden width of repa's MLP projector (REPA: 2048).")
+    projector_dim: int = Field(default=2048, ge=1, description="Hidden width of repa's MLP projector (REPA: 2048). "
+                               "Example: projector_dim: 512.")
     weight: float = Field(default=1.0, ge=0, description="Weight of the summed alignment loss (the paper uses 1).")
     until_step: int | None = Field(default=None, ge=0, description="Guide only for the first N steps (paper §5.5), then task loss alone.")
     reduce: Literal["sum", "mean"] = Field(
@@ -228,7 +229,8 @@ class GuidanceSpec(_Strict):
         description="The alignment weight over training: constant, or a linear or cosine decay from weight to 0 "
         "at step schedule_steps (a soft until_step). Example: schedule: cosine, schedule_steps: 2000.",
     )
-    schedule_steps: int | None = Field(default=None, ge=1, description="The step where a decaying schedule reaches 0.")
+    schedule_steps: int | None = Field(default=None, ge=1, description="The step where a decaying schedule reaches 0. "
+                                          "Example: schedule_steps: 2000.")
     balance: Literal["none", "grad_norm"] = Field(
         default="none",
         description="grad_norm: scale the alignment term each step by ‖∇task‖ / ‖∇alignment‖ on a reference "
