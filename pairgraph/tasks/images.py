@@ -59,7 +59,7 @@ class ImageClassificationOptions(OptionsBase):
     )
     augment_scale: tuple[float, float] = Field(
         default=(0.08, 1.0), description="random_resized_crop: the range of the crop's area, as a fraction of the "
-        "image (torchvision's default).")
+        "image (torchvision's default). Example: augment_scale: [0.35, 1.0].")
     normalize: bool = Field(
         default=True,
         description="Normalize with per-channel mean/std (CIFAR-10's standard values; else the training set's).",
