@@ -399,3 +399,17 @@ def test_gram_with_one_bmm_backward_has_the_exact_gradients_of_f_ft():
     (g1,) = torch.autograd.grad((gram(f) * w).sum(), f)
     (g2,) = torch.autograd.grad((torch.bmm(f, f.transpose(1, 2)) * w).sum(), f)
     torch.testing.assert_close(g1, g2)
+
+
+def test_huge_or_half_precision_activations_keep_a_finite_gram_without_a_host_check():
+    """The gram is kept in range by an on-device rescale (no `bool(isfinite)` sync): CKA is unchanged."""
+    from pairgraph.core.similarity import get_measure
+
+    m = get_measure("cka")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32, 300, generator=g), torch.randn(32, 300, generator=g)
+    ref = m.score(m.prepare(x), m.prepare(y))
+    big = m.score(m.prepare(x * 1e30), m.prepare(y))  # squared, 1e60: beyond fp32
+    torch.testing.assert_close(big, ref, rtol=1e-5, atol=1e-6)
+    half = m.score(m.prepare((x * 300).half()), m.prepare(y.half()))  # 300² · 300 overflows fp16's 65504
+    assert torch.isfinite(half) and abs(half.float().item() - ref.item()) < 1e-2

@@ -54,6 +54,7 @@ time axis and ignore the mask.
 from __future__ import annotations
 
 import functools
+import math
 
 import torch
 from torch import Tensor
@@ -110,11 +111,12 @@ class CKA(Measure):
             return "feat", f, bmm(f.transpose(1, 2), f).square().sum(dim=(1, 2))
         # d ≥ b: centre, take the gram (b²·d, once per tap), then rescale the b×b gram by its detached
         # trace (= ‖F‖²_F) — O(b²) instead of several passes over the b×d features and their gradients.
+        # No host sync (GPU): f is divided by a detached on-device factor that is exactly 1 — bit for bit the
+        # plain gram — unless max|f|²·d could overflow the dtype (fp16 under autocast, or fp32 beyond ~1e17);
+        # the trace rescale below cancels the factor, in the value and in the gradient.
         f = centre(x, valid)
-        k = gram(f)
-        if not bool(torch.isfinite(k).all()):  # activations beyond fp32's range once squared
-            f = centre_scale(x, valid)
-            k = gram(f)
+        limit = math.sqrt(torch.finfo(f.dtype).max / (4 * max(d, 1)))
+        k = gram(f / (f.detach().abs().amax(dim=(1, 2), keepdim=True) / limit).clamp_min(1.0))
         scale = k.detach().diagonal(dim1=1, dim2=2).sum(-1).clamp_min(TINY_SCALE)
         k = k / scale[:, None, None]
         return "gram", k, k.square().sum(dim=(1, 2))
