@@ -105,12 +105,12 @@ def _print_shared_taps(cp: Any) -> None:
     guide (built here, seeded as training builds it); for other weights the trainer says so when it starts."""
     if cp.spec.guide.weights != "untrained" or cp.spec.guidance.mode != "guidance":
         return
+    from pairgraph.core.shared_taps import describe
+
     shared = cp.build("cpu").guide_aliases
     if shared:
-        shown = ", ".join(f"{a} = {b}" for a, b in list(shared.items())[:4])
-        more = f", … ({len(shared)} in all)" if len(shared) > 4 else ""
         console.print(f"computed once: {len(shared)} guide taps are BatchNorms that rescale their input uniformly, "
-                      f"so their CKA is their input's: {shown}{more}", soft_wrap=True, highlight=False)
+                      f"so their CKA is their input's: {describe(shared, 4)}", soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -68,3 +68,9 @@ def rescaled_taps(network: nn.Module, example: Tensor, taps: Sequence[str]) -> d
         if source is not None:
             found[tap] = found.get(source, source)
     return found
+
+
+def describe(shared: dict[str, str], limit: int = 3) -> str:
+    """``a = b, c = d, … (N in all)``: the shared taps for a one-line notice."""
+    shown = ", ".join(f"{a} = {b}" for a, b in list(shared.items())[:limit])
+    return shown + (f", … ({len(shared)} in all)" if len(shared) > limit else "")

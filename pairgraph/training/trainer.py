@@ -32,6 +32,7 @@ from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
 from pairgraph.core.optim import check_schedule, make_optimizer, make_scheduler, pick_device
+from pairgraph.core.shared_taps import describe
 from pairgraph.errors import Interrupted, PairgraphError, io_error
 from pairgraph.paths import atomic_write
 from pairgraph.tasks import get_task
@@ -146,10 +147,8 @@ class Trainer:
         guide_weights = self._guide_weights()
         pair = self.compiled.build(self.device, guide_weights=guide_weights)
         if pair.guide_aliases and self.progress and self.dist.is_main:
-            shown = ", ".join(f"{a} = {b}" for a, b in list(pair.guide_aliases.items())[:3])
-            more = f", … ({len(pair.guide_aliases)} in all)" if len(pair.guide_aliases) > 3 else ""
-            print(f"guide taps computed once: {shown}{more} — each a BatchNorm that rescales its input uniformly, "
-                  "so its CKA is its input's", flush=True)
+            print(f"guide taps computed once: {describe(pair.guide_aliases)} — each a BatchNorm that rescales its "
+                  "input uniformly, so its CKA is its input's", flush=True)
         self.model = pair.target
         self.checkpoints.projectors = pair.projectors
         opt = make_optimizer(cfg, pair.trained_parameters())
