@@ -443,6 +443,40 @@ def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch
     assert peak[0] == 2  # the two runs after it share the cached guide
 
 
+def test_a_run_waiting_for_a_guide_starts_once_it_is_cached_not_when_its_trainer_ends(tmp_path, monkeypatch):
+    """The guide is cached long before the run that trains it ends; the waiting run starts then."""
+    import concurrent.futures
+    import threading
+    import time
+    from collections import deque
+
+    from pairgraph.study import Job
+    from pairgraph.study.execute import run_parallel
+
+    guide, second_started, saw = tmp_path / "guide.safetensors", threading.Event(), []
+
+    def fake_execute(job):
+        if job.seed == 0:  # trains and caches the guide, then trains the target for a long while
+            time.sleep(0.3)  # the scheduler has seen the second run wait for the guide by now
+            guide.write_bytes(b"trained")
+            saw.append(second_started.wait(timeout=10))
+        else:
+            second_started.set()
+        return {"status": "done"}
+
+    class Threads(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(execute_mod, "execute_job", fake_execute)
+    monkeypatch.setattr(execute_mod, "GUIDE_POLL_SECONDS", 0.01)
+    jobs = deque(Job("s", "c", "trained", 1e-3, seed, "seeds", "x.yaml", (), "runs", "out", str(guide))
+                 for seed in range(2))
+    run_parallel(jobs, 2, lambda job, res: None, lambda m: None)
+    assert saw == [True]  # the second run started while the first was still running
+
+
 def test_sizes_table_says_when_a_cell_pins_its_lrs_instead_of_sweeping(tmp_path, monkeypatch):
     write(tmp_path / "tiny.yaml", tiny_spec())
     monkeypatch.chdir(tmp_path)

@@ -31,6 +31,8 @@ from pairgraph.study.plan import ArmPlan, Job, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import Study, lr_tag, run_folder
 
+#: how often a job waiting for a guide that another process trains looks for it in the cache
+GUIDE_POLL_SECONDS = 5.0
 #: files copied from a run folder into the results (never checkpoints/ or tb/)
 RUN_FILES = ("summary.json", "metrics.jsonl", "spec.yaml", "env.json", "test_predictions.json")
 
@@ -269,11 +271,13 @@ def run_parallel(ready: deque[Job], jobs: int, finished: Callable[[Job, dict[str
     busy: set[str] = set()
     try:
         while ready or running:
+            waiting = False  # a job waits for a guide another process is training
             for job in list(ready):
                 if len(running) >= jobs:
                     break
                 training = job.guide_key is not None and not Path(job.guide_key).exists()
                 if training and job.guide_key in busy:
+                    waiting = True
                     continue  # another process is training this guide right now; once it is cached, share it
                 ready.remove(job)
                 if training:
@@ -282,7 +286,9 @@ def run_parallel(ready: deque[Job], jobs: int, finished: Callable[[Job, dict[str
                 running[pool.submit(execute_job, job)] = job
             if not running:
                 break
-            done, _ = futures.wait(running, return_when=futures.FIRST_COMPLETED)
+            # the guide is cached long before the run training it ends: look again every few seconds
+            done, _ = futures.wait(running, timeout=GUIDE_POLL_SECONDS if waiting else None,
+                                   return_when=futures.FIRST_COMPLETED)
             for fut in sorted(done, key=lambda f: running[f].key):
                 job = running.pop(fut)
                 if job.guide_key is not None:

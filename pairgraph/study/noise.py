@@ -64,7 +64,7 @@ def rule_rows(views: list[CellView]) -> tuple[list[list[str]], int]:
             changed += moved
             rows.append([v.label, arm, word(v.verdict(arm)), word(per_run),
                          (f"{word(by_rule)} ({_stat_text(ours)} at step {step}; baseline {_stat_text(base)} at "
-                         f"step {b_step})"), "**changed**" if moved else ""])
+                         f"step {b_step})"), "**changed**" if moved else "no"])
     return rows, changed
 
 
@@ -116,5 +116,5 @@ def noise_section(views: list[CellView]) -> list[str]:
            "the evaluation step with the lowest seed-averaged validation loss, the same step for every seed. "
            "Both are read on the validation split (the only split evaluated at every step); the verdict on the "
            f"test split is the cell tables'. {changed} of {len(rows)} verdicts change with the rule."), ""]
-    md += table(["cell", "arm", "test, per run", "val, per run", "val, paper's rule", ""], rows)
+    md += table(["cell", "arm", "test, per run", "val, per run", "val, paper's rule", "rule changes it?"], rows)
     return md + [""]
