@@ -405,9 +405,20 @@ def test_jobs_follow_the_study_files_order_so_an_earlier_cell_finishes_first(tmp
     assert "(seeds)" in started[2] and "(sweep)" in started[3]
 
 
+def in_threads(monkeypatch, fake_execute) -> None:
+    """run_parallel's workers as threads of this process, each job run by ``fake_execute``."""
+    import concurrent.futures
+
+    class Threads(concurrent.futures.ThreadPoolExecutor):
+        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
+            super().__init__(max_workers)
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
+    monkeypatch.setattr(execute_mod, "execute_job", fake_execute)
+
+
 def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch):
     """While a guide is being trained, no second run trains it too; once it is cached, runs share it."""
-    import concurrent.futures
     import threading
     import time
     from collections import deque
@@ -429,12 +440,7 @@ def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch
             running[0] -= 1
         return {"status": "done"}
 
-    class Threads(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
-            super().__init__(max_workers)
-
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
-    monkeypatch.setattr(execute_mod, "execute_job", fake_execute)
+    in_threads(monkeypatch, fake_execute)
     jobs = deque(Job("s", "c", "trained", 1e-3, seed, "seeds", "x.yaml", (), "runs", "out", str(guide))
                  for seed in range(3))
     run_parallel(jobs, 2, lambda job, res: None, lambda m: None)
@@ -445,7 +451,6 @@ def test_runs_training_one_guide_wait_for_it_then_share_it(tmp_path, monkeypatch
 
 def test_a_run_waiting_for_a_guide_starts_once_it_is_cached_not_when_its_trainer_ends(tmp_path, monkeypatch):
     """The guide is cached long before the run that trains it ends; the waiting run starts then."""
-    import concurrent.futures
     import threading
     import time
     from collections import deque
@@ -464,12 +469,7 @@ def test_a_run_waiting_for_a_guide_starts_once_it_is_cached_not_when_its_trainer
             second_started.set()
         return {"status": "done"}
 
-    class Threads(concurrent.futures.ThreadPoolExecutor):
-        def __init__(self, max_workers, mp_context=None, initializer=None, initargs=()):
-            super().__init__(max_workers)
-
-    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", Threads)
-    monkeypatch.setattr(execute_mod, "execute_job", fake_execute)
+    in_threads(monkeypatch, fake_execute)
     monkeypatch.setattr(execute_mod, "GUIDE_POLL_SECONDS", 0.01)
     jobs = deque(Job("s", "c", "trained", 1e-3, seed, "seeds", "x.yaml", (), "runs", "out", str(guide))
                  for seed in range(2))
