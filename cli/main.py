@@ -86,7 +86,7 @@ def compile_cmd(
     all_rows: Annotated[bool, typer.Option("--all", help="Show every pair in the terminal view.")] = False,
 ) -> None:
     """Trace guide and target, build the layer mapping, generate guided_pair.py and the renders."""
-    from pairgraph.api import compile as compile_pair
+    from pairgraph.compiler.pipeline import compile as compile_pair
     from pairgraph.compiler.render import print_mapping
 
     cp = compile_pair(spec, output, set_, render=render, notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
@@ -103,9 +103,11 @@ def compile_cmd(
 def _print_shared_taps(cp: Any) -> None:
     """Guide taps whose CKA is provably another's (computed once in training). Known now for an untrained
     guide (built here, seeded as training builds it); for other weights the trainer says so when it starts."""
-    if cp.spec.guide.weights != "untrained" or cp.spec.guidance.mode != "guidance":
-        return
+    from pairgraph.core.objectives import objective_class
     from pairgraph.core.shared_taps import describe
+
+    if cp.spec.guide.weights != "untrained" or not objective_class(cp.spec.guidance.mode).compares_similarity:
+        return
 
     shared = cp.build("cpu").guide_aliases
     if shared:
@@ -126,8 +128,8 @@ def train(
     """Train a pair (compiling the spec on the fly) and print the run's summary."""
     import os
 
-    from pairgraph.api import compile as compile_pair
-    from pairgraph.training import resume_run
+    from pairgraph.compiler.pipeline import compile as compile_pair
+    from pairgraph.training import resume_run, train
 
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _check_before_launch(spec, set_, resume, nproc)
@@ -144,7 +146,7 @@ def train(
             spec = spec / "spec.yaml"
         compiled = compile_pair(spec, None, set_, render=False,
                                      notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
-        summary = compiled.train(runs_dir=runs_dir, run_id=run_id, progress=progress)
+        summary = train(compiled, runs_dir=runs_dir, run_id=run_id, progress=progress)
     _print_summary(summary)
 
 
@@ -226,7 +228,7 @@ def similarity(
     import torch
 
     from pairgraph.analysis import similarity_heatmap
-    from pairgraph.api import compile as compile_pair
+    from pairgraph.compiler.pipeline import compile as compile_pair
 
     src = spec_or_run
     run_dir: Path | None = None

@@ -23,9 +23,10 @@ from typing import Any
 import torch
 
 from pairgraph.analysis.compare import plot_comparison
-from pairgraph.api import compile as compile_pair
 from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.paths import atomic_write
+from pairgraph.training import train
 
 #: the demo's sizes on top of the spec (chosen by scripts/demo_sizes.py; see results/demo/sizes.json)
 STEPS = 1000
@@ -75,7 +76,7 @@ def train_demo(guided: CompiledPair, alone: CompiledPair, runs_dir: str | Path =
         if stage is not None:
             stage(label)
         t0 = time.time()
-        summaries[label] = pair.train(runs_dir=runs_dir, run_id=f"{stamp}-{tag}", progress=progress)
+        summaries[label] = train(pair, runs_dir=runs_dir, run_id=f"{stamp}-{tag}", progress=progress)
         # end to end (data, guide cache, training, evaluations, test): summary.json's wall time is training only
         summaries[label]["demo_seconds"] = round(time.time() - t0, 1)
     metrics = [k for k in summaries[labels[0]]["test"] if k != "loss"]

@@ -13,8 +13,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED
+from pairgraph.config import OBJECTIVES, PRETRAINED, TRAIN, UNTRAINED
 from pairgraph.config.diff import RUNTIME_FIELDS, flatten
+from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
 
 RUN_HINT = "pass run folders runs/<name>/<id> written by `pairgraph train`"
@@ -57,7 +58,7 @@ class RunData:
     @property
     def guide_weights(self) -> str:
         w = str(self._get("guide", "weights") or self.summary.get("guide_weights") or "?")
-        if self.mode == "baseline":
+        if self.mode in OBJECTIVES and not objective_class(self.mode).calls_guide:
             return "no guide"  # the guide is never called: its weights do not matter
         if w not in (UNTRAINED, TRAIN, PRETRAINED):
             w = Path(w).name  # a checkpoint path: its file name is enough for a legend

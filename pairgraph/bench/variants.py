@@ -119,7 +119,7 @@ def gram_floor(pair: Any, x: Tensor, autocast: Autocast = contextlib.nullcontext
     """(g): the similarity work of one guided step on ``x`` alone (module docstring), as a closure, at the
     pair's ``similarity.precision``; None where the pair's step computes no similarity (modes other than
     guidance)."""
-    if pair.mode != "guidance" or pair.projectors is not None or not pair.pairs:
+    if not pair.objective.compares_similarity or not pair.pairs:
         return None
     return gram_step(pair, mapped_taps(pair, x, autocast), pair.precision)
 

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from pairgraph.compiler.build import assemble
+from pairgraph.compiler.build import build_pair
 from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PairSpec
 from pairgraph.core.layer_graph import LayerGraph
@@ -121,7 +121,7 @@ class CompileContext:
             return tap_network(graph.method, [t.spec() for t in graph.taps], graph.output_key)
 
         with rng.active():
-            pair = assemble(spec.resolved(), network(self.guide), network(self.target), [], device, weights)
+            pair = build_pair(spec, network(self.guide), network(self.target), [], device, weights)
             if warmup_steps:
                 pair.train()
                 opt = make_optimizer(spec.train, [p for p in pair.target.parameters() if p.requires_grad])

@@ -9,15 +9,15 @@ import torch
 from torch import Tensor, nn
 
 from pairgraph.compiler.mapping import build_mapping
-from pairgraph.config import LayerSelection
-from pairgraph.core.loss import alignment_terms, tap_key
-from pairgraph.core.measure import check_precision
-from pairgraph.core.projection import KINDS, Projectors
+from pairgraph.config import OBJECTIVES, LayerSelection
+from pairgraph.core.loss import Activations, Objective
+from pairgraph.core.objectives import Projection, Similarity
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import preserved_state, trace
 from pairgraph.errors import PairgraphError
 
-OBJECTIVES = ("cka", *KINDS)
+#: ``objective=`` names: the similarity objective (mode ``guidance``) is called by its measure's family, cka
+_NAMES = {"cka": "guidance", "fitnets": "fitnets", "repa": "repa"}
 
 
 class GuidanceLoss(nn.Module):
@@ -64,8 +64,8 @@ class GuidanceLoss(nn.Module):
         seed: int = 0,
     ):
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise PairgraphError(f"unknown GuidanceLoss objective {objective!r}", f"use one of {', '.join(OBJECTIVES)}")
+        if objective not in _NAMES:
+            raise PairgraphError(f"unknown GuidanceLoss objective {objective!r}", f"use one of {', '.join(_NAMES)}")
 
         def selection(s: Any) -> Any:
             return LayerSelection.model_validate(s) if isinstance(s, dict) else (s or LayerSelection())
@@ -81,8 +81,7 @@ class GuidanceLoss(nn.Module):
         else:
             pairs = [(g, t, float(w)) for g, t, w in mapping]
         self.pairs = pairs
-        self.measure, self.sequence, self.weight, self.objective = measure, sequence, weight, objective
-        self.precision = check_precision(precision)
+        self.weight = weight
         self._guide = HookedNetwork(guide, [t.spec() for t in gg.taps if t.name in {p[0] for p in pairs}])
         self._guide.requires_grad_(False)
         self._captured: dict[str, Tensor] = {}
@@ -91,11 +90,18 @@ class GuidanceLoss(nn.Module):
         self._handles = capture_hooks(target, [t.spec() for t in tg.taps if t.name in needed], self._captured,
                                       first_only=False)
         self.last_terms: dict[str, Tensor] = {}
-        self.projectors = self._projectors(example, projector_dim, seed) if objective in KINDS else None
+        kind = OBJECTIVES.get(_NAMES[objective])
+        self.objective: Objective = (kind(measure, sequence, precision, "sum", {}) if issubclass(kind, Similarity)
+                                     else self._projection(kind, example, projector_dim, seed))
 
-    def _projectors(self, example: Tensor, hidden: int, seed: int) -> Projectors:
-        """The fitnets / repa projectors, sized from one forward of both networks on ``example`` with the
-        taps captured as :meth:`forward` captures them (neither network changes: ``preserved_state``)."""
+    @property
+    def projectors(self) -> Any:
+        """The fitnets / repa projectors (None for cka): this module's trainable parameters."""
+        return getattr(self.objective, "projectors", None)
+
+    def _projection(self, kind: type[Projection], example: Tensor, hidden: int, seed: int) -> Projection:
+        """The fitnets / repa objective, its projectors sized from one forward of both networks on ``example``
+        with the taps captured as :meth:`forward` captures them (neither network changes: ``preserved_state``)."""
         target = self._target[0]
         with preserved_state(self._guide), preserved_state(target):
             self._guide.eval()
@@ -104,9 +110,7 @@ class GuidanceLoss(nn.Module):
             target(example)
         target_taps = dict(self._captured)
         self._captured.clear()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            return Projectors(self.objective, self.pairs, guide_taps, target_taps, hidden).to(example.device)
+        return kind.sized(self.pairs, guide_taps, target_taps, hidden, seed, "sum", example.device)
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if not self._captured:
@@ -117,14 +121,9 @@ class GuidanceLoss(nn.Module):
         self._guide.eval()
         with torch.no_grad():
             _, guide_taps = self._guide(x)
-        if self.projectors is not None:
-            values = self.projectors.terms(guide_taps, target_taps, mask)
-            terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
-        else:
-            terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
-                                    precision=self.precision)
+        terms = self.objective.terms(self.pairs, Activations(None, guide_taps, None, target_taps, mask))
         self.last_terms = {k: v.detach() for k, v in terms.items()}
-        return self.weight * sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
+        return self.weight * self.objective.align(self.pairs, terms)
 
     def _check_fresh(self, target_taps: dict[str, Tensor], x: Tensor) -> None:
         """The captured taps must be this batch's, from a forward that can carry gradient."""

@@ -9,16 +9,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED, PairSpec, TrainSpec, as_spec
+from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import cache_dir
-
-#: what the trainer passes to train a missing guide: spec → path of the cached checkpoint
-GuideTrainer = Callable[[PairSpec], Path]
 
 
 def guide_train_section(spec: PairSpec) -> dict[str, Any]:
@@ -53,21 +50,21 @@ def _recorded(run_dir: Path | None) -> str | None:
     return str(used) if used and Path(used).exists() else None
 
 
-def resolve_guide_weights(spec: PairSpec | dict[str, Any], *, train: GuideTrainer | None = None,
-                          run_dir: Path | None = None, purpose: str = "this", baseline_too: bool = False) -> str | None:
+def resolve_guide_weights(spec: PairSpec | dict[str, Any], *, run_dir: Path | None = None, purpose: str = "this",
+                          baseline_too: bool = False) -> str | None:
     """The guide's weights: None (seeded init), a checkpoint path, or the cached trained guide.
 
-    A baseline run never calls its guide, so its weights are None unless ``baseline_too`` (analysis
+    A run whose objective never calls its guide (baseline) gets None unless ``baseline_too`` (analysis
     and calibration compare against the guide whatever the mode). ``run_dir``: a run's recorded
-    weights win (what that run really used). For ``weights: train`` a missing cached guide is
-    trained by ``train`` when given; otherwise it is a one-line error saying how to get it
-    (``purpose`` names who needs it).
+    weights win (what that run really used). For ``weights: train`` a missing cached guide is a
+    one-line error saying how to get it (``purpose`` names who needs it): this never trains — the
+    trainer trains a missing guide before it asks (:mod:`pairgraph.training.guide`).
     """
     spec = as_spec(spec) if isinstance(spec, dict) else spec
     recorded = _recorded(run_dir)
     if recorded:
         return recorded
-    if spec.guidance.mode == "baseline" and not baseline_too:
+    if not objective_class(spec.guidance.mode).calls_guide and not baseline_too:
         return None
     w = spec.guide.weights
     if w in (UNTRAINED, PRETRAINED):  # a seeded init, or the source's own weights (loaded when the model is built)
@@ -77,8 +74,6 @@ def resolve_guide_weights(spec: PairSpec | dict[str, Any], *, train: GuideTraine
     cached = guide_checkpoint_path(spec)
     if cached.exists():
         return str(cached)
-    if train is not None:
-        return str(train(spec))
     raise PairgraphError(
         f"{purpose} needs the trained guide (guide.weights: train), which is not cached yet",
         "train the pair once (`pairgraph train` trains and caches its guide), or set guide.weights=untrained",

@@ -6,6 +6,7 @@ import difflib
 import importlib.util
 import inspect
 import json
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -44,25 +45,18 @@ class CompiledPair:
     correspondence: Correspondence
     out_dir: Path
     module: ModuleType
-    #: the training entry point (``pairgraph.training.train``), attached by ``pairgraph.compile``
-    trainer: Callable[..., dict[str, Any]] | None = None
 
     def build(self, device: str | torch.device = "cpu", guide_weights: str | None = None) -> GuidedPair:
-        """A fresh :class:`~pairgraph.core.loss.GuidedPair` (seeded init) on ``device``."""
+        """A fresh :class:`~pairgraph.core.loss.GuidedPair` (seeded init) on ``device``: the generated module's
+        ``build()``. Train it with :func:`pairgraph.train`."""
         return self.module.build(device=device, guide_weights=guide_weights)
-
-    def train(self, **kwargs: Any) -> dict[str, Any]:
-        """Train this pair (see :func:`pairgraph.training.train`); returns the run's summary."""
-        if self.trainer is None:
-            raise PairgraphError("this CompiledPair has no trainer attached", "compile it with pairgraph.compile")
-        return self.trainer(self, **kwargs)
 
 
 def _model(spec: PairSpec, side: str, task: Any, device: str = "meta") -> nn.Module:
     net = getattr(spec, side)
     try:
         with torch.device(device):
-            model = build_model(net.model, net.args, model_kwargs(net.model_dump(), task))
+            model = build_model(net.model, net.args, model_kwargs(net, task))
     except PairgraphError as e:
         raise PairgraphError(f"{side}: {e.message}", e.hint) from None
     except Exception as e:  # noqa: BLE001 - any failure of user model code becomes one line
@@ -72,7 +66,7 @@ def _model(spec: PairSpec, side: str, task: Any, device: str = "meta") -> nn.Mod
         ) from None
     if net.inputs:
         _check_inputs(model, side, net.inputs, task)
-    return adapt_inputs(model, net.model_dump(), task, side)
+    return adapt_inputs(model, net, task, side)
 
 
 _KINDS = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
@@ -123,8 +117,18 @@ def _check_checkpoint(guide: nn.Module, path: str) -> None:
     check_fits(guide, read_state(path, "guide"), path, "guide")
 
 
-def import_generated(path: Path) -> ModuleType:
-    name = f"pairgraph_generated_{abs(hash(str(path.resolve())))}"
+def module_name(spec: PairSpec) -> str:
+    """The name a pair's generated module is imported under: ``guided_pair_<pair name>``."""
+    return "guided_pair_" + re.sub(r"\W", "_", spec.name)
+
+
+def import_generated(path: Path, name: str) -> ModuleType:
+    """Import the generated module at ``path`` as ``name`` (``name_2``, … when another file holds that name)."""
+    path = path.resolve()
+    base, n = name, 1
+    while getattr(sys.modules.get(name), "__file__", str(path)) != str(path):
+        n += 1
+        name = f"{base}_{n}"
     spec = importlib.util.spec_from_file_location(name, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
@@ -206,11 +210,11 @@ def check(spec: PairSpec | str | Path | dict[str, Any], overrides: list[str] | N
 
 def _write_outputs(out: Path, spec: PairSpec, graphs: dict[str, LayerGraph], corr: Correspondence, source: str,
                    render: bool) -> None:
-    resolved = spec.resolved()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
-        atomic_write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
+        atomic_write(out / "guided_pair.py",
+                     generate(spec, graphs["guide"], graphs["target"], corr, source, module_name(spec)))
+        atomic_write(out / "spec.yaml", yaml.safe_dump(spec.resolved(), sort_keys=False))
         mapping = {"name": spec.name, **corr.to_json(), "guide": graphs["guide"].to_json(),
                    "target": graphs["target"].to_json()}
         atomic_write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
@@ -244,5 +248,5 @@ def compile(
     corr = build_mapping(spec.mapping.kind, graphs["guide"], graphs["target"], context, **spec.mapping.options())
     out = Path(out_dir) if out_dir is not None else Path("build") / spec.name
     _write_outputs(out, spec, graphs, corr, source, render)
-    module = import_generated(out / "guided_pair.py")
+    module = import_generated(out / "guided_pair.py", module_name(spec))
     return CompiledPair(spec, graphs["guide"], graphs["target"], corr, out, module)

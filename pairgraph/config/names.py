@@ -20,6 +20,8 @@ MODEL_SOURCES: Registry[Any] = Registry("model source", builtins=["pairgraph.zoo
 MAPPERS: Registry[Any] = Registry("mapper", builtins=["pairgraph.compiler.mapping"])
 #: similarity measures (instances of ``pairgraph.core.similarity.Measure``)
 MEASURES: Registry[Any] = Registry("measure", builtins=["pairgraph.core.similarity"])
+#: guidance objectives, one per ``guidance.mode`` (``pairgraph.core.loss.Objective`` subclasses)
+OBJECTIVES: Registry[Any] = Registry("guidance mode", builtins=["pairgraph.core.objectives"])
 #: tasks (``Task`` subclasses with an ``Options`` model)
 TASKS: Registry[Any] = Registry("task", builtins=["pairgraph.tasks"])
 #: optimizers ``(train section, parameters) -> torch.optim.Optimizer``

@@ -1,8 +1,10 @@
-"""The guidance loss: task loss + Σ w·(1 − M(target tap, guide tap)), one forward of each network.
+"""The guided step's loss: task loss + weight(step) · alignment, one forward of each network.
 
 * :func:`alignment_terms` — 1 − M for every mapped pair, each tap prepared once;
-* :class:`GuidedPair` — target + frozen guide (run under ``no_grad``); also the baseline and
-  distill modes, the guide cache and global-batch CKA under torchrun.
+* :class:`Objective` — what the alignment is (the registered objectives: :mod:`pairgraph.core.objectives`);
+* :class:`GuidedPair` — target + frozen guide (run under ``no_grad``) + one objective, composed with the
+  weight schedule (:class:`WeightSchedule`) and the balance rule (:class:`Balance`); the guide cache and
+  global-batch alignment under torchrun.
 """
 
 from __future__ import annotations
@@ -11,15 +13,15 @@ import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pairgraph.config import PairSpec
 from pairgraph.core.cache import GuideCache
 from pairgraph.core.distributed import gather_batch
-from pairgraph.core.measure import check_precision
 from pairgraph.core.projection import Projectors
 from pairgraph.core.similarity import get_measure
 from pairgraph.core.taps import split_call
@@ -84,64 +86,148 @@ class PairOutput:
     guided: bool = False
 
 
-class GuidedPair(nn.Module):
-    """Target + frozen guide: ``forward(x, y, step)`` → :class:`PairOutput`.
+#: a correspondence: (guide tap, target tap, weight) per pair
+Pairs = Sequence[tuple[str, str, float]]
 
-    mode ``guidance``: task + weight·Σ(1 − M) (``reduce="mean"``: the weighted mean of the terms);
-    ``baseline``: task only (guide never called); ``distill``: task + weight·logit distillation;
-    ``fitnets``/``repa``: task + weight·Σ (projector loss), with ``projectors`` (one per pair, trained with
-    the target: :meth:`trained_parameters`; :mod:`pairgraph.core.projection`). With
-    ``until_step`` the guide is called only while ``step < until_step``; a ``schedule`` (linear or cosine)
-    decays the weight to 0 at ``schedule_steps``; ``balance="grad_norm"`` scales the alignment term by the
-    ratio of the task's to its gradient norm on ``balance_parameter`` (:meth:`balance_scale`);
-    ``guide_input="noise"`` feeds the guide ``noise_fn(x)`` instead of x. ``precision`` is that of the
-    similarity's matrix products (``similarity.precision``; :func:`pairgraph.core.measure.matmul_precision`).
-    With a ``guide_cache`` (:meth:`cache_guide`) and the batch's example numbers passed as
-    ``index``, the guide is not run: its prepared taps come from the cache.
+
+@dataclass
+class Activations:
+    """What one step gives an objective: both networks' outputs and taps, the padding mask, and the guide's
+    prepared taps when they come from a guide cache (then ``guide_taps`` is empty)."""
+
+    guide_out: Tensor | None
+    guide_taps: dict[str, Tensor]
+    target_out: Tensor
+    target_taps: dict[str, Tensor]
+    mask: Tensor | None
+    guide_states: dict[str, Any] | None = None
+
+
+class Objective(nn.Module):
+    """One guidance objective. Subclasses set ``name`` (the ``guidance.mode``), ``formula`` (the loss, as
+    the generated module states it) and what the step needs of the guide."""
+
+    name: ClassVar[str]
+    formula: ClassVar[str]
+    calls_guide: ClassVar[bool] = True  # False: the guide is never run
+    reads_taps: ClassVar[bool] = True  # False: it compares the networks' outputs, not their taps
+    compares_similarity: ClassVar[bool] = False  # its terms are 1 − M: a guide cache and shared taps apply
+    balanced: ClassVar[bool] = True  # guidance.balance may scale its term
+
+    @classmethod
+    def from_spec(cls, spec: PairSpec, guide: nn.Module, target: nn.Module, pairs: Pairs, task: Any,
+                  device: str | torch.device) -> Objective:
+        """The objective ``spec`` asks for, for these networks (built by the compiler)."""
+        return cls()
+
+    def guide_taps(self, pairs: Pairs) -> list[str]:
+        """The guide taps the terms read, in pair order."""
+        return list(dict.fromkeys(g for g, _, _ in pairs))
+
+    def terms(self, pairs: Pairs, acts: Activations) -> dict[str, Tensor]:
+        """The step's loss terms, by name (``guide->target`` per pair)."""
+        raise NotImplementedError(f"objective {self.name!r} has no loss terms")
+
+    def align(self, pairs: Pairs, terms: dict[str, Tensor]) -> Tensor:
+        """The alignment loss: Σ w·term over the pairs."""
+        return sum(w * terms[tap_key(g, t)] for g, t, w in pairs)
+
+    @classmethod
+    def describe(cls, spec: PairSpec) -> str:
+        """The loss of ``spec``'s pair under this objective, in one line (the generated module's docstring)."""
+        return cls.formula.format(weight=spec.guidance.weight, measure=spec.similarity.measure,
+                                   T=spec.guidance.temperature)
+
+
+
+
+@dataclass(frozen=True)
+class WeightSchedule:
+    """The alignment weight over steps (``guidance.weight``, ``until_step``, ``schedule``, ``schedule_steps``):
+    constant, or decaying linearly / on a cosine to 0 at ``steps``; the guide is called only while it is on."""
+
+    weight: float
+    until_step: int | None
+    kind: str
+    steps: int | None
+
+    @classmethod
+    def from_spec(cls, spec: PairSpec) -> WeightSchedule:
+        g = spec.guidance
+        return cls(g.weight, g.until_step, g.schedule, g.schedule_steps)
+
+    def at(self, step: int | None) -> float:
+        """The weight at ``step``."""
+        if self.kind == "constant" or step is None or self.steps is None:
+            return self.weight
+        frac = min(step / self.steps, 1.0)
+        return self.weight * (1 - frac if self.kind == "linear" else 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def on(self, step: int | None) -> bool:
+        """Whether step ``step`` is guided: before ``until_step``, and before a decaying weight reaches 0."""
+        if self.kind != "constant" and self.at(step) == 0:
+            return False
+        return self.until_step is None or step is None or step < self.until_step
+
+
+@dataclass(frozen=True)
+class Balance:
+    """The balance rule (``guidance.balance``): ``none``, or ``grad_norm`` on the target parameter ``parameter``
+    (default: the weight of the last mapped target tap's module)."""
+
+    kind: str
+    parameter: str | None
+
+    @classmethod
+    def from_spec(cls, spec: PairSpec) -> Balance:
+        return cls(spec.guidance.balance, spec.guidance.balance_parameter)
+
+
+@dataclass(frozen=True)
+class Feed:
+    """How a batch reaches the guide and the alignment: the guide's input (``same`` or ``noise``: ``noise_fn(x)``),
+    its normalisation (``guide_bn``: ``eval`` running statistics or ``batch``) and the padding mask (``mask_fn``)."""
+
+    guide_input: str
+    guide_bn: str
+    noise_fn: Callable[[Tensor], Tensor] | None
+    mask_fn: Callable[[Tensor], Tensor | None] | None
+
+    @classmethod
+    def from_spec(cls, spec: PairSpec, task: Any) -> Feed:
+        return cls(spec.guidance.guide_input, spec.guidance.guide_bn, task.noise_input,
+                   task.valid_mask if spec.similarity.mask_padding else None)
+
+    def guide_view(self, x: Tensor) -> Tensor:
+        if self.guide_input != "noise":
+            return x
+        if self.noise_fn is None:
+            raise PairgraphError("guide_input 'noise' needs a task noise function", "build the pair from a spec")
+        return self.noise_fn(x)
+
+
+class GuidedPair(nn.Module):
+    """Target + frozen guide + one :class:`Objective`: ``forward(x, y, step)`` → :class:`PairOutput`, whose loss is
+    ``task + schedule.at(step) · balance scale · objective.align(terms)`` (the task alone on unguided steps).
+
+    The objective (``guidance.mode``; :mod:`pairgraph.core.objectives`) gives the terms and holds any trainable
+    state (projectors: :meth:`trained_parameters`); the :class:`WeightSchedule` says when the guide is called and
+    with what weight; the :class:`Balance` rule ``grad_norm`` scales the alignment term by the ratio of the task's
+    to its gradient norm (:meth:`balance_scale`); the :class:`Feed` says what the guide sees. With a
+    ``guide_cache`` (:meth:`cache_guide`) and the batch's example numbers passed as ``index``, the guide is not
+    run: its prepared taps come from the cache. Built from a spec by :func:`pairgraph.build_pair`.
     """
 
-    def __init__(
-        self,
-        guide: nn.Module,
-        target: nn.Module,
-        pairs: Sequence[tuple[str, str, float]],
-        *,
-        task_loss: Callable[[Tensor, Tensor], Tensor],
-        measure: str = "cka",
-        sequence: str = "flatten",
-        precision: str = "fp32",
-        weight: float = 1.0,
-        mode: str = "guidance",
-        until_step: int | None = None,
-        guide_input: str = "same",
-        temperature: float = 4.0,
-        guide_bn: str = "eval",
-        noise_fn: Callable[[Tensor], Tensor] | None = None,
-        mask_fn: Callable[[Tensor], Tensor | None] | None = None,
-        reduce: str = "sum",
-        schedule: str = "constant",
-        schedule_steps: int | None = None,
-        balance: str = "none",
-        balance_parameter: str | None = None,
-        projectors: Projectors | None = None,
-        guide_aliases: dict[str, str] | None = None,
-    ):
+    def __init__(self, guide: nn.Module, target: nn.Module, pairs: Sequence[tuple[str, str, float]],
+                 objective: Objective, *, task_loss: Callable[[Tensor, Tensor], Tensor], schedule: WeightSchedule,
+                 balance: Balance, feed: Feed):
         super().__init__()
-        if (projectors is not None) != (mode in ("fitnets", "repa")):
-            raise PairgraphError(f"mode {mode!r} {'needs' if projectors is None else 'takes no'} projectors",
-                                 "build the pair from a spec (pairgraph.compiler.build.assemble)")
-        self.projectors = projectors
-        self.guide_aliases = dict(guide_aliases or {})  # guide taps whose similarity another tap gives
         self.target = target
         self.guide = guide
+        self.objective = objective
         self.pairs = [(g, t, float(w)) for g, t, w in pairs]
         self.task_loss = task_loss
-        self.measure, self.sequence, self.precision = measure, sequence, check_precision(precision)
-        self.weight, self.mode, self.until_step = weight, mode, until_step
-        self.guide_input, self.temperature, self.guide_bn = guide_input, temperature, guide_bn
-        self.noise_fn, self.mask_fn = noise_fn, mask_fn
-        self.reduce, self.schedule, self.schedule_steps = reduce, schedule, schedule_steps
-        self.balance, self.balance_parameter = balance, balance_parameter
+        self.schedule, self.balancing, self.feed = schedule, balance, feed
         self.last_balance: float | None = None  # the grad_norm scale of the last training step
         self.guide.requires_grad_(False)
         self.guide_calls = 0
@@ -149,13 +235,49 @@ class GuidedPair(nn.Module):
         self.global_batch = False  # set by the trainer under torchrun (see pairgraph.core.distributed)
         self.train()
 
+    # what the objective holds, for its readers (checkpoints, the guide cache, the benchmark)
+    @property
+    def projectors(self) -> Projectors | None:
+        return getattr(self.objective, "projectors", None)
+
+    @property
+    def guide_aliases(self) -> dict[str, str]:
+        return getattr(self.objective, "aliases", {})
+
+    @guide_aliases.setter
+    def guide_aliases(self, aliases: dict[str, str]) -> None:
+        self.objective.aliases = dict(aliases)
+
+    @property
+    def precision(self) -> str:
+        return getattr(self.objective, "precision", "fp32")
+
+    @precision.setter
+    def precision(self, value: str) -> None:
+        self.objective.precision = value
+
+    @property
+    def measure(self) -> str | None:
+        return getattr(self.objective, "measure", None)
+
+    @property
+    def sequence(self) -> str | None:
+        return getattr(self.objective, "sequence", None)
+
+    @property
+    def mask_fn(self) -> Callable[[Tensor], Tensor | None] | None:
+        return self.feed.mask_fn
+
+    @property
+    def balance(self) -> str:
+        return self.balancing.kind
+
     def train(self, mode: bool = True) -> GuidedPair:
         self.training = mode
         self.target.train(mode)
-        if self.projectors is not None:
-            self.projectors.train(mode)
+        self.objective.train(mode)
         self.guide.eval()  # the guide is never updated: running stats stay as they are
-        if self.guide_bn == "batch":
+        if self.feed.guide_bn == "batch":
             for m in self.guide.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.train()
@@ -163,25 +285,19 @@ class GuidedPair(nn.Module):
         return self
 
     def guide_taps(self) -> list[str]:
-        """The guide taps whose activations the alignment reads (an alias's source, not the alias)."""
-        return list(dict.fromkeys(self.guide_aliases.get(g, g) for g, _, _ in self.pairs))
+        """The guide taps whose activations the objective reads (an alias's source, not the alias)."""
+        return self.objective.guide_taps(self.pairs)
 
     def trained_parameters(self) -> list[nn.Parameter]:
-        """What the optimizer updates: the target's parameters and the projectors' (fitnets, repa)."""
-        extra = list(self.projectors.parameters()) if self.projectors is not None else []
-        return [p for p in self.target.parameters() if p.requires_grad] + extra
+        """What the optimizer updates: the target's parameters and the objective's (projectors)."""
+        return [p for p in self.target.parameters() if p.requires_grad] + list(self.objective.parameters())
 
     def guiding(self, step: int | None) -> bool:
-        if self.mode == "baseline" or (self.schedule != "constant" and self.weight_at(step) == 0):
-            return False  # a decayed schedule has ended: the guide is no longer run
-        return self.until_step is None or step is None or step < self.until_step
+        return self.objective.calls_guide and self.schedule.on(step)
 
     def weight_at(self, step: int | None) -> float:
-        """The alignment weight at ``step``: constant, or decaying linearly / on a cosine to 0 at schedule_steps."""
-        if self.schedule == "constant" or step is None or self.schedule_steps is None:
-            return self.weight
-        frac = min(step / self.schedule_steps, 1.0)
-        return self.weight * (1 - frac if self.schedule == "linear" else 0.5 * (1 + math.cos(math.pi * frac)))
+        """The alignment weight at ``step`` (:meth:`WeightSchedule.at`)."""
+        return self.schedule.at(step)
 
     def balance_scale(self, task: Tensor, align: Tensor) -> Tensor:
         """VA-VAE's / VQGAN's adaptive weight: ‖∇task‖ / (‖∇align‖ + 1e-4) on the reference parameter, in
@@ -192,7 +308,7 @@ class GuidedPair(nn.Module):
         g_task = torch.autograd.grad(task, p, retain_graph=True, allow_unused=True)[0]
         g_align = torch.autograd.grad(align, p, retain_graph=True, allow_unused=True)[0]
         if g_task is None or g_align is None:
-            raise PairgraphError(f"guidance.balance_parameter {self.balance_parameter or p.shape} receives no "
+            raise PairgraphError(f"guidance.balance_parameter {self.balancing.parameter or p.shape} receives no "
                                  "gradient from the task or the alignment loss",
                                  "name a target parameter at or before the last mapped target tap")
         scale = (g_task.norm() / (g_align.norm() + 1e-4)).clamp(0.0, 1e4).detach()
@@ -201,7 +317,7 @@ class GuidedPair(nn.Module):
 
     def _reference_parameter(self) -> nn.Parameter:
         params = dict(self.target.state_dict(keep_vars=True))  # the eager model's names, hooked or generated
-        name = self.balance_parameter
+        name = self.balancing.parameter
         if name is None:
             module = split_call(self.pairs[-1][1])[0]
             name = next((k for k in (f"{module}.weight", f"{module}.weight_ih_l0") if k in params),
@@ -216,66 +332,49 @@ class GuidedPair(nn.Module):
                     chunk: int = 256, progress: Callable[[int], None] | None = None) -> Any:
         """Run the guide once over examples ``0..n-1`` (``inputs(index)`` → batch) and keep its taps.
 
-        Only valid when the guide sees exactly the training example on every step: mode guidance,
-        guide_input same, guide_bn eval, no augmentation, not data-parallel.
+        Only valid when the guide sees exactly the training example on every step: a similarity objective
+        (mode guidance), guide_input same, guide_bn eval, no augmentation, not data-parallel.
         """
-        why = ("mode is " + self.mode if self.mode != "guidance" else
-               "guide_input is noise" if self.guide_input != "same" else
-               "guide_bn is batch (statistics depend on the batch)" if self.guide_bn != "eval" else None)
+        why = ("mode is " + self.objective.name if not self.objective.compares_similarity else
+               "guide_input is noise" if self.feed.guide_input != "same" else
+               "guide_bn is batch (statistics depend on the batch)" if self.feed.guide_bn != "eval" else None)
         if why:
             raise PairgraphError(f"cannot cache the guide: {why}", "set guidance.cache_guide: false")
         device = next(iter(self.target.parameters())).device
         self.guide_cache = GuideCache.build(
             self.guide, inputs, n, self.guide_taps(), measure=self.measure, sequence=self.sequence,
-            mask_fn=self.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device, progress=progress)
+            mask_fn=self.feed.mask_fn, chunk=chunk, max_bytes=max_bytes, device=device, progress=progress)
         self.train(self.training)
         return self.guide_cache
 
     def forward(self, x: Tensor, y: Tensor, step: int | None = None, index: Tensor | None = None) -> PairOutput:
         out, target_taps = self.target(x)
         task = self.task_loss(out, y)
-        zero = task.new_zeros(())
         if not self.guiding(step):
-            return PairOutput(task, task, zero, out)
+            return PairOutput(task, task, task.new_zeros(()), out)
         cached = self.guide_cache is not None and index is not None and not self.global_batch
         if cached:  # the guide's prepared taps come from the cache: no guide forward this step
             guide_taps, g_out = {}, None
         else:
-            gx = x
-            if self.guide_input == "noise":
-                if self.noise_fn is None:
-                    raise PairgraphError("guide_input 'noise' needs a task noise function", "build the pair from a spec")
-                gx = self.noise_fn(x)
+            gx = self.feed.guide_view(x)
             self.guide_calls += 1
             with torch.no_grad():
                 g_out, guide_taps = self.guide(gx)
-        mask = self.mask_fn(x) if self.mask_fn is not None else None
-        if self.mode == "distill":
-            d = distill_loss(out, g_out, self.temperature, mask)
-            return PairOutput(task + self.weight_at(step) * d, task, d, out, {"distill": d}, True)
-        if self.global_batch:  # data-parallel: the alignment over the global batch, not each rank's shard
-            # (every rank then computes the same projector loss, so projector gradients agree across ranks)
-            # collectives must run in the same order on every rank: ordered, not set (hash-randomised)
-            needed = self.guide_taps() if self.projectors is None else dict.fromkeys(p[0] for p in self.pairs)
-            guide_taps = {g: gather_batch(guide_taps[g]) for g in needed}
+        mask = self.feed.mask_fn(x) if self.feed.mask_fn is not None else None
+        if self.global_batch and self.objective.reads_taps:
+            # data-parallel: the alignment over the global batch, not each rank's shard (every rank then
+            # computes the same projector loss, so projector gradients agree across ranks); collectives must
+            # run in the same order on every rank: ordered, not set (hash-randomised)
+            guide_taps = {g: gather_batch(guide_taps[g]) for g in self.guide_taps()}
             target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
             mask = gather_batch(mask) if mask is not None else None
-        if self.projectors is not None:
-            values = self.projectors.terms(guide_taps, target_taps, mask)
-            terms = {tap_key(g, t): v for (g, t, _), v in zip(self.pairs, values, strict=True)}
-        else:
-            terms = alignment_terms(guide_taps, target_taps, self.pairs, self.measure, mask, self.sequence,
-                                    guide_states=self.guide_cache.states(index, self.precision) if cached else None,
-                                    aliases=self.guide_aliases, precision=self.precision)
+        states = self.guide_cache.states(index, self.precision) if cached else None
+        terms = self.objective.terms(self.pairs, Activations(g_out, guide_taps, out, target_taps, mask, states))
         return self._combine(task, terms, step, out)
 
     def _combine(self, task: Tensor, terms: dict[str, Tensor], step: int | None, out: Tensor) -> PairOutput:
-        """task + weight(step)·(Σ or mean of w·term), the weight scaled by grad_norm balancing when asked."""
-        align = sum(w * terms[tap_key(g, t)] for g, t, w in self.pairs)
-        if self.reduce == "mean":
-            align = align / sum(w for _, _, w in self.pairs)
-        weight = self.weight_at(step) * (self.balance_scale(task, align) if self.balance == "grad_norm" else 1.0)
+        """task + weight(step)·align, the weight scaled by grad_norm balancing when asked."""
+        align = self.objective.align(self.pairs, terms)
+        balanced = self.balancing.kind == "grad_norm" and self.objective.balanced
+        weight = self.weight_at(step) * (self.balance_scale(task, align) if balanced else 1.0)
         return PairOutput(task + weight * align, task, align, out, terms, True)
-
-
-# ---------------------------------------------------------------- building from a spec

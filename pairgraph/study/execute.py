@@ -23,13 +23,14 @@ from typing import Any
 import torch
 import yaml
 
-from pairgraph.api import compile as compile_pair
+from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.config import TRAIN, PairSpec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError, one_line
 from pairgraph.study.plan import ArmPlan, Job, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import Study, lr_tag, run_folder
+from pairgraph.training import train
 
 #: how often a job waiting for a guide that another process trains looks for it in the cache
 GUIDE_POLL_SECONDS = 5.0
@@ -110,7 +111,7 @@ def train_job(job: Job) -> tuple[Path, PairSpec, bool]:
             shutil.rmtree(run_dir)  # crashed before its first checkpoint: start again
     resume = run_dir if (run_dir / "checkpoints" / "last_state.pt").is_file() else None
     compiled = compile_pair(spec, run_dir / "build", render=False, notify=None)
-    compiled.train(runs_dir=runs_dir, run_id=run_id, resume=resume, progress=False)
+    train(compiled, runs_dir=runs_dir, run_id=run_id, resume=resume, progress=False)
     return run_dir, spec, resume is not None
 
 

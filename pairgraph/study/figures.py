@@ -27,6 +27,7 @@ from pairgraph.analysis import (
     validation_curve,
 )
 from pairgraph.config import apply_overrides
+from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
 from pairgraph.study.formatting import num, table
 from pairgraph.study.records import read_json
@@ -37,7 +38,9 @@ from pairgraph.study.schema import Arm, Study
 def _settings(spec: dict[str, Any]) -> dict[str, Any]:
     """The settings the comparison figures tell arms apart by."""
     g = spec.get("guidance") or {}
-    return {"mode": g.get("mode", "guidance"), "until_step": g.get("until_step"),
+    objective = objective_class(g.get("mode", "guidance"))
+    return {"similarity": objective.compares_similarity, "guided": objective.calls_guide,
+            "until_step": g.get("until_step"),
             "guide_input": g.get("guide_input", "same"),
             "measure": (spec.get("similarity") or {}).get("measure", "cka"),
             "mapping": (spec.get("mapping") or {}).get("kind", "uniform"),
@@ -133,21 +136,21 @@ def _comparisons(view: CellView) -> dict[str, tuple[list[str], str | None]]:
     base_mapping = base["mapping"]
 
     def plain(s: dict[str, Any]) -> bool:
-        return (s["mode"] == "guidance" and s["until_step"] is None and s["guide_input"] == "same"
+        return (s["similarity"] and s["until_step"] is None and s["guide_input"] == "same"
                 and s["measure"] == base["measure"] and s["mapping"] == base_mapping and s["weight"] == base["weight"])
 
     def refs(tested: list[str]) -> list[str]:
         """The baseline, and the plainly guided arms with the same guide weights as the tested arms."""
         weights = {settings[a]["weights"] for a in tested}
-        return ([a for a, s in settings.items() if s["mode"] == "baseline"]
+        return ([a for a, s in settings.items() if not s["guided"]]
                 + [a for a, s in settings.items() if plain(s) and s["weights"] in weights])
 
     tests = {
-        "init150": lambda s: s["mode"] == "guidance" and s["until_step"] is not None,
-        "noise": lambda s: s["mode"] == "guidance" and s["guide_input"] == "noise",
-        "rsa": lambda s: s["mode"] == "guidance" and s["measure"] == "rsa",
-        "debiased": lambda s: s["mode"] == "guidance" and s["measure"] == "debiased_cka",
-        "mapping": lambda s: s["mode"] == "guidance" and s["mapping"] != base_mapping,
+        "init150": lambda s: s["similarity"] and s["until_step"] is not None,
+        "noise": lambda s: s["similarity"] and s["guide_input"] == "noise",
+        "rsa": lambda s: s["similarity"] and s["measure"] == "rsa",
+        "debiased": lambda s: s["similarity"] and s["measure"] == "debiased_cka",
+        "mapping": lambda s: s["similarity"] and s["mapping"] != base_mapping,
     }
     what = {"init150": "guidance.until_step", "noise": "guidance.guide_input=noise", "rsa": "similarity.measure=rsa",
             "debiased": "similarity.measure=debiased_cka", "mapping": "another mapping.kind"}

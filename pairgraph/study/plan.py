@@ -15,6 +15,7 @@ from pathlib import Path
 from pairgraph.compiler.guide_weights import guide_checkpoint_path
 from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
+from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, load_study, lr_tag, run_folder, yaml_float
@@ -185,7 +186,7 @@ class ArmPlan(ArmState):
     def job(self, phase: str, lr: float, seed: int) -> Job:
         spec = self.spec_at(lr, seed)
         guide_key = None
-        if spec.guide.weights == TRAIN and spec.guidance.mode != "baseline":
+        if spec.guide.weights == TRAIN and objective_class(spec.guidance.mode).calls_guide:
             guide_key = str(guide_checkpoint_path(spec))
         return Job(self.study.name, self.cell.name, self.arm.name, float(lr), int(seed), phase, str(self.spec_file),
                    tuple(self.study.overrides_for(self.cell, self.arm, lr, seed)),
@@ -262,7 +263,7 @@ def plan_study(study: Study | str | Path, only: Iterable[str] | None = None) -> 
 
 def _guides_to_train(p: ArmPlan, chosen: float | None) -> set[Path]:
     """Guide checkpoints the arm's runs still have to train (``guide.weights: train``, not cached yet)."""
-    if p.base.guide.weights != "train" or p.base.guidance.mode == "baseline":
+    if p.base.guide.weights != "train" or not objective_class(p.base.guidance.mode).calls_guide:
         return set()
     # the seed runs' lr is unknown before the sweep ends; the guide's key never depends on the
     # target's lr when guide.train pins its own, so the sweep lrs stand in for it

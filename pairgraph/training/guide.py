@@ -1,4 +1,7 @@
-"""``guide.weights: train``: train the guide on the task alone first, once, and cache it.
+"""``guide.weights: train``: the guide is trained on the task alone first, once, and cached.
+
+The trainer does it (:meth:`pairgraph.training.trainer.Trainer.run`, before building the pair): it trains
+:func:`guide_training_spec` with a trainer of its own and keeps the best checkpoint (:func:`cache_trained_guide`).
 
 The cache key is :func:`pairgraph.compiler.guide_weights.guide_key`: the task, the guide's model
 and args and its whole train section, so two pairs that train the same guide share it.
@@ -11,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from pairgraph.compiler.guide_weights import guide_checkpoint_path, guide_train_section
-from pairgraph.compiler.pipeline import compile
-from pairgraph.config import UNTRAINED, PairSpec, as_spec
+from pairgraph.config import TRAIN, UNTRAINED, PairSpec
+from pairgraph.core.objectives import objective_class
 from pairgraph.paths import atomic_write
-from pairgraph.training.trainer import Trainer
 
 
 def guide_training_spec(spec: PairSpec) -> dict[str, Any]:
@@ -30,15 +32,16 @@ def guide_training_spec(spec: PairSpec) -> dict[str, Any]:
     }
 
 
-def train_guide(spec: PairSpec, progress: bool = True) -> Path:
-    """Train the guide on the task first (weights: train); cached (see :func:`guide_checkpoint_path`)."""
+def guide_to_train(spec: PairSpec) -> bool:
+    """Whether ``spec``'s run must first train its guide: ``weights: train``, a guide the objective calls, and
+    no cached checkpoint yet."""
+    return (spec.guide.weights == TRAIN and objective_class(spec.guidance.mode).calls_guide
+            and not guide_checkpoint_path(spec).exists())
+
+
+def cache_trained_guide(spec: PairSpec, summary: dict[str, Any]) -> Path:
+    """Copy the best checkpoint of the guide's training run (its ``summary``) into the guide cache."""
     out = guide_checkpoint_path(spec)
-    if out.exists():
-        return out
-    key = out.stem.rsplit("-", 1)[-1]
-    compiled = compile(as_spec(guide_training_spec(spec)), out_dir=out.parent / f"build-{key}", render=False,
-                       notify=None)
-    summary = Trainer(compiled, runs_dir=out.parent / "runs", run_id=key, progress=progress).run()
     best = Path(summary["run_dir"]) / "checkpoints" / "best.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, best.read_bytes())

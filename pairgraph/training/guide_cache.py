@@ -18,6 +18,7 @@ from torch import Tensor
 from pairgraph.config import PairSpec
 from pairgraph.core.cache import CacheTooLarge
 from pairgraph.core.loss import GuidedPair
+from pairgraph.core.objectives import objective_class
 from pairgraph.core.similarity import get_measure
 from pairgraph.errors import PairgraphError
 
@@ -27,7 +28,7 @@ OFF_HINT = "set guidance.cache_guide: false"
 def inexact(spec: PairSpec, distributed: bool = False) -> str | None:
     """Why a guide cache would not give exactly the guide's taps of every step (None: it would)."""
     g, s = spec.guidance, spec.similarity
-    if g.mode != "guidance":
+    if not objective_class(g.mode).compares_similarity:
         return f"guidance.mode is {g.mode} (the cache serves CKA-style guidance only)"
     if spec.task.get("augment") not in (None, False, "none"):
         return "task.augment is on: the guide sees another view of each example every step"

@@ -1,4 +1,4 @@
-"""Entry points: train a compiled pair (or a spec), or resume a killed run."""
+"""Entry points: train a compiled pair (or a spec), or resume a killed run — the run is the training layer's."""
 
 from __future__ import annotations
 
@@ -7,22 +7,41 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pairgraph.compiler.pipeline import CompiledPair, compile
+from pairgraph.compiler import pipeline
+from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.config import PairSpec, load_spec, parse_spec
 from pairgraph.config.diff import RUNTIME_FIELDS, changed_fields, extendable_fields
 from pairgraph.errors import PairgraphError
-from pairgraph.training.guide import train_guide
 from pairgraph.training.runs import stored_spec
 from pairgraph.training.trainer import Trainer
+
+
+class TrainablePair(CompiledPair):
+    """What :func:`pairgraph.compile` returns: the compiler's :class:`~pairgraph.compiler.pipeline.CompiledPair`,
+    whose :meth:`train` is :func:`train`."""
+
+    def train(self, **kwargs: Any) -> dict[str, Any]:
+        """Train this pair (see :func:`train`); returns the run's summary."""
+        return train(self, **kwargs)
+
+
+def compile(spec: PairSpec | str | Path | dict[str, Any], out_dir: str | Path | None = None,
+            overrides: list[str] | None = None, render: bool = True,
+            notify: Callable[[str], None] | None = print) -> TrainablePair:
+    """Compile a spec (:func:`pairgraph.compiler.pipeline.compile`: trace on the meta device, map, write
+    ``build/<name>/``) into a pair that trains: ``pairgraph.compile(spec).train()``."""
+    return TrainablePair(**vars(pipeline.compile(spec, out_dir, overrides, render, notify)))
 
 
 def train(compiled: CompiledPair | PairSpec | str | Path | dict[str, Any], *, runs_dir: str | Path = "runs",
           run_id: str | None = None, resume: str | Path | None = None, progress: bool = True,
           stop_after: int | None = None) -> dict[str, Any]:
-    """Train a :class:`pairgraph.CompiledPair` (or a spec, compiled on the fly); returns the summary."""
+    """Train a :class:`pairgraph.CompiledPair` (or a spec, compiled on the fly) and write its run folder
+    ``runs_dir/<name>/<id>/``; returns the summary (also summary.json). A ``guide.weights: train`` guide not
+    cached yet is trained first (:meth:`Trainer.run`)."""
     if not isinstance(compiled, CompiledPair):
-        compiled = compile(compiled, render=False)
-    return Trainer(compiled, runs_dir, run_id, resume, progress, stop_after, guide_trainer=train_guide).run()
+        compiled = pipeline.compile(compiled, render=False)
+    return Trainer(compiled, runs_dir, run_id, resume, progress, stop_after).run()
 
 
 def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] | None = None,
@@ -53,5 +72,5 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
                              "new run instead")
     if changes and notify is not None:
         notify("resuming with " + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
-    compiled = compile(new, out_dir=run / "build", render=False, notify=None)
-    return Trainer(compiled, resume=run, progress=progress, guide_trainer=train_guide).run()
+    compiled = pipeline.compile(new, out_dir=run / "build", render=False, notify=None)
+    return Trainer(compiled, resume=run, progress=progress).run()

@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +26,8 @@ from typing import IO, Any
 import torch
 from torch import Tensor, nn
 
-from pairgraph.compiler.guide_weights import guide_checkpoint_path, resolve_guide_weights
-from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.compiler.guide_weights import guide_checkpoint_path, guide_key, resolve_guide_weights
+from pairgraph.compiler.pipeline import CompiledPair, compile
 from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
@@ -39,6 +39,7 @@ from pairgraph.tasks import get_task
 from pairgraph.training.checkpoints import Checkpoints
 from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
+from pairgraph.training.guide import cache_trained_guide, guide_to_train, guide_training_spec
 from pairgraph.training.guide_cache import build_cache
 from pairgraph.training.logs import Scalars, require
 from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
@@ -68,15 +69,13 @@ class Loop:
 class Trainer:
     """Trains a compiled pair; ``run()`` returns the summary dict also written to summary.json.
 
-    ``guide_trainer`` trains a ``weights: train`` guide that is not cached yet
-    (:func:`pairgraph.training.guide.train_guide`; a guide's own training needs none).
+    A ``weights: train`` guide that is not cached yet is first trained by a Trainer of its own
+    (:meth:`_guide_weights`; :mod:`pairgraph.training.guide`).
     """
 
     def __init__(self, compiled: CompiledPair, runs_dir: str | Path = "runs", run_id: str | None = None,
-                 resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
-                 guide_trainer: Callable[..., Path] | None = None):
+                 resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None):
         self.compiled = compiled
-        self.guide_trainer = guide_trainer
         self.spec: PairSpec = compiled.spec
         self.cfg = self.spec.train
         self.dist = distributed.from_env()
@@ -101,9 +100,13 @@ class Trainer:
 
     # -- setup ------------------------------------------------------------------------------
     def _guide_weights(self) -> str | None:
-        trainer = self.guide_trainer
-        return resolve_guide_weights(self.spec, train=None if trainer is None else
-                                     lambda spec: trainer(spec, progress=self.progress))
+        """The guide's weights; a ``weights: train`` guide not cached yet is trained here first, on the task
+        alone (:func:`~pairgraph.training.guide.guide_training_spec`), and cached under its key."""
+        if guide_to_train(self.spec):
+            key, cache = guide_key(self.spec), guide_checkpoint_path(self.spec).parent
+            compiled = compile(guide_training_spec(self.spec), out_dir=cache / f"build-{key}", render=False, notify=None)
+            cache_trained_guide(self.spec, Trainer(compiled, cache / "runs", key, progress=self.progress).run())
+        return resolve_guide_weights(self.spec)
 
     def _datasets(self) -> dict[str, Any]:
         data = self.task.datasets(self.cfg.seed)
