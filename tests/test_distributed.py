@@ -50,7 +50,7 @@ def _worker(rank: int, world: int, port: int, pair_dir: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world)
-    pair = import_generated(Path(pair_dir) / "guided_pair.py").build()
+    pair = import_generated(Path(pair_dir) / "guided_pair.py", "guided_pair_worker").build()
     pair.target = torch.nn.parallel.DistributedDataParallel(pair.target)
     pair.global_batch = True
     x, y = _batch(Path(pair_dir))

@@ -3,9 +3,11 @@ one-line errors, the guide-cache key and the installed package list."""
 
 from __future__ import annotations
 
+import inspect
 import os
 import subprocess
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -14,7 +16,7 @@ import tomllib
 from tiny_specs import copy_paste_pair
 
 import pairgraph
-from pairgraph.compiler.guide_weights import guide_key, resolve_guide_weights
+from pairgraph.compiler.guide_weights import guide_checkpoint_path, guide_key, resolve_guide_weights
 from pairgraph.config import TrainSpec, parse_spec
 from pairgraph.errors import PairgraphError, first_line, one_line
 from pairgraph.paths import atomic_write
@@ -38,14 +40,59 @@ import sys; sys.path.insert(0, {str(ROOT / 'scripts')!r})
 from pathlib import Path
 import check_layout
 staged = Path({str(tmp_path)!r})
-optim = check_layout.stage(staged) / "core" / "optim.py"
-optim.write_text(optim.read_text() + "\\n\\ndef _sneaky():\\n    from pairgraph.training import train  # noqa\\n")
+similarity = check_layout.stage(staged) / "core" / "similarity.py"
+similarity.write_text(similarity.read_text() + "\\n\\ndef _sneaky():\\n    from pairgraph.training import train  # noqa\\n")
 print("\\n".join(check_layout.contract_problems(staged) + check_layout.cycle_problems(staged)))
 """
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                          cwd=tmp_path).stdout  # a fresh process: grimp must not find the imported package
-    assert "pairgraph.core.optim -> pairgraph.training" in out, out
-    assert any(line.startswith("import cycle:") and "pairgraph.core.optim" in line for line in out.splitlines()), out
+    assert "pairgraph.core.similarity -> pairgraph.training" in out, out
+    assert any(line.startswith("import cycle:") and "pairgraph.core.similarity" in line for line in out.splitlines()), out
+
+
+def _check_layout():
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import check_layout
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    return check_layout
+
+
+def test_the_layout_check_fails_on_a_module_that_belongs_to_no_layer(tmp_path):
+    check_layout = _check_layout()
+    pkg = check_layout.stage(tmp_path)
+    assert check_layout.unlayered_problems(pkg) == []
+    (pkg / "helpers.py").write_text("import pairgraph.training\n")
+    (pkg / "extras").mkdir()
+    (pkg / "extras" / "__init__.py").write_text("")
+    problems = check_layout.unlayered_problems(pkg)
+    assert [p.split(":")[0] for p in problems] == ["pairgraph/extras", "pairgraph/helpers.py"], problems
+    assert all("belongs to no layer" in p and "pyproject.toml" in p for p in problems)
+
+
+@pytest.mark.parametrize("line", ['if spec.guidance.mode == "distill":\n    pass',
+                                  'if g["mode"] in ("fitnets", "repa"):\n    pass',
+                                  'x = self.mode != "baseline"'])
+def test_a_guidance_mode_is_told_apart_only_by_the_objective_registry(tmp_path, line):
+    """No ``mode == "…"`` outside pairgraph/core/objectives.py (the package has none; a planted one is found)."""
+    check_layout = _check_layout()
+    pkg = check_layout.stage(tmp_path)
+    assert check_layout.mode_problems(pkg) == []
+    trainer = pkg / "training" / "trainer.py"
+    trainer.write_text(trainer.read_text() + "\n\ndef _sneaky(spec, g, self):\n" + textwrap.indent(line, "    ") + "\n")
+    problems = check_layout.mode_problems(pkg)
+    assert len(problems) == 1 and problems[0].startswith("pairgraph/training/trainer.py:"), problems
+    arm = pkg / "study" / "results.py"  # an arm named "baseline" is not a mode
+    assert 'arm == "baseline"' in arm.read_text()
+
+
+def test_the_guided_pair_takes_at_most_eight_arguments_and_an_unknown_mode_gets_a_did_you_mean():
+    from pairgraph.core.objectives import objective_class
+
+    assert len(inspect.signature(pairgraph.GuidedPair.__init__).parameters) - 1 <= 8
+    with pytest.raises(PairgraphError, match="unknown guidance mode 'distil' — fix: did you mean 'distill'"):
+        objective_class("distil")
 
 
 def test_pyproject_lists_every_package():
@@ -168,8 +215,10 @@ def test_one_resolver_for_the_guide_weights(tmp_path, monkeypatch):
         resolve_guide_weights(trained, purpose="the heatmap")
     baseline = trained.model_copy(update={"guidance": trained.guidance.model_copy(update={"mode": "baseline"})})
     assert resolve_guide_weights(baseline) is None  # a baseline never calls its guide
-    made = tmp_path / "made.safetensors"
-    assert resolve_guide_weights(trained, train=lambda s: made) == str(made)
+    cached = guide_checkpoint_path(trained)  # the resolver only finds the cached guide; it never trains one
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"")
+    assert resolve_guide_weights(trained) == str(cached)
 
 
 def test_compile_leaves_the_callers_matplotlib_backend_alone(tmp_path):

@@ -82,7 +82,7 @@ def test_compile_api_accepts_dicts(tmp_path):
     cp = pairgraph.compile(spec, tmp_path, render=False, notify=None)
     assert isinstance(cp, pairgraph.CompiledPair) and cp.spec.name == "from_dict"
     assert cp.spec.target.model == "rnn" and len(cp.correspondence) == len(cp.guide) > 0
-    assert (tmp_path / "guided_pair.py").exists() and callable(cp.trainer)
+    assert (tmp_path / "guided_pair.py").exists() and callable(cp.train)
 
 
 def test_schema_documents_the_training_loop_fields_with_examples():

@@ -17,11 +17,11 @@ from tiny_specs import copy_paste_pair
 import pairgraph
 from pairgraph.config import parse_spec
 from pairgraph.config.diff import spec_diff
-from pairgraph.core.optim import make_scheduler
 from pairgraph.core.weights import load_weights
 from pairgraph.errors import PairgraphError
 from pairgraph.training import resume_run
 from pairgraph.training.data import EpochBatches
+from pairgraph.training.optim import make_scheduler
 
 
 def lrs(schedule, total: int, lr: float = 1.0) -> list[float]:

@@ -26,6 +26,7 @@ from pairgraph.bench.record import bench_device, machine
 from pairgraph.bench.variants import fake_labels, gram_step, mapped_taps, random_pool, time_variants
 from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.core.loss import alignment_terms
+from pairgraph.core.objectives import objective_class
 from pairgraph.core.similarity import PRECISIONS
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
@@ -73,7 +74,7 @@ def pair_precision(spec: str, overrides: list[str] | None = None, batch_size: in
     overrides = list(overrides or [])
     dev = bench_device(device)
     compiled = compile_pair(spec, Path("build") / "bench", overrides, render=False, notify=None)
-    if compiled.spec.guidance.mode != "guidance":
+    if not objective_class(compiled.spec.guidance.mode).compares_similarity:
         raise PairgraphError(f"{spec}: guidance.mode is {compiled.spec.guidance.mode}, which computes no similarity",
                              "compare precisions on a guidance-mode pair")
     task = get_task(compiled.spec.task)

@@ -20,9 +20,9 @@ from torch.utils.data import default_collate
 
 from pairgraph.compiler.build import build_pair
 from pairgraph.compiler.guide_weights import resolve_guide_weights
-from pairgraph.config import PairSpec
+from pairgraph.config import OPTIMIZERS, PairSpec
+from pairgraph.core.distributed import pick_device
 from pairgraph.core.layer_graph import LayerGraph
-from pairgraph.core.optim import make_optimizer, pick_device
 from pairgraph.core.taps import tap_network
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
@@ -124,7 +124,7 @@ class CompileContext:
             pair = build_pair(spec, network(self.guide), network(self.target), [], device, weights)
             if warmup_steps:
                 pair.train()
-                opt = make_optimizer(spec.train, [p for p in pair.target.parameters() if p.requires_grad])
+                opt = OPTIMIZERS.get(spec.train.optimizer)(spec.train, [p for p in pair.target.parameters() if p.requires_grad])
                 for step in range(warmup_steps):
                     x, y = batch(batches + step)
                     out, _ = pair.target(x)

@@ -25,7 +25,7 @@ OBJECTIVES: Registry[Any] = Registry("guidance mode", builtins=["pairgraph.core.
 #: tasks (``Task`` subclasses with an ``Options`` model)
 TASKS: Registry[Any] = Registry("task", builtins=["pairgraph.tasks"])
 #: optimizers ``(train section, parameters) -> torch.optim.Optimizer``
-OPTIMIZERS: Registry[Any] = Registry("optimizer", builtins=["pairgraph.core.optim"])
+OPTIMIZERS: Registry[Any] = Registry("optimizer", builtins=["pairgraph.training.optim"])
 
 
 #: folders a spec's ``package.module:factory`` is also imported from (after sys.path): the working

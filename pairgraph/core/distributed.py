@@ -23,6 +23,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from pairgraph.errors import PairgraphError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -94,3 +96,12 @@ def barrier() -> None:
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def pick_device(name: str) -> torch.device:
+    """``train.device`` as a torch device: ``auto`` is CUDA when available, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise PairgraphError(f"train.device is {name!r} but CUDA is not available", "use train.device=auto or cpu")
+    return torch.device(name)

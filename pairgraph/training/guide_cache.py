@@ -60,7 +60,7 @@ def build_cache(spec: PairSpec, pair: GuidedPair, train: Any, steps: int, distri
     """Cache the guide over the training set when ``guidance.cache_guide`` asks or (null) when it is exact
     and saves guide forwards; prints one line saying what happened. True when the run uses the cache."""
     g = spec.guidance
-    if g.cache_guide is False or g.mode != "guidance":  # other modes ignore it (a study cell sets it for all arms)
+    if g.cache_guide is False or not objective_class(g.mode).compares_similarity:  # other modes ignore it (a study cell sets it for all arms)
         return False
     why = inexact(spec, distributed)
     if why is not None and g.cache_guide:

@@ -31,7 +31,6 @@ from pairgraph.compiler.pipeline import CompiledPair, compile
 from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
-from pairgraph.core.optim import check_schedule, make_optimizer, make_scheduler, pick_device
 from pairgraph.core.shared_taps import describe
 from pairgraph.errors import Interrupted, PairgraphError, io_error
 from pairgraph.paths import atomic_write
@@ -42,6 +41,7 @@ from pairgraph.training.evaluate import eval_subset, evaluate
 from pairgraph.training.guide import cache_trained_guide, guide_to_train, guide_training_spec
 from pairgraph.training.guide_cache import build_cache
 from pairgraph.training.logs import Scalars, require
+from pairgraph.training.optim import check_schedule, make_optimizer, make_scheduler
 from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
 
 
@@ -79,7 +79,7 @@ class Trainer:
         self.spec: PairSpec = compiled.spec
         self.cfg = self.spec.train
         self.dist = distributed.from_env()
-        self.device = pick_device(self.cfg.device)
+        self.device = distributed.pick_device(self.cfg.device)
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)

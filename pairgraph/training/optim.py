@@ -1,5 +1,5 @@
-"""Optimizers by name (``train.optimizer``), the lr schedule (``train.schedule``) and the device a spec's
-``train.device`` means."""
+"""Optimizers by name (``train.optimizer``; registered in ``pairgraph.config.OPTIMIZERS``) and the lr schedule
+(``train.schedule``)."""
 
 from __future__ import annotations
 
@@ -67,12 +67,3 @@ def check_schedule(train_spec: Any, total: int) -> None:
     if warmup >= total:
         raise PairgraphError(f"train.schedule.warmup ({warmup}) must be below the run's {total} optimizer steps",
                              "shorten the warmup or train for more steps/epochs")
-
-
-def pick_device(name: str) -> torch.device:
-    """``train.device`` as a torch device: ``auto`` is CUDA when available, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise PairgraphError(f"train.device is {name!r} but CUDA is not available", "use train.device=auto or cpu")
-    return torch.device(name)
