@@ -1,4 +1,5 @@
-"""The ``pairgraph`` command: a thin Typer layer over the Python API."""
+"""The ``pairgraph`` command (Typer): arguments, printing and exit codes over the Python API; each command
+imports what it needs when it runs (start-up time)."""
 
 from __future__ import annotations
 

@@ -7,9 +7,8 @@
 or drop :class:`GuidanceLoss` into your own loop.
 """
 
-from pairgraph.compiler.build import build_pair
 from pairgraph.compiler.guidance_loss import GuidanceLoss
-from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.compiler.pipeline import CompiledPair, build_pair
 from pairgraph.config import PairSpec, load_spec
 from pairgraph.core.loss import GuidedPair
 from pairgraph.errors import PairgraphError, SpecError

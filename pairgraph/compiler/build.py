@@ -1,11 +1,11 @@
-"""Building the real pair from a resolved spec: seeded models, the guide's weights, the objective, the task's loss.
+"""Building a spec's networks: seeded eager models, fed as the spec says (keyword inputs, an input view).
 
-:func:`build_pair` is what every generated ``guided_pair.py`` calls (``pairgraph.build_pair``).
+:func:`pairgraph.build_pair` (in :mod:`pairgraph.compiler.pipeline`) builds the pair from them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,15 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import PRETRAINED, PairSpec, as_spec
 from pairgraph.config.spec import InputTransform, NetworkSpec
-from pairgraph.core.loss import Balance, Feed, GuidedPair, WeightSchedule
-from pairgraph.core.objectives import objective_class
 from pairgraph.core.taps import keyword_inputs, transformed_input
 from pairgraph.core.weights import load_weights
 from pairgraph.errors import PairgraphError
-from pairgraph.tasks import get_task
 from pairgraph.zoo import build_model
 
 
@@ -35,6 +31,18 @@ def build_root(spec: PairSpec | dict[str, Any], side: str, task: Any, device: st
         torch.manual_seed(seed)
         model = build_model(net.model, net.args, model_kwargs(net, task), pretrained=pretrained)
     return adapt_inputs(model, net, task, side).to(device)
+
+
+def build_networks(spec: PairSpec, guide_cls: Callable[[nn.Module], nn.Module],
+                   target_cls: Callable[[nn.Module], nn.Module], task: Any, device: str | torch.device,
+                   guide_weights: str | Path | None) -> tuple[nn.Module, nn.Module]:
+    """The guide and the target of a spec: seeded (guide ``train.seed``, target ``train.seed + 1``), the guide's
+    weights loaded from ``guide_weights`` when given, wrapped by the (generated) network classes."""
+    guide_root = build_root(spec, "guide", task, device)
+    if guide_weights:
+        load_weights(guide_root, guide_weights)
+    target_root = build_root(spec, "target", task, device)
+    return guide_cls(guide_root), target_cls(target_root)
 
 
 def model_kwargs(net: NetworkSpec, task: Any) -> dict[str, Any]:
@@ -80,41 +88,3 @@ def input_view(view: InputTransform, task: Any, side: str) -> Callable[[torch.Te
         return x
 
     return view_fn
-
-
-def build_pair(
-    spec: PairSpec,
-    guide_cls: Callable[[nn.Module], nn.Module],
-    target_cls: Callable[[nn.Module], nn.Module],
-    pairs: Sequence[tuple[str, str, float]],
-    device: str | torch.device = "cpu",
-    guide_weights: str | Path | None = None,
-) -> GuidedPair:
-    """Build the :class:`~pairgraph.core.loss.GuidedPair` of a resolved spec: both networks seeded (guide
-    ``train.seed``, target ``train.seed + 1``) and wrapped by the generated classes, the guide's weights loaded,
-    the objective ``guidance.mode`` names, the weight schedule, the balance rule and the task's loss.
-
-    Args:
-        spec: the resolved spec (a generated module's ``SPEC``).
-        guide_cls, target_cls: the generated network classes (or :func:`pairgraph.core.taps.tap_network`'s).
-        pairs: the correspondence, (guide tap, target tap, weight) per pair.
-        device: where the pair lives.
-        guide_weights: a checkpoint overriding ``guide.weights``, which is otherwise resolved by
-            :func:`~pairgraph.compiler.guide_weights.resolve_guide_weights` (never trains: a ``weights: train``
-            guide not cached yet is a one-line error; ``pairgraph.train`` trains it first).
-
-    Example (what ``build/<name>/guided_pair.py`` does)::
-
-        pair = build_pair(SPEC, Guide, Target, MAPPING, device="cuda")
-        out = pair(x, y, step)           # out.loss: task + weight · alignment
-    """
-    task = get_task(spec.task)
-    guide_root = build_root(spec, "guide", task, device)
-    weights = guide_weights or resolve_guide_weights(spec, purpose="building the pair")
-    if weights:
-        load_weights(guide_root, weights)
-    target_root = build_root(spec, "target", task, device)
-    guide, target = guide_cls(guide_root), target_cls(target_root)
-    objective = objective_class(spec.guidance.mode).from_spec(spec, guide, target, pairs, task, device)
-    return GuidedPair(guide, target, pairs, objective, task_loss=task.loss, schedule=WeightSchedule.from_spec(spec),
-                      balance=Balance.from_spec(spec), feed=Feed.from_spec(spec, task))

@@ -18,11 +18,13 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import default_collate
 
-from pairgraph.compiler.build import build_pair
+from pairgraph.compiler.build import build_networks
 from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.config import OPTIMIZERS, PairSpec
 from pairgraph.core.distributed import pick_device
 from pairgraph.core.layer_graph import LayerGraph
+from pairgraph.core.loss import Balance, Feed, GuidedPair, WeightSchedule
+from pairgraph.core.objectives import Baseline
 from pairgraph.core.taps import tap_network
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
@@ -121,14 +123,15 @@ class CompileContext:
             return tap_network(graph.method, [t.spec() for t in graph.taps], graph.output_key)
 
         with rng.active():
-            pair = build_pair(spec, network(self.guide), network(self.target), [], device, weights)
+            guide, target = build_networks(spec, network(self.guide), network(self.target), task, device, weights)
+            pair = GuidedPair(guide, target, [], Baseline(), task_loss=task.loss, schedule=WeightSchedule.from_spec(spec),
+                              balance=Balance.from_spec(spec), feed=Feed.from_spec(spec, task))  # the task alone
             if warmup_steps:
                 pair.train()
-                opt = OPTIMIZERS.get(spec.train.optimizer)(spec.train, [p for p in pair.target.parameters() if p.requires_grad])
+                opt = OPTIMIZERS.get(spec.train.optimizer)(spec.train, pair.trained_parameters())
                 for step in range(warmup_steps):
                     x, y = batch(batches + step)
-                    out, _ = pair.target(x)
-                    loss = pair.task_loss(out, y)
+                    loss = pair(x, y).loss  # the pair's forward, as in a training step: the task loss alone
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     if spec.train.grad_clip:

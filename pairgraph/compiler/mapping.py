@@ -14,11 +14,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
-import json
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -55,17 +53,6 @@ class Correspondence:
             **({"info": self.info} if self.info else {}),
         }
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Correspondence:
-        pairs = [(p["guide"], p["target"], float(p["weight"])) for p in data["pairs"]]
-        return cls(pairs, data["kind"], list(data["guide_taps"]), list(data["target_taps"]), data.get("info", {}))
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(self.to_json(), indent=2) + "\n")
-
-
-class Mapper(Protocol):
-    def __call__(self, guide: LayerGraph, target: LayerGraph, **options: Any) -> Correspondence: ...
 
 
 class MappingContext(Protocol):

@@ -1,4 +1,5 @@
-"""``pairgraph.compile``: spec → traced layer graphs → correspondence → generated module + renders."""
+"""``pairgraph.compile``: spec → traced layer graphs → correspondence → generated module + renders; and
+:func:`build_pair`, which the generated module calls to build the pair it describes."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import inspect
 import json
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -18,14 +19,16 @@ import torch
 import yaml
 from torch import nn
 
-from pairgraph.compiler.build import adapt_inputs, model_kwargs
+from pairgraph.compiler.build import adapt_inputs, build_networks, model_kwargs
 from pairgraph.compiler.calibration import CompileContext
 from pairgraph.compiler.codegen import generate
+from pairgraph.compiler.guide_weights import resolve_guide_weights
 from pairgraph.compiler.mapping import Correspondence, build_mapping
 from pairgraph.compiler.render import render_mapping
 from pairgraph.config import PairSpec, as_spec
 from pairgraph.core.layer_graph import LayerGraph
-from pairgraph.core.loss import GuidedPair
+from pairgraph.core.loss import Balance, Feed, GuidedPair, WeightSchedule
+from pairgraph.core.objectives import objective_class
 from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
@@ -135,6 +138,40 @@ def import_generated(path: Path, name: str) -> ModuleType:
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def build_pair(
+    spec: PairSpec,
+    guide_cls: Callable[[nn.Module], nn.Module],
+    target_cls: Callable[[nn.Module], nn.Module],
+    pairs: Sequence[tuple[str, str, float]],
+    device: str | torch.device = "cpu",
+    guide_weights: str | Path | None = None,
+) -> GuidedPair:
+    """Build the :class:`~pairgraph.core.loss.GuidedPair` of a resolved spec: both networks seeded (guide
+    ``train.seed``, target ``train.seed + 1``) and wrapped by the generated classes, the guide's weights loaded,
+    the objective ``guidance.mode`` names, the weight schedule, the balance rule and the task's loss.
+
+    Args:
+        spec: the resolved spec (a generated module's ``SPEC``).
+        guide_cls, target_cls: the generated network classes (or :func:`pairgraph.core.taps.tap_network`'s).
+        pairs: the correspondence, (guide tap, target tap, weight) per pair.
+        device: where the pair lives.
+        guide_weights: a checkpoint overriding ``guide.weights``, which is otherwise resolved by
+            :func:`~pairgraph.compiler.guide_weights.resolve_guide_weights` (never trains: a ``weights: train``
+            guide not cached yet is a one-line error; ``pairgraph.train`` trains it first).
+
+    Example (what ``build/<name>/guided_pair.py`` does)::
+
+        pair = build_pair(SPEC, Guide, Target, MAPPING, device="cuda")
+        out = pair(x, y, step)           # out.loss: task + weight · alignment
+    """
+    task = get_task(spec.task)
+    weights = guide_weights or resolve_guide_weights(spec, purpose="building the pair")
+    guide, target = build_networks(spec, guide_cls, target_cls, task, device, weights)
+    objective = objective_class(spec.guidance.mode).from_spec(spec, guide, target, pairs, task, device)
+    return GuidedPair(guide, target, pairs, objective, task_loss=task.loss, schedule=WeightSchedule.from_spec(spec),
+                      balance=Balance.from_spec(spec), feed=Feed.from_spec(spec, task))
 
 
 def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> dict[str, LayerGraph]:

@@ -68,7 +68,7 @@ class LayerGraph:
 
     taps: list[TapPoint]
     graph: nx.DiGraph
-    method: str  # "fx" or "hooks"
+    method: str  # the tap provider that found the taps: "fx", "timm" (forward_intermediates) or "hooks"
     gm: fx.GraphModule | None = None
     candidates: list[TapPoint] = field(default_factory=list)
     output_type: str = "Tensor"  # what forward returns (pairgraph needs a tensor of outputs)

@@ -13,7 +13,7 @@ from pairgraph.config import PairSpec, load_spec, parse_spec
 from pairgraph.config.diff import RUNTIME_FIELDS, changed_fields, extendable_fields
 from pairgraph.errors import PairgraphError
 from pairgraph.training.runs import stored_spec
-from pairgraph.training.trainer import Trainer
+from pairgraph.training.trainer import Trainer, train
 
 
 class TrainablePair(CompiledPair):
@@ -31,17 +31,6 @@ def compile(spec: PairSpec | str | Path | dict[str, Any], out_dir: str | Path | 
     """Compile a spec (:func:`pairgraph.compiler.pipeline.compile`: trace on the meta device, map, write
     ``build/<name>/``) into a pair that trains: ``pairgraph.compile(spec).train()``."""
     return TrainablePair(**vars(pipeline.compile(spec, out_dir, overrides, render, notify)))
-
-
-def train(compiled: CompiledPair | PairSpec | str | Path | dict[str, Any], *, runs_dir: str | Path = "runs",
-          run_id: str | None = None, resume: str | Path | None = None, progress: bool = True,
-          stop_after: int | None = None) -> dict[str, Any]:
-    """Train a :class:`pairgraph.CompiledPair` (or a spec, compiled on the fly) and write its run folder
-    ``runs_dir/<name>/<id>/``; returns the summary (also summary.json). A ``guide.weights: train`` guide not
-    cached yet is trained first (:meth:`Trainer.run`)."""
-    if not isinstance(compiled, CompiledPair):
-        compiled = pipeline.compile(compiled, render=False)
-    return Trainer(compiled, runs_dir, run_id, resume, progress, stop_after).run()
 
 
 def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] | None = None,

@@ -45,6 +45,17 @@ from pairgraph.training.optim import check_schedule, make_optimizer, make_schedu
 from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
 
 
+def train(compiled: CompiledPair | PairSpec | str | Path | dict[str, Any], *, runs_dir: str | Path = "runs",
+          run_id: str | None = None, resume: str | Path | None = None, progress: bool = True,
+          stop_after: int | None = None) -> dict[str, Any]:
+    """Train a :class:`pairgraph.CompiledPair` (or a spec, compiled on the fly) and write its run folder
+    ``runs_dir/<name>/<id>/``; returns the summary (also summary.json). A ``guide.weights: train`` guide not
+    cached yet is trained first (:meth:`Trainer.run`)."""
+    if not isinstance(compiled, CompiledPair):
+        compiled = compile(compiled, render=False)
+    return Trainer(compiled, runs_dir, run_id, resume, progress, stop_after).run()
+
+
 @dataclass
 class Loop:
     """What one training session carries from step to step."""
@@ -148,7 +159,7 @@ class Trainer:
         """Build the pair, optimizer and scaler; restore them when resuming, else start the run folder."""
         cfg = self.cfg
         guide_weights = self._guide_weights()
-        pair = self.compiled.build(self.device, guide_weights=guide_weights)
+        pair = self.compiled.module.build(self.device, guide_weights=guide_weights)  # the generated guided_pair.py
         if pair.guide_aliases and self.progress and self.dist.is_main:
             print(f"guide taps computed once: {describe(pair.guide_aliases)} — each a BatchNorm that rescales its "
                   "input uniformly, so its CKA is its input's", flush=True)
