@@ -3,8 +3,10 @@ one-line errors, the guide-cache key and the installed package list."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import tomllib
+import torch
 from tiny_specs import copy_paste_pair
 
 import pairgraph
@@ -244,3 +247,44 @@ def test_one_set_of_fields_that_do_not_change_a_result():
     assert spec_diff(a, b) == [] and analysis.config_fields(a) == analysis.config_fields(b)
     c = {**a, "train": {**a["train"], "eval_batches": 3}}
     assert spec_diff(a, c) == ["train.eval_batches: None → 3"]
+
+
+# ---------------------------------------------------------------- the path docs/architecture.md walks
+
+
+def _one_step_rows() -> tuple[str, list[list[str]]]:
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    section = text.split("## Follow one step", 1)[1].split("\n## ", 1)[0]
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in section.splitlines()
+            if re.match(r"\|\s*\d+\s*\|", line)]
+    return section, rows
+
+
+def _defined(path: Path, qualname: str) -> bool:
+    """``qualname`` (``f`` or ``Class.method``) is defined at the top of the module at ``path``."""
+    scope: list[ast.stmt] = ast.parse(path.read_text()).body
+    for part in qualname.split("."):
+        node = next((n for n in scope if isinstance(n, ast.FunctionDef | ast.ClassDef) and n.name == part), None)
+        if node is None:
+            return False
+        scope = node.body
+    return True
+
+
+def test_the_follow_one_step_section_names_what_exists_and_counts_itself():
+    section, rows = _one_step_rows()
+    assert [int(r[0]) for r in rows] == list(range(1, len(rows) + 1)) and rows
+    generated = (ROOT / "pairgraph" / "compiler" / "codegen.py").read_text()
+    defined = "\n".join(p.read_text() for p in [*(ROOT / "pairgraph").rglob("*.py"), *(ROOT / "cli").rglob("*.py")])
+    for _, file, function, does in rows:
+        file, function = file.strip("`"), function.strip("`")
+        if file.startswith("build/"):  # the generated module: what codegen writes
+            assert f"def {function}(" in generated, function
+        else:
+            assert _defined(ROOT / file, function), f"{file} defines no {function}"
+        for call in re.findall(r"`([A-Za-z_][\w.]*)\(", does):  # every name called in the description
+            name = call.rsplit(".", 1)[-1]
+            assert (re.search(rf"(def|class) {name}\b|\b{name} = |import \w+ as {name}\b", defined) or f"{name}(" in generated
+                    or hasattr(torch.Tensor, name)), f"row cites {call}(), which no longer exists"
+    files = {r[1] for r in rows}
+    assert f"**{len(files)} files, {len(rows)} calls**" in section and len(files) <= 6

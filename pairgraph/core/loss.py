@@ -370,10 +370,6 @@ class GuidedPair(nn.Module):
             mask = gather_batch(mask) if mask is not None else None
         states = self.guide_cache.states(index, self.precision) if cached else None
         terms = self.objective.terms(self.pairs, Activations(g_out, guide_taps, out, target_taps, mask, states))
-        return self._combine(task, terms, step, out)
-
-    def _combine(self, task: Tensor, terms: dict[str, Tensor], step: int | None, out: Tensor) -> PairOutput:
-        """task + weight(step)·align, the weight scaled by grad_norm balancing when asked."""
         align = self.objective.align(self.pairs, terms)
         balanced = self.balancing.kind == "grad_norm" and self.objective.balanced
         weight = self.weight_at(step) * (self.balance_scale(task, align) if balanced else 1.0)
