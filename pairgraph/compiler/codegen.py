@@ -127,7 +127,7 @@ Do not edit: re-run `pairgraph compile`. `pairgraph train` imports this file by 
         *imports,
         "",
         "# The resolved spec this pair was compiled from (spec.yaml beside this file holds the same).",
-        f"SPEC = PairSpec.model_validate({textwrap.indent(resolved, '    ').lstrip()})",
+        f"SPEC = PairSpec.model_validate(\n{textwrap.indent(resolved, '    ')}\n)",
         "",
         f"# The correspondence I ({corr.kind} mapping): (guide tap, target tap, weight).",
         f"MAPPING = {mapping}",

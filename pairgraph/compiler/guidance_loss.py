@@ -10,11 +10,15 @@ from torch import Tensor, nn
 
 from pairgraph.compiler.mapping import build_mapping
 from pairgraph.config import OBJECTIVES, LayerSelection
+from pairgraph.config.spec import GuidanceSpec, SimilaritySpec
 from pairgraph.core.loss import Activations, Objective
 from pairgraph.core.objectives import Projection, Similarity
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import preserved_state, trace
 from pairgraph.errors import PairgraphError
+
+#: the defaults of a spec's similarity and guidance sections (declared once, in pairgraph.config.spec)
+_SIMILARITY, _GUIDANCE = SimilaritySpec(), GuidanceSpec()
 
 #: ``objective=`` names: the similarity objective (mode ``guidance``) is called by its measure's family, cka
 _NAMES = {"cka": "guidance", "fitnets": "fitnets", "repa": "repa"}
@@ -53,14 +57,14 @@ class GuidanceLoss(nn.Module):
         *,
         example_input: Tensor,
         mapping: str | Sequence[tuple[str, str, float]] = "uniform",
-        measure: str = "cka",
-        sequence: str = "flatten",
-        precision: str = "fp32",
-        weight: float = 1.0,
+        measure: str = _SIMILARITY.measure,
+        sequence: str = _SIMILARITY.sequence,
+        precision: str = _SIMILARITY.precision,
+        weight: float = _GUIDANCE.weight,
         guide_layers: Any = None,
         target_layers: Any = None,
         objective: str = "cka",
-        projector_dim: int = 2048,
+        projector_dim: int = _GUIDANCE.projector_dim,
         seed: int = 0,
     ):
         super().__init__()

@@ -104,8 +104,11 @@ class Activations:
 
 
 class Objective(nn.Module):
-    """One guidance objective. Subclasses set ``name`` (the ``guidance.mode``), ``formula`` (the loss, as
-    the generated module states it) and what the step needs of the guide."""
+    """One guidance objective: the taps it reads, its trainable state (its parameters, trained with the target)
+    and its loss terms for a batch. A subclass sets ``name`` (its ``guidance.mode``), ``formula`` (the loss, as
+    the generated module states it) and what the step needs of the guide, implements :meth:`terms` (and
+    :meth:`from_spec` when it has settings), and is registered: ``@OBJECTIVES.register("name")``
+    (:mod:`pairgraph.core.objectives` holds the built-in ones)."""
 
     name: ClassVar[str]
     formula: ClassVar[str]
@@ -137,8 +140,6 @@ class Objective(nn.Module):
         """The loss of ``spec``'s pair under this objective, in one line (the generated module's docstring)."""
         return cls.formula.format(weight=spec.guidance.weight, measure=spec.similarity.measure,
                                    T=spec.guidance.temperature)
-
-
 
 
 @dataclass(frozen=True)

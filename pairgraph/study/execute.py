@@ -44,7 +44,7 @@ def _diverged(e: PairgraphError) -> bool:
 
 
 def guide_run_dir(guide_weights: str, spec_name: str) -> Path | None:
-    """The run folder in which pairgraph.training.train_guide trained a cached guide, if it is there."""
+    """The run folder in which the trainer trained a cached guide (``weights: train``), if it is there."""
     p = Path(guide_weights)
     if p.parent.name != "guides" or "-" not in p.stem:
         return None
