@@ -14,8 +14,9 @@ An objective says which guide taps it reads (:meth:`Objective.guide_taps`), hold
 (``projectors``), and gives a batch's loss terms (:meth:`Objective.terms`) and their sum
 (:meth:`Objective.align`). :class:`pairgraph.core.loss.GuidedPair` composes one with the weight schedule and
 the balance rule; :class:`pairgraph.GuidanceLoss` uses the same classes. ``OBJECTIVES.get(mode)`` finds one
-(an unknown mode gets a did-you-mean); ``@OBJECTIVES.register("name")`` adds one. This module is the only
-place that tells the modes apart.
+(an unknown mode gets a did-you-mean); ``@OBJECTIVES.register("name")`` adds one for a ``GuidedPair`` built
+in Python (a spec's ``guidance.mode`` still accepts the five names above only). This module is the only
+place that tells the modes apart (``make lint`` refuses a mode compared as a string anywhere else).
 """
 
 from __future__ import annotations
