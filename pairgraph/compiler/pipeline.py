@@ -29,7 +29,7 @@ from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
 from pairgraph.errors import PairgraphError, one_line
-from pairgraph.paths import atomic_write
+from pairgraph.paths import atomic_write, refuse_replacing
 from pairgraph.tasks import get_task
 from pairgraph.zoo import build_model
 
@@ -207,13 +207,16 @@ def check(spec: PairSpec | str | Path | dict[str, Any], overrides: list[str] | N
 def _write_outputs(out: Path, spec: PairSpec, graphs: dict[str, LayerGraph], corr: Correspondence, source: str,
                    render: bool) -> None:
     resolved = spec.resolved()
+    mapping = {"name": spec.name, **corr.to_json(), "guide": graphs["guide"].to_json(),
+               "target": graphs["target"].to_json()}
+    files = {"guided_pair.py": generate(resolved, graphs["guide"], graphs["target"], corr, source),
+             "spec.yaml": yaml.safe_dump(resolved, sort_keys=False), "mapping.json": json.dumps(mapping, indent=2) + "\n"}
+    for name, text in files.items():
+        refuse_replacing(out / name, text, [source], "-o")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "guided_pair.py", generate(resolved, graphs["guide"], graphs["target"], corr, source))
-        atomic_write(out / "spec.yaml", yaml.safe_dump(resolved, sort_keys=False))
-        mapping = {"name": spec.name, **corr.to_json(), "guide": graphs["guide"].to_json(),
-                   "target": graphs["target"].to_json()}
-        atomic_write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
+        for name, text in files.items():
+            atomic_write(out / name, text)
         if render:
             render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
                            title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")

@@ -16,11 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model
 from pairgraph.errors import PairgraphError, SpecError
+from pairgraph.paths import NAME_PATTERN
 
 #: ``guide.weights`` values that are not a checkpoint path: a seeded init, or train the guide first
 UNTRAINED, TRAIN, PRETRAINED = "untrained", "train", "pretrained"
-#: what a spec's ``name`` may hold (it names the run and build folders)
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Strict(BaseModel):
@@ -330,7 +329,7 @@ class TrainSpec(_Strict):
         description="Validate on N batches of a fixed random subset of the validation split (None = all of it); "
         "the test split is always evaluated whole.")
     checkpoint_every: int | None = Field(default=None, ge=1, description="Checkpoint every N optimizer steps (default: each evaluation).")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**31, description="Seed of the run (0 ≤ seed < 2**31).")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)

@@ -41,7 +41,22 @@ from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
 from pairgraph.training.guide_cache import build_cache
 from pairgraph.training.logs import Scalars, require
-from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
+from pairgraph.training.runs import (
+    RunLock,
+    abandon,
+    check_length,
+    check_run_folder,
+    claim_run,
+    continue_run,
+    interrupted,
+    new_run_id,
+    restart_clean,
+    resume_claim,
+    sigterm_as_interrupt,
+    start_run,
+    truncate_metrics,
+    write_json,
+)
 
 
 @dataclass
@@ -91,11 +106,10 @@ class Trainer:
         self.progress = progress
         self.stop_after = stop_after
         distributed.init(self.dist, self.device)
-        if resume is not None:
-            self.run_dir = Path(resume)
-        else:
-            rid = str(distributed.broadcast_object(run_id or new_run_id(self.spec)))  # the same folder on every rank
-            self.run_dir = Path(runs_dir) / self.spec.name / rid
+        self.resume, self.run_id = resume is not None, run_id
+        self.run_dir = Path(resume) if resume is not None else Path(runs_dir) / self.spec.name  # until claimed
+        self.lock: RunLock | None = None
+        self.created = False  # this run made its folder (removed again if it fails before logging a step)
         self.checkpoints = Checkpoints(self.run_dir)
         self.model: nn.Module | None = None  # the target, unwrapped (pair.target is DDP-wrapped under torchrun)
 
@@ -125,11 +139,25 @@ class Trainer:
         return evaluate(target, subset, self.task, batch_size=self.cfg.batch_size, device=self.device,
                         autocast=self._autocast, num_workers=self.cfg.num_workers, predictions=predictions)
 
+    def _claim(self) -> None:
+        """Rank 0 claims the run folder (made exclusively, locked); every rank learns which folder it is."""
+        if self.dist.is_main:
+            if self.resume:
+                self.lock = resume_claim(self.run_dir)
+            else:
+                self.run_dir, self.lock, self.created = claim_run(self.run_dir, self.run_id, new_run_id(self.spec))
+        self.run_dir = Path(str(distributed.broadcast_object(str(self.run_dir))))
+        self.checkpoints = Checkpoints(self.run_dir)
+
     def _check_can_start(self) -> bool:
         """True when resuming. Refuses a folder holding a run of another spec, a finished run asked for
-        no more steps, and an uncached trained guide under torchrun."""
+        no more steps, and an uncached trained guide under torchrun; a run folder left with no resume
+        checkpoint is cleared, so that starting it again never appends to what it logged."""
         check_run_folder(self.run_dir, self.spec)
         resuming = self.checkpoints.resumable
+        if not resuming and self.dist.is_main and restart_clean(self.run_dir):
+            print(f"{self.run_dir} holds no resume checkpoint: starting that run again from step 0 (what it "
+                  "logged before is cleared)", file=sys.stderr, flush=True)
         if self.dist.enabled and self.spec.guide.weights == TRAIN and not guide_checkpoint_path(self.spec).exists():
             raise PairgraphError("guide.weights is 'train' but the trained guide is not cached, and several processes "
                                  "would train it at once", "train the guide in one process first "
@@ -156,6 +184,7 @@ class Trainer:
         loop = Loop(pair, opt, scaler, data, total=total, sched=make_scheduler(cfg, opt, total))
         if resuming:
             st = self.checkpoints.load(self.model)
+            check_length(self.run_dir, int(st["step"]), total)
             opt.load_state_dict(st["optimizer"])
             if st.get("scheduler"):  # absent in checkpoints written before train.schedule (constant lr)
                 loop.sched.load_state_dict(st["scheduler"])
@@ -197,21 +226,29 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train (or resume); a failed read or write (disk full, permissions) becomes one line."""
+        """Train (or resume); a failed read or write (disk full, permissions) becomes one line, SIGTERM is
+        handled as Ctrl-C is, and the run folder is held (locked) until this returns."""
         try:
-            return self._run()
+            with sigterm_as_interrupt():
+                return self._run()
         except OSError as e:
             raise io_error(e, e.filename or self.run_dir) from None
+        except KeyboardInterrupt as e:  # before the loop: nothing was trained
+            raise interrupted(e, "interrupted before training started", "start the run again") from None
+        finally:
+            if self.created and sys.exc_info()[0] is not None:
+                abandon(self.run_dir)
+            if self.lock is not None:
+                self.lock.release()
 
     def _run(self) -> dict[str, Any]:
+        self._claim()
         resuming = self._check_can_start()
         torch.manual_seed(self.cfg.seed + self.dist.rank)
         require(self.cfg.log)
         data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
         total = self._total(data)
         check_schedule(self.cfg, total)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         loop = self._setup(data, resuming, total)
         cached = build_cache(self.spec, loop.pair, data["train"], loop.total, self.dist.enabled,
                              self.progress and self.dist.is_main)
@@ -225,8 +262,8 @@ class Trainer:
                 self._evaluate_and_save(loop)
                 if self.stop_after is not None and loop.step >= self.stop_after:
                     return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
-        except KeyboardInterrupt:
-            raise self._interrupted(loop.step) from None
+        except KeyboardInterrupt as e:
+            raise self._interrupted(loop.step, e) from None
         finally:
             self._close_logs(loop)
         if not self.dist.is_main:
@@ -236,11 +273,11 @@ class Trainer:
         distributed.shutdown()
         return summary
 
-    def _interrupted(self, step: int) -> Interrupted:
+    def _interrupted(self, step: int, exc: KeyboardInterrupt) -> Interrupted:
         if self.checkpoints.last_saved is None:
-            return Interrupted(f"interrupted at step {step}, before the first checkpoint of {self.run_dir}",
+            return interrupted(exc, f"interrupted at step {step}, before the first checkpoint of {self.run_dir}",
                                "start the run again (it saves every train.eval_every or train.checkpoint_every steps)")
-        return Interrupted(f"interrupted at step {step}; {self.checkpoints.kept()}",
+        return interrupted(exc, f"interrupted at step {step}; {self.checkpoints.kept()}",
                            f"resume with: pairgraph train --resume {self.run_dir}")
 
     def _step(self, loop: Loop, batches: Iterator[list[Tensor]]) -> PairOutput:
