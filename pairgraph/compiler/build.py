@@ -15,6 +15,7 @@ from pairgraph.config import PRETRAINED
 from pairgraph.core.loss import GuidedPair
 from pairgraph.core.projection import KINDS, Projectors
 from pairgraph.core.shared_taps import SCALE_INVARIANT, rescaled_taps
+from pairgraph.core.sharing import check_not_shared
 from pairgraph.core.taps import keyword_inputs, transformed_input
 from pairgraph.core.trace import preserved_state
 from pairgraph.core.weights import load_weights
@@ -98,6 +99,7 @@ def assemble(
     if weights:
         load_weights(guide_root, weights)
     target_root = build_root(spec, "target", task, device)
+    check_not_shared(guide_root, target_root, "the spec's guide.model and target.model")
     g, s = spec["guidance"], spec["similarity"]
     guide, target = guide_cls(guide_root), target_cls(target_root)
     return GuidedPair(

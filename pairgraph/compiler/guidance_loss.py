@@ -13,6 +13,7 @@ from pairgraph.config import LayerSelection
 from pairgraph.core.loss import alignment_terms, tap_key
 from pairgraph.core.measure import check_precision
 from pairgraph.core.projection import KINDS, Projectors
+from pairgraph.core.sharing import check_not_shared
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import preserved_state, trace
 from pairgraph.errors import PairgraphError
@@ -70,6 +71,7 @@ class GuidanceLoss(nn.Module):
         def selection(s: Any) -> Any:
             return LayerSelection.model_validate(s) if isinstance(s, dict) else (s or LayerSelection())
 
+        check_not_shared(guide, target, "GuidanceLoss")
         example = example_input[:2]
         disable_inplace(guide)
         disable_inplace(target)  # a captured activation must not be modified in place afterwards
