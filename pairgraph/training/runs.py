@@ -187,9 +187,11 @@ def claim_run(root: Path, run_id: str | None, default_id: str) -> tuple[Path, Ru
     An explicit ``run_id`` may name an existing folder (continued or refused by :func:`check_run_folder`);
     a default id is only ever a folder this call creates (``default_id``, else ``default_id-2``, …).
     """
+    if run_id is not None:
+        check_name(run_id, "--run-id")
     root.mkdir(parents=True, exist_ok=True)
     if run_id is not None:
-        run_dir = inside(root, check_name(run_id, "--run-id"))
+        run_dir = inside(root, run_id)
         created = not run_dir.exists()
         run_dir.mkdir(exist_ok=True)
         return run_dir, lock_run(run_dir), created
