@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -218,3 +219,8 @@ def test_sigterm_checkpoints_exits_143_and_names_the_resume_command(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "terminated" in err
     assert f"pairgraph train --resume {run}" in " ".join(err.split())
+    step, kept = re.search(r"at step (\d+); the last good checkpoint \(step (\d+)\)", " ".join(err.split())).groups()
+    assert step == kept  # the step it stopped at was checkpointed on the way out
+    resumed = subprocess.run([str(SCRIPT), "train", "--resume", str(run), "--no-progress", "--set", "train.steps=40"],
+                             cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300, check=False)
+    assert resumed.returncode == 0 and _steps(run) == list(range(1, 41)), resumed.stderr[-2000:]

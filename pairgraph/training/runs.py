@@ -244,19 +244,31 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM (a scheduler's stop) during training: handled as Ctrl-C is, with exit code 143."""
 
 
+@dataclass
+class SigtermStop:
+    """SIGTERM's handler. Outside the training loop it raises :class:`Terminated` at once; inside it
+    (``deferred``) it only records the request, so that the loop finishes its step, checkpoints it and
+    then stops: a scheduler's grace period keeps the work done since the last checkpoint."""
+
+    deferred: bool = False
+    requested: bool = False
+
+    def __call__(self, signum: int, frame: object) -> None:
+        if not self.deferred:
+            raise Terminated
+        self.requested = True
+
+
 @contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """Within the block, SIGTERM raises :class:`Terminated` (only the main thread can install handlers)."""
+def sigterm_handled() -> Iterator[SigtermStop]:
+    """Within the block, SIGTERM goes to a :class:`SigtermStop` (only the main thread can install handlers)."""
+    stop = SigtermStop()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
-
-    def stop(signum: int, frame: object) -> None:
-        raise Terminated
-
     previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield
+        yield stop
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -43,6 +43,8 @@ from pairgraph.training.guide_cache import build_cache
 from pairgraph.training.logs import Scalars, require
 from pairgraph.training.runs import (
     RunLock,
+    SigtermStop,
+    Terminated,
     abandon,
     check_length,
     check_run_folder,
@@ -52,7 +54,7 @@ from pairgraph.training.runs import (
     new_run_id,
     restart_clean,
     resume_claim,
-    sigterm_as_interrupt,
+    sigterm_handled,
     start_run,
     truncate_metrics,
     write_json,
@@ -109,6 +111,7 @@ class Trainer:
         self.resume, self.run_id = resume is not None, run_id
         self.run_dir = Path(resume) if resume is not None else Path(runs_dir) / self.spec.name  # until claimed
         self.lock: RunLock | None = None
+        self.sigterm = SigtermStop()  # replaced by the installed handler's in run()
         self.created = False  # this run made its folder (removed again if it fails before logging a step)
         self.checkpoints = Checkpoints(self.run_dir)
         self.model: nn.Module | None = None  # the target, unwrapped (pair.target is DDP-wrapped under torchrun)
@@ -229,7 +232,7 @@ class Trainer:
         """Train (or resume); a failed read or write (disk full, permissions) becomes one line, SIGTERM is
         handled as Ctrl-C is, and the run folder is held (locked) until this returns."""
         try:
-            with sigterm_as_interrupt():
+            with sigterm_handled() as self.sigterm:
                 return self._run()
         except OSError as e:
             raise io_error(e, e.filename or self.run_dir) from None
@@ -255,16 +258,21 @@ class Trainer:
         batches = iter(self._loader(loop, cached))
         t0 = time.time()
         self._open_logs(loop, resuming)
+        self.sigterm.deferred = True  # SIGTERM now stops at the end of a step, with a checkpoint of it
         try:
             while loop.step < loop.total:
                 out = self._step(loop, batches)
                 self._log_step(loop, out)
                 self._evaluate_and_save(loop)
+                if self.sigterm.requested:
+                    self._save_last(loop)
+                    raise Terminated
                 if self.stop_after is not None and loop.step >= self.stop_after:
                     return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
         except KeyboardInterrupt as e:
             raise self._interrupted(loop.step, e) from None
         finally:
+            self.sigterm.deferred = False
             self._close_logs(loop)
         if not self.dist.is_main:
             distributed.shutdown()
@@ -272,6 +280,11 @@ class Trainer:
         summary = self._finish(loop, time.time() - t0)
         distributed.shutdown()
         return summary
+
+    def _save_last(self, loop: Loop) -> None:
+        if self.dist.is_main and self.checkpoints.last_saved != loop.step:
+            loop.metrics.flush()
+            self.checkpoints.save("last", self.model, loop.step, self._resume_state(loop))
 
     def _interrupted(self, step: int, exc: KeyboardInterrupt) -> Interrupted:
         if self.checkpoints.last_saved is None:
