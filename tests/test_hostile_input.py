@@ -270,3 +270,33 @@ def test_the_demo_refuses_a_baseline_spec_and_labels_the_guide_by_its_weights(tm
     trained = pairgraph.compile(tiny() | {"guide": {**tiny()["guide"], "weights": "train"}}, tmp_path / "b",
                                 render=False, notify=None)
     assert _labels(trained)[1] == "rnn guided by a trained transformer_decoder"
+
+
+# -- timm weights named by pretrained_cfg_overlay ------------------------------------------------------
+
+
+def _timm_spec(tmp_path: Path, file: Path) -> dict:
+    from test_third_party import _spec
+
+    return _spec({"model": "timm:resnet18", "weights": "pretrained", "args": {"pretrained_cfg_overlay":
+                                                                                {"file": str(file)}}})
+
+
+def test_a_missing_timm_overlay_file_is_named(tmp_path):
+    pytest.importorskip("timm")
+    cp = pairgraph.compile(_timm_spec(tmp_path, tmp_path / "nope.safetensors"), tmp_path / "b", render=False,
+                           notify=None)
+    with pytest.raises(PairgraphError, match=f"timm weights file '{tmp_path / 'nope.safetensors'}'.* not found"):
+        cp.build()
+
+
+def test_a_timm_overlay_pickle_with_code_is_refused_in_one_line(tmp_path):
+    pytest.importorskip("timm")
+    from test_reliability import _evil_pickle
+
+    marker, path = tmp_path / "pwned", tmp_path / "evil.pth"
+    _evil_pickle(path, marker, lambda e: {"conv1.weight": e})
+    cp = pairgraph.compile(_timm_spec(tmp_path, path), tmp_path / "b", render=False, notify=None)
+    with pytest.raises(PairgraphError, match="is refused") as e:
+        cp.build()
+    assert "\n" not in str(e.value) and not marker.exists()
