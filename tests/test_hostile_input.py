@@ -7,6 +7,7 @@ from __future__ import annotations
 import gzip
 import json
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -300,3 +301,16 @@ def test_a_timm_overlay_pickle_with_code_is_refused_in_one_line(tmp_path):
     with pytest.raises(PairgraphError, match="is refused") as e:
         cp.build()
     assert "\n" not in str(e.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda: pairgraph.compile(123, render=False, notify=None), "spec must be a PairSpec or str or PathLike or dict, not int"),
+    (lambda: pairgraph.compile(tiny(), 5, render=False, notify=None), "out_dir must be a str or PathLike or None, not int"),
+    (lambda: pairgraph.compile(tiny(), None, "train.lr=1", render=False, notify=None), "overrides (--set values) must be"),
+    (lambda: pairgraph.GuidanceLoss("g", nn.Linear(4, 4), example_input=torch.zeros(2, 4)), "the guide must be a Module"),
+    (lambda: pairgraph.GuidanceLoss(nn.Linear(4, 4), nn.Linear(4, 4), example_input=[1, 2]), "example_input must be a Tensor"),
+])
+def test_wrong_argument_types_in_the_python_api_are_one_line(call, words):
+    with pytest.raises(PairgraphError) as e:
+        call()
+    assert words in str(e.value)

@@ -16,7 +16,7 @@ from pairgraph.core.projection import KINDS, Projectors
 from pairgraph.core.sharing import check_not_shared
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import preserved_state, trace
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, check_type
 
 OBJECTIVES = ("cka", *KINDS)
 
@@ -72,6 +72,7 @@ class GuidanceLoss(nn.Module):
             return LayerSelection.model_validate(s) if isinstance(s, dict) else (s or LayerSelection())
 
         check_not_shared(guide, target, "GuidanceLoss")
+        check_type(example_input, Tensor, "GuidanceLoss: example_input")
         example = example_input[:2]
         disable_inplace(guide)
         disable_inplace(target)  # a captured activation must not be modified in place afterwards

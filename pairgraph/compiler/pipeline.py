@@ -6,6 +6,7 @@ import difflib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from pairgraph.core.loss import GuidedPair
 from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
-from pairgraph.errors import PairgraphError, one_line
+from pairgraph.errors import PairgraphError, check_type, one_line
 from pairgraph.paths import atomic_write, refuse_replacing
 from pairgraph.tasks import get_task
 from pairgraph.zoo import build_model
@@ -240,6 +241,7 @@ def compile(
     ``out_dir`` (default ``build/<name>``) receives ``guided_pair.py``, ``mapping.json``,
     ``spec.yaml`` (resolved) and, with ``render``, ``mapping.png``/``mapping.svg``.
     """
+    check_type(out_dir, (str, os.PathLike, type(None)), "out_dir")
     source = str(spec) if isinstance(spec, str | Path) else "<python>"
     spec = as_spec(spec, overrides)
     graphs = trace_pair(spec, notify)

@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, check_type
 
 
 def check_not_shared(guide: nn.Module, target: nn.Module, where: str) -> None:
-    """Refuse, in one line naming the first shared tensor, a guide and target that share a parameter or buffer."""
+    """Refuse, in one line naming the first shared tensor, a guide and target that share a parameter or buffer
+    (or that are not modules at all)."""
+    check_type(guide, nn.Module, f"{where}: the guide")
+    check_type(target, nn.Module, f"{where}: the target")
     if guide is target:
         raise PairgraphError(f"{where}: the guide and the target are the same network",
                              "guide the target with another network (e.g. a copy.deepcopy of it, frozen as it is now)")
