@@ -110,7 +110,7 @@ def test_a_spec_over_the_size_cap_is_refused_in_one_line(tmp_path):
     path = tmp_path / "big.yaml"
     path.write_text(yaml.safe_dump(tiny()) + "# " + "x" * MAX_YAML_BYTES + "\n")
     t0 = time.perf_counter()
-    with pytest.raises(SpecError, match="over the 256 KiB"):
+    with pytest.raises(SpecError, match="over the 64 KiB"):
         load_spec(path)
     assert time.perf_counter() - t0 < 1.0
 

@@ -185,7 +185,8 @@ def test_a_hand_edited_run_spec_is_refused_at_resume(tmp_path):
 def test_resume_removes_the_temporary_files_a_killed_write_left(tmp_path):
     _train(tmp_path, tiny(), stop_after=4)
     run = tmp_path / "runs" / "tiny" / "r"
-    orphans = [run / "checkpoints" / ".last_state.pt.999.deadbeef.tmp", run / ".metrics.jsonl.999.cafe.tmp"]
+    orphans = [run / "checkpoints" / ".last_state.pt.999.deadbeef.tmp", run / ".metrics.jsonl.999.cafe.tmp",
+               run / "checkpoints" / "last.safetensors.tmp"]
     for p in orphans:
         p.write_bytes(b"half a checkpoint")
     resume_run(run, progress=False)

@@ -69,6 +69,7 @@ def _type_hint(kind: str, loc: tuple[Any, ...]) -> str:
         "greater_than_equal": "use a larger value",
         "less_than": "use a smaller value",
         "less_than_equal": "use a smaller value",
+        "too_long": "list fewer entries",
         "string_pattern_mismatch": "use up to 100 letters, digits, '_', '-' or '.', starting with a letter, digit or '_' (no '/', no '..')",
     }
     if loc and loc[-1] == "weights":

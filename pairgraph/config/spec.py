@@ -27,6 +27,10 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+#: the most globs a layer selection may list (each is matched against every module: a bound on validation time)
+MAX_GLOBS = 1000
+
+
 class LayerSelection(_Strict):
     """Which modules of a network become tap points.
 
@@ -35,8 +39,9 @@ class LayerSelection(_Strict):
     the last tapped layer).
     """
 
-    include: list[str] = Field(default_factory=lambda: ["*"], description="Qualified-name globs to keep, e.g. 'blocks.*'.")
-    exclude: list[str] = Field(default_factory=list, description="Qualified-name globs to drop.")
+    include: list[str] = Field(default_factory=lambda: ["*"], max_length=MAX_GLOBS,
+                               description="Qualified-name globs to keep, e.g. 'blocks.*'.")
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_GLOBS, description="Qualified-name globs to drop.")
     types: list[str] | None = Field(
         default=None,
         description="Module class names to tap (e.g. [Linear, Conv2d]); null = pairgraph's default tap types.",

@@ -209,7 +209,7 @@ def resume_claim(run_dir: Path) -> RunLock:
     """Lock a run folder to continue it, and remove the temporary files a killed write left behind."""
     lock = lock_run(run_dir)
     for folder in (run_dir, run_dir / "checkpoints"):
-        for tmp in folder.glob(".*.tmp"):  # atomic_write's, orphaned: no live writer holds this run
+        for tmp in folder.glob("*.tmp"):  # atomic_write's, orphaned: no live writer holds this run
             tmp.unlink(missing_ok=True)
     return lock
 
