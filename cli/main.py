@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pairgraph.cli.demo import demo
+from pairgraph.cli.failures import internal_error, report_eof
 from pairgraph.cli.starter import init
 from pairgraph.errors import Interrupted, PairgraphError
 
@@ -52,10 +53,11 @@ def validate(spec: Annotated[Path, typer.Argument(help="A spec YAML file.")], se
 def schema(output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write to a file.")] = None) -> None:  # noqa: UP045
     """Print the JSON Schema of specs (point your editor's YAML plugin at it)."""
     from pairgraph.config import json_schema
+    from pairgraph.paths import atomic_write
 
     text = json.dumps(json_schema(), indent=2)
     if output:
-        output.write_text(text + "\n")
+        atomic_write(output, text + "\n")
         console.print(f"wrote {output}")
     else:
         sys.stdout.write(text + "\n")
@@ -132,6 +134,8 @@ def train(
     from pairgraph.compiler.pipeline import compile as compile_pair
     from pairgraph.training import resume_run, train
 
+    if nproc < 1:
+        raise PairgraphError(f"--nproc {nproc} is not a number of processes", "pass --nproc 1 or more")
     if nproc > 1 and "WORLD_SIZE" not in os.environ:
         _check_before_launch(spec, set_, resume, nproc)
         _relaunch_with_torchrun(nproc, run_id)
@@ -171,6 +175,7 @@ def _relaunch_with_torchrun(nproc: int, run_id: str | None) -> None:
     The workers print their own one-line errors; a failed worker ends this command with its exit
     code and one line, not torchrun's traceback.
     """
+    import os
     import time
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
@@ -180,7 +185,7 @@ def _relaunch_with_torchrun(nproc: int, run_id: str | None) -> None:
     i = args.index("--nproc") if "--nproc" in args else next(k for k, a in enumerate(args) if a.startswith("--nproc="))
     del args[i: i + (2 if args[i] == "--nproc" else 1)]
     if run_id is None:  # one folder for all ranks
-        args += ["--run-id", time.strftime("%Y%m%d-%H%M%S") + f"-ddp{nproc}"]
+        args += ["--run-id", time.strftime("%Y%m%d-%H%M%S") + f"-ddp{nproc}-p{os.getpid()}"]
     torchrun = ["--standalone", f"--nproc_per_node={nproc}", "-m", "pairgraph", *args]
     err_console.print("running: torchrun " + " ".join(torchrun), highlight=False)
     try:
@@ -389,14 +394,18 @@ app.command()(demo)
 app.command()(init)
 
 
+report_eof(app)
+
+
 def main() -> None:
     """Entry point: exit 0 for success only; a user mistake is one line on stderr and exit 2; an
-    interrupt (Ctrl-C) exits 130."""
+    interrupt exits 130 (Ctrl-C) or 143 (SIGTERM); anything else is one line and exit 1."""
     try:
         code = app(standalone_mode=False)  # returns the exit code of a typer.Exit (130 for Ctrl-C)
     except Interrupted as e:
-        err_console.print(f"[yellow]interrupted:[/yellow] {escape(str(e).removeprefix('interrupted '))}",
-                          highlight=False, soft_wrap=True)
+        label = "terminated" if e.exit_code == 143 else "interrupted"
+        text = str(e).removeprefix("interrupted ").removeprefix("terminated (SIGTERM) ")
+        err_console.print(f"[yellow]{label}:[/yellow] {escape(text)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except PairgraphError as e:
         err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
@@ -406,13 +415,13 @@ def main() -> None:
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as e:  # usage errors (typer's own click) come through here with standalone_mode=False
+    except typer.Abort as e:  # click's: for Ctrl-C outside training too
+        sys.exit(130 if isinstance(e.__cause__, KeyboardInterrupt) else 1)
+    except Exception as e:  # noqa: BLE001 - usage errors (click's), then anything else: one line
         if callable(getattr(e, "show", None)) and isinstance(getattr(e, "exit_code", None), int):
             e.show()
             sys.exit(e.exit_code)
-        raise
+        internal_error(e, err_console)
     if isinstance(code, int) and code:
         if code == 130:
             err_console.print("interrupted")

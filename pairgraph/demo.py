@@ -25,6 +25,9 @@ import torch
 from pairgraph.analysis.compare import plot_comparison
 from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.compiler.pipeline import compile as compile_pair
+from pairgraph.config import PRETRAINED, TRAIN, UNTRAINED, load_spec
+from pairgraph.core.objectives import objective_class
+from pairgraph.errors import PairgraphError
 from pairgraph.paths import atomic_write
 from pairgraph.training import train
 
@@ -46,9 +49,15 @@ class DemoResult:
     mapping: Path | None
 
 
+#: how a label names the guide's weights (any other value is a checkpoint file)
+_WEIGHTS = {UNTRAINED: "an untrained", TRAIN: "a trained", PRETRAINED: "a pretrained"}
+
+
 def _labels(pair: CompiledPair) -> tuple[str, str]:
     s = pair.spec
-    return f"{s.target.model} alone", f"{s.target.model} guided by an {s.guide.weights} {s.guide.model}"
+    guide = f"{_WEIGHTS.get(s.guide.weights, 'a checkpoint of')} {s.guide.model}"
+    mode = "" if objective_class(s.guidance.mode).compares_similarity else f" ({s.guidance.mode})"
+    return f"{s.target.model} alone", f"{s.target.model} guided by {guide}{mode}"
 
 
 def compile_demo(spec: str | Path | None = None, steps: int | None = None, device: str = "cpu",
@@ -56,6 +65,9 @@ def compile_demo(spec: str | Path | None = None, steps: int | None = None, devic
     """The demo's pair compiled twice: guided (with its mapping drawn) and alone (guidance.mode baseline)."""
     overrides = [*OVERRIDES, f"train.steps={steps or STEPS}", f"train.device={device}"]
     path = Path(spec) if spec is not None else default_spec()
+    if not objective_class(load_spec(path, overrides).guidance.mode).calls_guide:
+        raise PairgraphError(f"{path} has guidance.mode baseline: the demo would train the target alone twice",
+                             "pass a spec that guides its target (e.g. guidance.mode: guidance)")
     guided = compile_pair(path, Path("build") / "demo", overrides, render=True, notify=notify)
     alone = compile_pair(path, Path("build") / "demo-alone", [*overrides, "guidance.mode=baseline"], render=False,
                          notify=None)

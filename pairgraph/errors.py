@@ -67,3 +67,10 @@ def io_error(e: OSError, where: Path | str | None = None, verb: str = "access") 
     else:
         hint = "check the path and the disk"
     return PairgraphError(f"cannot {verb} {where}: {reason}", hint)
+
+
+def check_type(value: object, types: type | tuple[type, ...], what: str) -> None:
+    """A one-line error when an API argument has the wrong type (instead of a TypeError deep inside)."""
+    if not isinstance(value, types):
+        names = " or ".join("None" if t is type(None) else t.__name__ for t in (types if isinstance(types, tuple) else (types,)))
+        raise PairgraphError(f"{what} must be a {names}, not {type(value).__name__}", f"pass a {names}")

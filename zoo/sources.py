@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from pairgraph.config.names import IMPORT_ROOTS, MODEL_SOURCES
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, first_line
 from pairgraph.zoo import ModelEntry
 
 
@@ -92,10 +93,7 @@ def timm_source(ref: str) -> ModelEntry:
             "run `python -c 'import timm; print(timm.list_models(\"*vit*\"))'`")
         raise PairgraphError(f"unknown timm model {name!r}", hint)
 
-    def timm_factory(**kwargs: Any) -> nn.Module:
-        kwargs.setdefault("pretrained", False)
-        if "in_channels" in kwargs:
-            kwargs["in_chans"] = kwargs.pop("in_channels")
+    def create(**kwargs: Any) -> nn.Module:
         size = kwargs.pop("image_size", None)
         if size is None:
             return timm.create_model(name, **kwargs)
@@ -105,6 +103,23 @@ def timm_source(ref: str) -> ModelEntry:
             if "img_size" not in str(e):
                 raise
             return timm.create_model(name, **kwargs)
+
+    def timm_factory(**kwargs: Any) -> nn.Module:
+        kwargs.setdefault("pretrained", False)
+        if "in_channels" in kwargs:
+            kwargs["in_chans"] = kwargs.pop("in_channels")
+        overlay = kwargs.get("pretrained_cfg_overlay")
+        file = overlay.get("file") if isinstance(overlay, dict) and kwargs["pretrained"] else None
+        if file is not None and not Path(str(file)).expanduser().is_file():
+            raise PairgraphError(f"timm weights file {file!r} (pretrained_cfg_overlay.file) not found",
+                                 "point pretrained_cfg_overlay.file at a local .safetensors or .pth file")
+        try:
+            return create(**kwargs)
+        except (pickle.UnpicklingError, RuntimeError) as e:  # timm loads with torch.load(weights_only=True)
+            if file is None or "weights_only" not in str(e):
+                raise
+            raise PairgraphError(f"timm weights file {file!r} is refused: {first_line(e, 160)}",
+                                 "use a .safetensors file, or a .pth holding only tensors") from None
 
     return ModelEntry(ref, timm_factory, "image", {}, f"timm {name}",
                       default_keys={"num_classes", "in_channels", "image_size"},

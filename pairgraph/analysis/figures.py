@@ -35,9 +35,16 @@ def new_figure(figsize: tuple[float, float], **kwargs: Any) -> Figure:
     return fig
 
 
+#: the file types a figure is written as
+FIGURE_FORMATS = (".png", ".svg", ".pdf")
+
+
 def save_figure(fig: Figure, path: str | Path, dpi: int = 110) -> Path:
     """Write ``fig`` to ``path`` (folders made); an unwritable path is a one-line :class:`PairgraphError`."""
     path = Path(path)
+    if path.suffix.lower() not in FIGURE_FORMATS:
+        raise PairgraphError(f"cannot write a figure to {path}: {path.suffix or 'no'} file type",
+                             f"name a {', '.join(FIGURE_FORMATS)} file (-o)")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=dpi)

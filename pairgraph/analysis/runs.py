@@ -5,18 +5,18 @@ from __future__ import annotations
 
 import gzip
 import json
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
-from pairgraph.config import OBJECTIVES, PRETRAINED, TRAIN, UNTRAINED
+from pairgraph.config import OBJECTIVES, PRETRAINED, TRAIN, UNTRAINED, read_yaml
 from pairgraph.config.diff import RUNTIME_FIELDS, flatten
 from pairgraph.core.objectives import objective_class
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, first_line
 
 RUN_HINT = "pass run folders runs/<name>/<id> written by `pairgraph train`"
 
@@ -131,16 +131,40 @@ def metrics_file(run: Path) -> Path | None:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """The usable records of a metrics file; a damaged gzip file is a one-line error naming it, and
+    lines that are not a record (cut by a kill, edited by hand, not UTF-8) are skipped."""
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (EOFError, OSError, zlib.error) as e:
+        raise PairgraphError(f"cannot read {path}: {first_line(e) or 'the file ends early'}",
+                             "restore the file (it is truncated or not gzip)") from None
     records = []
-    text = gzip.decompress(path.read_bytes()).decode() if path.suffix == ".gz" else path.read_text()
-    for line in text.splitlines():
+    for line in raw.decode("utf-8", errors="replace").splitlines():
         try:
-            rec = json.loads(line)
+            rec = _usable(json.loads(line))
         except json.JSONDecodeError:
             continue  # a line cut by a kill
-        if isinstance(rec, dict) and "step" in rec:
+        if rec is not None:
             records.append(rec)
     return records
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _usable(rec: Any) -> dict[str, Any] | None:
+    """A metrics record with an integer step and only numeric values (a validation row needs its loss)."""
+    if not isinstance(rec, dict) or not _number(rec.get("step")) or not float(rec["step"]).is_integer():
+        return None
+    terms = rec.get("terms")
+    clean = {k: v for k, v in rec.items() if _number(v) or (k == "split" and isinstance(v, str)) or k == "guided"}
+    clean["step"] = int(rec["step"])
+    if isinstance(terms, dict):
+        clean["terms"] = {k: v for k, v in terms.items() if _number(v)}
+    if clean.get("split") == "val" and "loss" not in clean:
+        return None
+    return clean
 
 
 def _not_a_run(p: Path) -> PairgraphError:
@@ -153,10 +177,8 @@ def _not_a_run(p: Path) -> PairgraphError:
 def _read_spec(p: Path) -> dict[str, Any]:
     if not (p / "spec.yaml").exists():
         return {}
-    try:
-        spec = yaml.safe_load((p / "spec.yaml").read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PairgraphError(f"{p / 'spec.yaml'} is not valid YAML: {e}", "restore the run's spec.yaml") from None
+    spec, _ = read_yaml(p / "spec.yaml", "run spec")  # bounded; a damaged file is one line naming it
+    spec = spec or {}
     return spec if isinstance(spec, dict) else {}
 
 
@@ -164,9 +186,10 @@ def _read_summary(p: Path) -> dict[str, Any]:
     if not (p / "summary.json").exists():
         return {}
     try:
-        return json.loads((p / "summary.json").read_text())
-    except json.JSONDecodeError:
+        summary = json.loads((p / "summary.json").read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return {}
+    return summary if isinstance(summary, dict) else {}
 
 
 def load_run(path: str | Path) -> RunData:

@@ -15,6 +15,7 @@ from torch import nn
 
 from pairgraph.config import PRETRAINED, PairSpec, as_spec
 from pairgraph.config.spec import InputTransform, NetworkSpec
+from pairgraph.core.sharing import check_not_shared
 from pairgraph.core.taps import keyword_inputs, transformed_input
 from pairgraph.core.weights import load_weights
 from pairgraph.errors import PairgraphError
@@ -42,6 +43,7 @@ def build_networks(spec: PairSpec, guide_cls: Callable[[nn.Module], nn.Module],
     if guide_weights:
         load_weights(guide_root, guide_weights)
     target_root = build_root(spec, "target", task, device)
+    check_not_shared(guide_root, target_root, "the spec's guide.model and target.model")
     return guide_cls(guide_root), target_cls(target_root)
 
 

@@ -13,9 +13,10 @@ from pairgraph.config import OBJECTIVES, LayerSelection
 from pairgraph.config.spec import GuidanceSpec, SimilaritySpec
 from pairgraph.core.loss import Activations, Objective
 from pairgraph.core.objectives import Projection, Similarity
+from pairgraph.core.sharing import check_not_shared
 from pairgraph.core.taps import HookedNetwork, capture_hooks, disable_inplace
 from pairgraph.core.trace import preserved_state, trace
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import PairgraphError, check_type
 
 #: the defaults of a spec's similarity and guidance sections (declared once, in pairgraph.config.spec)
 _SIMILARITY, _GUIDANCE = SimilaritySpec(), GuidanceSpec()
@@ -74,6 +75,8 @@ class GuidanceLoss(nn.Module):
         def selection(s: Any) -> Any:
             return LayerSelection.model_validate(s) if isinstance(s, dict) else (s or LayerSelection())
 
+        check_not_shared(guide, target, "GuidanceLoss")
+        check_type(example_input, Tensor, "GuidanceLoss: example_input")
         example = example_input[:2]
         disable_inplace(guide)
         disable_inplace(target)  # a captured activation must not be modified in place afterwards

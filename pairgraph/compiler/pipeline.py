@@ -7,6 +7,7 @@ import difflib
 import importlib.util
 import inspect
 import json
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -32,8 +33,8 @@ from pairgraph.core.objectives import objective_class
 from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import trace
 from pairgraph.core.weights import check_fits, read_state
-from pairgraph.errors import PairgraphError, one_line
-from pairgraph.paths import atomic_write
+from pairgraph.errors import PairgraphError, check_type, one_line
+from pairgraph.paths import atomic_write, refuse_replacing
 from pairgraph.tasks import get_task
 from pairgraph.zoo import build_model
 
@@ -247,14 +248,17 @@ def check(spec: PairSpec | str | Path | dict[str, Any], overrides: list[str] | N
 
 def _write_outputs(out: Path, spec: PairSpec, graphs: dict[str, LayerGraph], corr: Correspondence, source: str,
                    render: bool) -> None:
+    resolved = spec.resolved()
+    mapping = {"name": spec.name, **corr.to_json(), "guide": graphs["guide"].to_json(),
+               "target": graphs["target"].to_json()}
+    files = {"guided_pair.py": generate(spec, graphs["guide"], graphs["target"], corr, source, module_name(spec)),
+             "spec.yaml": yaml.safe_dump(resolved, sort_keys=False), "mapping.json": json.dumps(mapping, indent=2) + "\n"}
+    for name, text in files.items():
+        refuse_replacing(out / name, text, [source], "-o")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "guided_pair.py",
-                     generate(spec, graphs["guide"], graphs["target"], corr, source, module_name(spec)))
-        atomic_write(out / "spec.yaml", yaml.safe_dump(spec.resolved(), sort_keys=False))
-        mapping = {"name": spec.name, **corr.to_json(), "guide": graphs["guide"].to_json(),
-                   "target": graphs["target"].to_json()}
-        atomic_write(out / "mapping.json", json.dumps(mapping, indent=2) + "\n")
+        for name, text in files.items():
+            atomic_write(out / name, text)
         if render:
             render_mapping(graphs["guide"], graphs["target"], corr, out / "mapping",
                            title=f"{spec.name}: {spec.guide.model} → {spec.target.model} ({corr.kind}, {len(corr)} pairs)")
@@ -278,6 +282,7 @@ def compile(
     ``out_dir`` (default ``build/<name>``) receives ``guided_pair.py``, ``mapping.json``,
     ``spec.yaml`` (resolved) and, with ``render``, ``mapping.png``/``mapping.svg``.
     """
+    check_type(out_dir, (str, os.PathLike, type(None)), "out_dir")
     source = str(spec) if isinstance(spec, str | Path) else "<python>"
     spec = as_spec(spec, overrides)
     graphs = trace_pair(spec, notify)

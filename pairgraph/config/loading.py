@@ -3,6 +3,7 @@ errors name the file and line (or the ``--set``) they come from."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ from pairgraph.config.messages import describe
 from pairgraph.config.names import MEASURES, OBJECTIVES, add_import_root
 from pairgraph.config.spec import PairSpec, TrainSpec
 from pairgraph.config.yaml_io import parse_scalar, read_yaml, where
-from pairgraph.errors import PairgraphError, SpecError
+from pairgraph.errors import PairgraphError, SpecError, check_type
 
 # ---------------------------------------------------------------- loading and error messages
 
@@ -109,6 +110,8 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> PairSpec:
 
 def as_spec(spec: PairSpec | str | Path | dict[str, Any], overrides: list[str] | None = None) -> PairSpec:
     """Accept a PairSpec, a path to YAML, or a mapping."""
+    check_type(spec, (PairSpec, str, os.PathLike, dict), "spec")
+    check_type(overrides, (list, tuple, type(None)), "overrides (--set values)")
     if isinstance(spec, PairSpec):
         if overrides:
             return parse_spec(spec.resolved(), spec.name, overrides)

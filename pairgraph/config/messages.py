@@ -67,7 +67,10 @@ def _type_hint(kind: str, loc: tuple[Any, ...]) -> str:
         "string_type": "write a string",
         "greater_than": "use a larger value",
         "greater_than_equal": "use a larger value",
-        "string_pattern_mismatch": "use letters, digits, '_', '-' or '.'",
+        "less_than": "use a smaller value",
+        "less_than_equal": "use a smaller value",
+        "too_long": "list fewer entries",
+        "string_pattern_mismatch": "use up to 100 letters, digits, '_', '-' or '.', starting with a letter, digit or '_' (no '/', no '..')",
     }
     if loc and loc[-1] == "weights":
         return "give an existing checkpoint path, 'untrained' or 'train'"

@@ -16,16 +16,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model
 from pairgraph.errors import PairgraphError, SpecError
+from pairgraph.paths import NAME_PATTERN
 
 #: ``guide.weights`` values that are not a checkpoint path: a seeded init, or train the guide first
 UNTRAINED, TRAIN, PRETRAINED = "untrained", "train", "pretrained"
-#: what a spec's ``name`` may hold (it names the run and build folders)
-NAME_PATTERN = r"^[A-Za-z0-9_.-]+$"
 
 
 class _Strict(BaseModel):
     # allow_inf_nan=False: an lr of .inf or .nan is a typo, not a setting
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+#: the most globs a layer selection may list (each is matched against every module: a bound on validation time)
+MAX_GLOBS = 1000
 
 
 class LayerSelection(_Strict):
@@ -36,8 +39,9 @@ class LayerSelection(_Strict):
     the last tapped layer).
     """
 
-    include: list[str] = Field(default_factory=lambda: ["*"], description="Qualified-name globs to keep, e.g. 'blocks.*'.")
-    exclude: list[str] = Field(default_factory=list, description="Qualified-name globs to drop.")
+    include: list[str] = Field(default_factory=lambda: ["*"], max_length=MAX_GLOBS,
+                               description="Qualified-name globs to keep, e.g. 'blocks.*'.")
+    exclude: list[str] = Field(default_factory=list, max_length=MAX_GLOBS, description="Qualified-name globs to drop.")
     types: list[str] | None = Field(
         default=None,
         description="Module class names to tap (e.g. [Linear, Conv2d]); null = pairgraph's default tap types.",
@@ -330,7 +334,7 @@ class TrainSpec(_Strict):
         description="Validate on N batches of a fixed random subset of the validation split (None = all of it); "
         "the test split is always evaluated whole.")
     checkpoint_every: int | None = Field(default=None, ge=1, description="Checkpoint every N optimizer steps (default: each evaluation).")
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**31, description="Seed of the run (0 ≤ seed < 2**31).")
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)

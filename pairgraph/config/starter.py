@@ -24,10 +24,10 @@ import yaml
 
 from pairgraph.config.loading import parse_spec
 from pairgraph.config.names import MAPPERS, MEASURES, MODELS, OPTIMIZERS, TASKS, add_import_root, resolve_model
-from pairgraph.config.spec import NAME_PATTERN, GuidanceSpec, LayerSelection, PairSpec
+from pairgraph.config.spec import GuidanceSpec, LayerSelection, PairSpec
 from pairgraph.config.yaml_io import parse_yaml
 from pairgraph.errors import PairgraphError
-from pairgraph.paths import atomic_write
+from pairgraph.paths import atomic_write, check_name
 
 #: the task options a starter sets, by kind, with a comment each (sized as specs/*.yaml)
 TASK_STARTS: dict[str, list[tuple[str, Any, str]]] = {
@@ -95,8 +95,7 @@ def write_starter(guide: str, target: str, task: str, output: str | Path | None 
     :class:`PairgraphError` (the CLI's exit 2)."""
     task_cls = _known("--task", lambda: TASKS.get(task))
     name = name if name is not None else default_name(guide, target)
-    if not re.fullmatch(NAME_PATTERN, name):
-        raise PairgraphError(f"--name {name!r} is not a folder-safe name", "use letters, digits, '_', '-' or '.'")
+    check_name(name, "--name")
     path = output_path(output, name)
     add_import_root(path.parent)  # a factory beside the spec is found when the spec is loaded, so here too
     entries = {side: _known(f"--{side}", lambda ref=ref: resolve_model(ref))

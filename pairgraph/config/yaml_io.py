@@ -7,7 +7,7 @@ from typing import Any
 
 import yaml
 
-from pairgraph.errors import SpecError, first_line
+from pairgraph.errors import SpecError, first_line, shorten
 
 
 def node_line(root: yaml.Node | None, loc: tuple[Any, ...]) -> int | None:
@@ -40,8 +40,46 @@ def where(source: str, root: yaml.Node | None, loc: tuple[Any, ...]) -> str:
     return f"{source}:{line}" if line else source
 
 
-def duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
-    """The first key written twice in one YAML mapping (safe_load would silently keep the last)."""
+#: the largest YAML file pairgraph reads (a spec is a few KB, the paper's study file 31 KB; this keeps
+#: every accepted file fast to parse)
+MAX_YAML_BYTES = 64 * 1024
+#: the most nodes a YAML document may expand to, aliases counted as often as they are used (an alias
+#: "bomb" of a few hundred bytes expands to billions); a spec has a few hundred
+MAX_YAML_NODES = 100_000
+
+
+def expanded_size(root: yaml.Node | None, limit: int = MAX_YAML_NODES) -> int:
+    """Nodes in the document with every alias expanded, counted in time linear in the distinct nodes;
+    ``limit + 1`` as soon as it exceeds ``limit``. A node that contains itself raises :class:`ValueError`."""
+    sizes: dict[int, int] = {}
+    open_nodes: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in open_nodes:
+            raise ValueError("an anchor is used inside itself")
+        open_nodes.add(key)
+        children = [c for kv in node.value for c in kv] if isinstance(node, yaml.MappingNode) else (
+            node.value if isinstance(node, yaml.SequenceNode) else [])
+        total = 1
+        for child in children:
+            total = min(total + size(child), limit + 1)
+        open_nodes.discard(key)
+        sizes[key] = total
+        return total
+
+    return 0 if root is None else size(root)
+
+
+def duplicate_key(node: yaml.Node | None, seen_nodes: set[int] | None = None) -> tuple[str, int, int] | None:
+    """The first key written twice in one YAML mapping (safe_load would silently keep the last); each
+    node is looked at once, however many aliases name it."""
+    seen_nodes = set() if seen_nodes is None else seen_nodes
+    if node is None or id(node) in seen_nodes:
+        return None
+    seen_nodes.add(id(node))
     if isinstance(node, yaml.MappingNode):
         seen: dict[str, int] = {}
         for k, v in node.value:
@@ -50,12 +88,12 @@ def duplicate_key(node: yaml.Node | None) -> tuple[str, int, int] | None:
                 if k.value in seen:
                     return k.value, seen[k.value], line
                 seen[k.value] = line
-            found = duplicate_key(v)
+            found = duplicate_key(v, seen_nodes)
             if found:
                 return found
     elif isinstance(node, yaml.SequenceNode):
         for v in node.value:
-            found = duplicate_key(v)
+            found = duplicate_key(v, seen_nodes)
             if found:
                 return found
     return None
@@ -69,6 +107,9 @@ def read_yaml(path: str | Path, what: str = "spec", example: str = "specs/rnn_fr
     if p.is_dir():
         raise SpecError(f"{p} is a directory, not a {what} file", f"pass a .yaml file such as {example}")
     try:
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise SpecError(f"{p} is {p.stat().st_size:,} bytes, over the {MAX_YAML_BYTES // 1024} KiB a {what} may have",
+                            f"a {what} is a few KB of YAML: check that this is the file you meant")
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(f"{p}: not UTF-8 text (byte {e.start})", f"save the {what} as UTF-8 YAML") from None
@@ -79,9 +120,15 @@ def read_yaml(path: str | Path, what: str = "spec", example: str = "specs/rnn_fr
 
 def parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     """YAML text as (data, root node), read as :func:`read_yaml` reads a file; errors name ``source`` and the line."""
+    if len(text) > MAX_YAML_BYTES:
+        raise SpecError(f"{source} holds {len(text):,} characters, over the {MAX_YAML_BYTES // 1024} KiB a YAML "
+                        "document may have", "a spec is a few KB of YAML: check that this is the text you meant")
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        _check_size(root, source)
+        data = _construct(root)
+    except RecursionError:
+        raise SpecError(f"{source}: the YAML is nested too deeply", "a spec nests a few levels: flatten it") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         line = f":{mark.line + 1}" if mark is not None else ""
@@ -96,9 +143,35 @@ def parse_yaml(text: str, source: str) -> tuple[Any, yaml.Node | None]:
     return data, root
 
 
+def _construct(root: yaml.Node | None) -> Any:
+    """The data of a composed document, built as ``safe_load`` builds it (without parsing the text again)."""
+    if root is None:
+        return None
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_document(root)
+    finally:
+        loader.dispose()
+
+
+def _check_size(root: yaml.Node | None, source: str) -> None:
+    try:
+        n = expanded_size(root)
+    except ValueError:
+        raise SpecError(f"{source}: an anchor (&name) is used inside itself", "remove the recursive alias") from None
+    if n > MAX_YAML_NODES:
+        raise SpecError(f"{source}: the YAML expands to over {MAX_YAML_NODES:,} nodes through its aliases (*name)",
+                        "write the spec without nested aliases; a spec has a few hundred nodes")
+
+
 def parse_scalar(raw: str) -> Any:
     """A command-line value parsed as a YAML scalar or list (``3e-4``, ``true``, ``[1, 2]``); else the text."""
     try:
-        return yaml.safe_load(raw) if raw else None
+        if not raw:
+            return None
+        _check_size(yaml.compose(raw, Loader=yaml.SafeLoader), f"the value {shorten(raw, 40)!r}")
+        return yaml.safe_load(raw)
+    except RecursionError:
+        raise SpecError(f"the value {shorten(raw, 40)!r} is nested too deeply", "write a plain value") from None
     except yaml.YAMLError:
         return raw

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pairgraph.config import read_yaml
 from pairgraph.config.yaml_io import where
 from pairgraph.errors import PairgraphError
+from pairgraph.paths import NAME_PATTERN
 from pairgraph.study.formatting import higher_is_better
 
 #: predefined arm names and the overrides they stand for
@@ -31,7 +32,7 @@ PRESET_ARMS: dict[str, list[str]] = {
 }
 #: paper-number keys that are not arms: the guide network trained alone, and untrained
 GUIDE_KEYS = ("guide", "untrained_guide")
-_NAME = r"^[A-Za-z0-9_.-]+$"
+_NAME = NAME_PATTERN  # study, cell and arm names become folders
 STUDY_HINT = "see the study file format in the docstring of pairgraph/study/__init__.py"
 
 

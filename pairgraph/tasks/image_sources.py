@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import io
 import json
+import lzma
 import tarfile
+import zlib
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -49,7 +51,16 @@ def cifar10_arrays(data: Path) -> dict[str, np.ndarray]:
 
 
 def _archive_images(archive: Path) -> dict[str, list[_Item]]:
-    """Split → (class, file, RGB image) of every ``.../{train,test}/<class>/<image>`` in the tar."""
+    """Split → (class, file, RGB image) of every ``.../{train,test}/<class>/<image>`` in the tar; a
+    truncated or damaged archive is a one-line error naming it."""
+    try:
+        return _read_archive(archive)
+    except (EOFError, tarfile.TarError, lzma.LZMAError, zlib.error, OSError) as e:
+        raise PairgraphError(f"cannot read the archive {archive}: {one_line(e)}",
+                             "it is truncated or damaged: download it again (see shared/data/README.md)") from None
+
+
+def _read_archive(archive: Path) -> dict[str, list[_Item]]:
     found: dict[str, list[_Item]] = {"train": [], "test": []}
     with tarfile.open(archive, "r:*") as tar:
         for m in tar:

@@ -178,7 +178,11 @@ class ImageClassificationTask(Task):
         """(num_classes, in_channels, (H, W)), memoized."""
         info = getattr(self, "_shape_memo", None)
         if info is None:
-            info = self._shape_memo = self._compute_shape_info()
+            info = self._compute_shape_info()
+            if info[0] < 2:  # one class: loss 0 from the start, nothing to learn
+                raise PairgraphError(f"task dataset {self.options.dataset} has {info[0]} class(es); a classifier "
+                                     "needs at least 2", "give train/ (and test/) one folder per class, 2 or more")
+            self._shape_memo = info
         return info
 
     def _compute_shape_info(self) -> tuple[int, int, tuple[int, int]]:

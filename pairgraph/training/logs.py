@@ -13,6 +13,7 @@ import json
 import os
 import re
 import secrets
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,23 @@ class Scalars:
             self.tb.close()
         if self.wb is not None:
             self.wb.finish()
+
+
+def progress_bar(title: str, total: int, start: int, enabled: bool) -> tuple[Any, Any]:
+    """A rich progress bar on a terminal (task loss, dissimilarity, the latest evaluation); (None, None) when
+    not asked for or stderr is not a terminal."""
+    if not (enabled and sys.stderr.isatty()):
+        return None, None
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    prog = Progress(TextColumn(title), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("task {task.fields[loss]:.4f}  dissim {task.fields[dis]:.3f}  {task.fields[val]}"),
+                    TimeRemainingColumn())
+    prog.start()
+    return prog, prog.add_task("train", total=total, completed=start, loss=float("nan"), dis=0.0, val="")
+
+
+def val_text(val: dict[str, float], metric: str) -> str:
+    """The latest evaluation for the progress bar: ``val loss 1.234 accuracy 0.56``."""
+    shown = f" {metric} {val[metric]:.3g}" if metric in val else ""
+    return f"val loss {val['loss']:.4f}{shown}"

@@ -40,9 +40,26 @@ from pairgraph.training.data import EpochBatches, Indexed, to_device
 from pairgraph.training.evaluate import eval_subset, evaluate
 from pairgraph.training.guide import cache_trained_guide, guide_to_train, guide_training_spec
 from pairgraph.training.guide_cache import build_cache
-from pairgraph.training.logs import Scalars, require
+from pairgraph.training.logs import Scalars, progress_bar, require, val_text
 from pairgraph.training.optim import check_schedule, make_optimizer, make_scheduler
-from pairgraph.training.runs import check_run_folder, continue_run, new_run_id, start_run, truncate_metrics, write_json
+from pairgraph.training.runs import (
+    RunLock,
+    SigtermStop,
+    Terminated,
+    abandon,
+    check_length,
+    check_run_folder,
+    claim_run,
+    continue_run,
+    interrupted,
+    new_run_id,
+    restart_clean,
+    resume_claim,
+    sigterm_handled,
+    start_run,
+    truncate_metrics,
+    write_json,
+)
 
 
 def train(compiled: CompiledPair | PairSpec | str | Path | dict[str, Any], *, runs_dir: str | Path = "runs",
@@ -101,11 +118,11 @@ class Trainer:
         self.progress = progress
         self.stop_after = stop_after
         distributed.init(self.dist, self.device)
-        if resume is not None:
-            self.run_dir = Path(resume)
-        else:
-            rid = str(distributed.broadcast_object(run_id or new_run_id(self.spec)))  # the same folder on every rank
-            self.run_dir = Path(runs_dir) / self.spec.name / rid
+        self.resume, self.run_id = resume is not None, run_id
+        self.run_dir = Path(resume) if resume is not None else Path(runs_dir) / self.spec.name  # until claimed
+        self.lock: RunLock | None = None
+        self.sigterm = SigtermStop()  # replaced by the installed handler's in run()
+        self.created = False  # this run made its folder (removed again if it fails before logging a step)
         self.checkpoints = Checkpoints(self.run_dir)
         self.model: nn.Module | None = None  # the target, unwrapped (pair.target is DDP-wrapped under torchrun)
 
@@ -139,11 +156,25 @@ class Trainer:
         return evaluate(target, subset, self.task, batch_size=self.cfg.batch_size, device=self.device,
                         autocast=self._autocast, num_workers=self.cfg.num_workers, predictions=predictions)
 
+    def _claim(self) -> None:
+        """Rank 0 claims the run folder (made exclusively, locked); every rank learns which folder it is."""
+        if self.dist.is_main:
+            if self.resume:
+                self.lock = resume_claim(self.run_dir)
+            else:
+                self.run_dir, self.lock, self.created = claim_run(self.run_dir, self.run_id, new_run_id(self.spec))
+        self.run_dir = Path(str(distributed.broadcast_object(str(self.run_dir))))
+        self.checkpoints = Checkpoints(self.run_dir)
+
     def _check_can_start(self) -> bool:
         """True when resuming. Refuses a folder holding a run of another spec, a finished run asked for
-        no more steps, and an uncached trained guide under torchrun."""
+        no more steps, and an uncached trained guide under torchrun; a run folder left with no resume
+        checkpoint is cleared, so that starting it again never appends to what it logged."""
         check_run_folder(self.run_dir, self.spec)
         resuming = self.checkpoints.resumable
+        if not resuming and self.dist.is_main and restart_clean(self.run_dir):
+            print(f"{self.run_dir} holds no resume checkpoint: starting that run again from step 0 (what it "
+                  "logged before is cleared)", file=sys.stderr, flush=True)
         if self.dist.enabled and self.spec.guide.weights == TRAIN and not guide_checkpoint_path(self.spec).exists():
             raise PairgraphError("guide.weights is 'train' but the trained guide is not cached, and several processes "
                                  "would train it at once", "train the guide in one process first "
@@ -170,6 +201,7 @@ class Trainer:
         loop = Loop(pair, opt, scaler, data, total=total, sched=make_scheduler(cfg, opt, total))
         if resuming:
             st = self.checkpoints.load(self.model)
+            check_length(self.run_dir, int(st["step"]), total)
             opt.load_state_dict(st["optimizer"])
             if st.get("scheduler"):  # absent in checkpoints written before train.schedule (constant lr)
                 loop.sched.load_state_dict(st["scheduler"])
@@ -199,7 +231,8 @@ class Trainer:
         if self.dist.is_main:
             loop.writer = Scalars.open(self.cfg.log, self.run_dir, self.spec, loop.step, resuming)
         loop.metrics = open(self.run_dir / "metrics.jsonl" if self.dist.is_main else os.devnull, "a")  # noqa: SIM115
-        loop.progress, loop.task_id = self._progress_bar(loop.total, loop.step)
+        loop.progress, loop.task_id = progress_bar(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}", loop.total,
+                                                   loop.step, self.progress)
 
     def _close_logs(self, loop: Loop) -> None:
         if loop.metrics is not None:
@@ -211,37 +244,50 @@ class Trainer:
 
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train (or resume); a failed read or write (disk full, permissions) becomes one line."""
+        """Train (or resume); a failed read or write (disk full, permissions) becomes one line, SIGTERM is
+        handled as Ctrl-C is, and the run folder is held (locked) until this returns."""
         try:
-            return self._run()
+            with sigterm_handled() as self.sigterm:
+                return self._run()
         except OSError as e:
             raise io_error(e, e.filename or self.run_dir) from None
+        except KeyboardInterrupt as e:  # before the loop: nothing was trained
+            raise interrupted(e, "interrupted before training started", "start the run again") from None
+        finally:
+            if self.created and sys.exc_info()[0] is not None:
+                abandon(self.run_dir)
+            if self.lock is not None:
+                self.lock.release()
 
     def _run(self) -> dict[str, Any]:
+        self._claim()
         resuming = self._check_can_start()
         torch.manual_seed(self.cfg.seed + self.dist.rank)
         require(self.cfg.log)
         data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
         total = self._total(data)
         check_schedule(self.cfg, total)
-        if self.dist.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
         loop = self._setup(data, resuming, total)
         cached = build_cache(self.spec, loop.pair, data["train"], loop.total, self.dist.enabled,
                              self.progress and self.dist.is_main)
         batches = iter(self._loader(loop, cached))
         t0 = time.time()
         self._open_logs(loop, resuming)
+        self.sigterm.deferred = True  # SIGTERM now stops at the end of a step, with a checkpoint of it
         try:
             while loop.step < loop.total:
                 out = self._step(loop, batches)
                 self._log_step(loop, out)
                 self._evaluate_and_save(loop)
+                if self.sigterm.requested:
+                    self._save_last(loop)
+                    raise Terminated
                 if self.stop_after is not None and loop.step >= self.stop_after:
                     return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
-        except KeyboardInterrupt:
-            raise self._interrupted(loop.step) from None
+        except KeyboardInterrupt as e:
+            raise self._interrupted(loop.step, e) from None
         finally:
+            self.sigterm.deferred = False
             self._close_logs(loop)
         if not self.dist.is_main:
             distributed.shutdown()
@@ -250,11 +296,16 @@ class Trainer:
         distributed.shutdown()
         return summary
 
-    def _interrupted(self, step: int) -> Interrupted:
+    def _save_last(self, loop: Loop) -> None:
+        if self.dist.is_main and self.checkpoints.last_saved != loop.step:
+            loop.metrics.flush()
+            self.checkpoints.save("last", self.model, loop.step, self._resume_state(loop))
+
+    def _interrupted(self, step: int, exc: KeyboardInterrupt) -> Interrupted:
         if self.checkpoints.last_saved is None:
-            return Interrupted(f"interrupted at step {step}, before the first checkpoint of {self.run_dir}",
+            return interrupted(exc, f"interrupted at step {step}, before the first checkpoint of {self.run_dir}",
                                "start the run again (it saves every train.eval_every or train.checkpoint_every steps)")
-        return Interrupted(f"interrupted at step {step}; {self.checkpoints.kept()}",
+        return interrupted(exc, f"interrupted at step {step}; {self.checkpoints.kept()}",
                            f"resume with: pairgraph train --resume {self.run_dir}")
 
     def _step(self, loop: Loop, batches: Iterator[list[Tensor]]) -> PairOutput:
@@ -344,25 +395,13 @@ class Trainer:
             os.fsync(loop.metrics.fileno())
             self.checkpoints.save("last", self.model, step, self._resume_state(loop))
             if loop.progress is not None:  # the bar shows the latest evaluation
-                loop.progress.update(loop.task_id, val=_val_text(val, self.task.primary_metric))
+                loop.progress.update(loop.task_id, val=val_text(val, self.task.primary_metric))
             elif self.progress:
                 print(f"step {step}/{loop.total} train {loop.last['task_loss']:.4f} val {val['loss']:.4f} "
                       + " ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"), flush=True)
         elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
             loop.metrics.flush()
             self.checkpoints.save("last", self.model, step, self._resume_state(loop))
-
-    def _progress_bar(self, total: int, start: int) -> tuple[Any, Any]:
-        if not (self.progress and sys.stderr.isatty()):
-            return None, None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        prog = Progress(TextColumn(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}"), BarColumn(),
-                        MofNCompleteColumn(), TextColumn("task {task.fields[loss]:.4f}  dissim {task.fields[dis]:.3f}"
-                                                         "  {task.fields[val]}"),
-                        TimeRemainingColumn())
-        prog.start()
-        return prog, prog.add_task("train", total=total, completed=start, loss=float("nan"), dis=0.0, val="")
 
     def _finish(self, loop: Loop, wall: float) -> dict[str, Any]:
         """Test the best checkpoint, write test predictions and summary.json."""
@@ -383,12 +422,6 @@ class Trainer:
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
-
-
-def _val_text(val: dict[str, float], metric: str) -> str:
-    """The latest evaluation for the progress bar: ``val loss 1.234 accuracy 0.56``."""
-    shown = f" {metric} {val[metric]:.3g}" if metric in val else ""
-    return f"val loss {val['loss']:.4f}{shown}"
 
 
 def _parameter_counts(pair: GuidedPair) -> dict[str, int]:
