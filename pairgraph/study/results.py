@@ -12,7 +12,7 @@ from typing import Any
 from pairgraph.config import load_spec
 from pairgraph.errors import PairgraphError
 from pairgraph.study.formatting import higher_is_better, mean_se, num, scale, signed
-from pairgraph.study.plan import ArmState, chosen_lr, judged
+from pairgraph.study.plan import ArmState, chosen_lr, grid_score, judged
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, lr_tag
 from pairgraph.study.stats import is_close
@@ -95,7 +95,9 @@ def _arm_result(study: Study, cell: Cell, arm: Arm, done: dict[tuple[str, str], 
     by = {(lr_tag(r.lr), r.seed): r for r in runs}
     lrs = study.sweep_lrs(cell, arm)
     sweep = {lr_tag(lr): by.get((lr_tag(lr), study.sweep_seed)) for lr in lrs}
-    scores = {lr: None if r is None else best_val(r.summary) for lr, r in zip(lrs, sweep.values())}
+    score_seeds = study.seeds if study.grid else [study.sweep_seed]
+    scores = {lr: grid_score(None if (r := by.get((lr_tag(lr), s))) is None else best_val(r.summary)
+                             for s in score_seeds) for lr in lrs}
     chosen = chosen_lr(arm, scores, lambda: done[(cell.name, arm.source)].chosen)
     wanted = ArmState(study, cell, arm).seeds()
     seeds: list[StoredRun] = []

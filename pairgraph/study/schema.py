@@ -134,6 +134,10 @@ class Cell(_Strict):
     paper: PaperNumbers | None = None
     notes: str | None = Field(default=None, description="Markdown the report prints under the cell's table: what "
                               "was tried and found (e.g. why a cell disagrees with the paper).")
+    when_unconverged: str | None = Field(default=None, pattern=_NAME, description="Run this cell only if the "
+                                         "named (earlier) cell's baseline had not reached its best validation loss: "
+                                         "at its chosen lr, its best evaluation is its last in most of its seeds "
+                                         "(e.g. a longer copy of that cell).")
     arms: list[Arm] = Field(min_length=1)
 
     @field_validator("overrides")
@@ -218,6 +222,9 @@ class Study(_Strict):
                                    "baseline when the arm's |Δ| from the baseline over `seeds` is under `close_below` "
                                    "pooled standard deviations (the paper trains 5 seeds), e.g. [3, 4].")
     close_below: float = Field(default=3.0, gt=0, description="What counts as close, in pooled standard deviations.")
+    grid: bool = Field(default=False, description="Train every seed at every lr of a swept arm's sweep (not only "
+                       "at the chosen lr); the chosen lr is then the one with the lowest mean best-validation loss "
+                       "over the seeds. Runs go lr by lr, seed by seed, alternating the cell's arms.")
     overrides: list[str] = Field(default_factory=list, description="--set-style overrides for every run.")
     cells: list[Cell] = Field(min_length=1)
 
@@ -241,10 +248,17 @@ class Study(_Strict):
         self.seeds = sorted(self.seeds)
         if set(self.close_seeds) & set(self.seeds) or len(set(self.close_seeds)) != len(self.close_seeds):
             raise ValueError("close_seeds must be new seeds, each once (not already in seeds)")
+        if self.grid and self.close_seeds:
+            raise ValueError("grid: true trains the seeds decided before running at every lr; remove close_seeds")
         names = [c.name for c in self.cells]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"cell name(s) {', '.join(dup)} appear twice")
+        for i, c in enumerate(self.cells):
+            gate = c.when_unconverged
+            if gate is not None and (gate not in names[:i] or "baseline" not in {a.name for a in self.cell(gate).arms}):
+                raise ValueError(f"cell {c.name!r}: when_unconverged {gate!r} is not an earlier cell with a baseline "
+                                 f"arm (earlier cells: {', '.join(names[:i]) or 'none'})")
         return self
 
     # -- paths (set by load_study)
