@@ -9,9 +9,11 @@ from pathlib import Path
 
 from pairgraph.errors import PairgraphError
 from pairgraph.study.figures import FIG_KINDS, FigureIndex, cell_figures
+from pairgraph.study.formatting import num
 from pairgraph.study.noise import noise_section
-from pairgraph.study.results import RESOLVED, ArmResult, cell_views, collect
+from pairgraph.study.results import UNRESOLVED, ArmResult, CellView, cell_views, collect, word
 from pairgraph.study.schema import Study, load_study, lr_tag
+from pairgraph.study.stats import LEVEL, PAPER_SEEDS
 from pairgraph.study.tables import (
     cell_section,
     headline_table,
@@ -43,7 +45,7 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
         return Path(os.path.relpath(path, output.parent)).as_posix()
 
     done_runs = [r for ar in results.values() for r in ar.all_runs if r.done]
-    md = _header(study, results) + machines_section(done_runs) + sizes_section(study, views)
+    md = _header(study, results, views) + machines_section(done_runs) + sizes_section(study, views)
     md += wall_clock_section(results)
     headline = headline_table(study, views)  # also what `--readme` copies into the README
     md += ["## Headline", ""] + headline
@@ -67,7 +69,25 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
     return output
 
 
-def _header(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[str]:
+def verdict_rule(views: list[CellView]) -> str:
+    """The verdict rule, how many verdicts the report draws and how many false ones it expects."""
+    drawn = [(v, a.name) for v in views for a in v.cell.arms
+             if v.has_verdict(a.name) and v.stat(a.name) is not None and v.stat("baseline") is not None]
+    resolved = sum(1 for v, a in drawn if word(v.verdict(a)) != UNRESOLVED)
+    alpha = 1 - LEVEL
+    return (f"**Verdicts.** Each Δ (arm − baseline) has a Welch t {LEVEL:.0%} interval over the seeds (its degrees of "
+            "freedom printed: with 3–5 seeds a side they are 2–8, so the interval is much wider than ±2 s.e.). "
+            "A verdict reads *same direction* / *opposite direction* (the paper's Δ taken the same way, its "
+            f"s.e.s over {PAPER_SEEDS} seeds) when our interval excludes 0, else *{UNRESOLVED}*; where only the "
+            "paper's interval includes 0 it says *same* or *opposite sign, the paper's Δ not resolved*. This "
+            f"report draws {len(drawn)} verdicts, {resolved} of them resolved; if no arm differed from its "
+            f"baseline, each would exclude 0 by chance with probability {alpha:.2f}, so about "
+            f"{num(alpha * len(drawn), 1)} resolved verdicts are expected from chance alone (the verdicts are not "
+            "corrected for multiplicity). Each verdict also shows the matched-lr Δ: both arms at the same lr, at "
+            "every lr where both ran, with the seeds each has there (arm/baseline).")
+
+
+def _header(study: Study, results: dict[tuple[str, str], ArmResult], views: list[CellView]) -> list[str]:
     """Title, where the numbers come from, the protocol, and how much of the study is done."""
     md = [f"# Results: study `{study.name}`", ""]
     if study.description:
@@ -76,21 +96,24 @@ def _header(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[str
            f"`{study.results_path().as_posix()}/` only (summary.json, metrics.jsonl.gz, spec.yaml, env.json, "
            "test_predictions.json): no training, no data. Running it again gives this file byte for byte."), ""]
     lrs_txt = ", ".join(lr_tag(x) for x in study.lrs)
-    md += [("**Protocol** (paper §4.3): for each cell and arm, train every learning rate of the sweep "
-           f"({lrs_txt}; a cell may give its own) on seed {study.sweep_seed}, keep the lr with the lowest "
-           f"best-validation loss, then train seeds {', '.join(map(str, study.seeds))} at it (the sweep's run is "
-           "reused as its seed)" + (f", and seeds {', '.join(map(str, study.close_seeds))} too where an arm's "
+    seeds_txt = ", ".join(map(str, study.seeds))
+    if study.grid:
+        protocol = (f"**Protocol** (a grid): for each cell and arm, train seeds {seeds_txt} at every learning rate "
+                    f"of the sweep ({lrs_txt}; a cell may give its own); an arm's chosen lr is the one with the "
+                    "lowest best-validation loss averaged over the seeds")
+    else:
+        protocol = ("**Protocol** (paper §4.3): for each cell and arm, train every learning rate of the sweep "
+                    f"({lrs_txt}; a cell may give its own) on seed {study.sweep_seed}, keep the lr with the lowest "
+                    f"best-validation loss, then train seeds {seeds_txt} at it (the sweep's run is reused as its seed)")
+    md += [(protocol + (f", and seeds {', '.join(map(str, study.close_seeds))} too where an arm's "
            f"|Δ| from the baseline is under {study.close_below:g} pooled standard deviations (and for that baseline)"
            if study.close_seeds else "") + ". Each run is evaluated on the validation split every `eval_every` steps; its test "
            "metric is that of the checkpoint with the lowest validation loss. Tables show mean ± standard error "
            "(std with ddof = 1, / √n, n = seeds that finished). The paper instead picks the epoch with the lowest "
            "seed-averaged validation loss; the per-run choice applies to every arm alike, and the Noise floor "
            "section gives the verdicts under both rules. Accuracies are in %. "
-           "An arm agrees with the paper when (arm − baseline) has the sign of the paper's; a difference under "
-           f"{RESOLVED} standard errors (of the difference) is reported as *not resolved*, neither yes nor no. "
-           "Where the paper gives standard errors and its own difference is under "
-           f"{RESOLVED} of them, it has no direction to agree with: the verdict then says only *same* or "
-           "*opposite sign*. A chosen lr at either end of its sweep means the best lr may lie outside it."), ""]
+           + verdict_rule(views) + " A chosen lr at either end of its sweep means the best lr may lie outside it."),
+           ""]
     if study.overrides:
         md += ["Overrides applied to every run: " + ", ".join(f"`{o}`" for o in study.overrides) + ".", ""]
     all_runs = [r for ar in results.values() for r in ar.all_runs]
