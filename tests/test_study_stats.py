@@ -63,3 +63,67 @@ def test_matched_lr_delta_at_every_shared_lr_beside_best_vs_best():
     assert v.matched_text("baseline") == "—"
     rule = verdict_rule([v])
     assert "draws 1 verdicts, 1 of them resolved" in rule and "about 0.1 resolved verdicts are expected" in rule
+
+
+def test_note_placeholders_are_filled_from_the_records():
+    from pairgraph.study.prose import fill
+
+    base = [run(1e-3, s, 40.0 + s) for s in range(3)]
+    guided = [run(1e-3, s, 45.0 + 2 * s) for s in range(3)]
+    v = view({"baseline": base, "untrained": guided}, {"baseline": 1e-3, "untrained": 1e-3})
+    text = ("{{mean baseline}} vs {{mean cp/untrained 2}} on {{n untrained}} seeds at lr {{lr untrained}}: "
+            "{{delta untrained}} ({{ci untrained}}); back: {{delta baseline-untrained}}; {{runs}} runs")
+    assert fill(text, [v], "cell cp notes", v, {"runs": 6}) == (
+        "41.0 vs 47.00 on 3 seeds at lr 0.001: +6.0 (95% CI [+1.8, +10.2]); back: -6.0; 6 runs")
+
+
+@pytest.mark.parametrize(("text", "words"), [
+    ("{{mean nope}}", "cell 'cp' has no arm 'nope'"),
+    ("{{mean other/baseline}}", "no cell 'other'"),
+    ("{{median baseline}}", "not a placeholder"),
+    ("{{mean baseline x}}", "'x' is not a number of decimals"),
+    ("{{guide untrained}}", "only the trained arm trains guides"),
+])
+def test_a_bad_placeholder_is_a_one_line_error_naming_the_note(text, words):
+    from pairgraph.errors import PairgraphError
+    from pairgraph.study.prose import fill
+
+    v = view({"baseline": [run(1e-3, 0, 40.0)], "untrained": []}, {"baseline": 1e-3, "untrained": 1e-3})
+    with pytest.raises(PairgraphError) as e:
+        fill(text, [v], "cell cp notes", v, {})
+    assert words in e.value.message and e.value.message.startswith("cell cp notes: {{")
+
+
+def test_committed_notes_quote_no_standard_error_multiples_and_fill_cleanly():
+    """Notes and the README status quote table numbers through placeholders, and no "k s.e." figure (with
+    3–5 seeds a multiple of the s.e. overstates confidence; the tables print Welch intervals)."""
+    import re
+
+    from pairgraph.study import load_study
+    from pairgraph.study.prose import PLACEHOLDER
+
+    root = Path(__file__).resolve().parents[1]
+    for path in sorted((root / "studies").glob("*.yaml")):
+        study = load_study(path)
+        for where, text in [("readme_status", study.readme_status)] + [(c.name, c.notes) for c in study.cells]:
+            bare = PLACEHOLDER.sub("", text or "")
+            assert not re.search(r"\d\s*s\.e\.", bare), f"{path.name} {where}: a 'k s.e.' figure"
+
+
+def test_the_readme_status_block_is_rewritten_and_a_missing_block_is_a_one_line_error(tmp_path):
+    from pairgraph.errors import PairgraphError
+    from pairgraph.study.report import _fill_readme
+    from pairgraph.study.schema import Study
+
+    study = Study(name="s", lrs=[1e-3], seeds=[0, 1, 2], cells=[Cell(name="cp", spec="x.yaml", arms=[Arm(name="baseline")])])
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- status:begin -->\nold 12.3\n<!-- status:end -->\nkeep\n"
+                      "<!-- results:begin -->\n<!-- results:end -->\ntail\n")
+    _fill_readme(readme, study, tmp_path / "docs" / "results.md", ["| t |"], "1 of 1 arms complete", "new 45.6\n")
+    text = readme.read_text()
+    assert "<!-- status:begin -->\nnew 45.6\n<!-- status:end -->\nkeep\n" in text and "old" not in text
+    assert text.endswith("| t |\n<!-- results:end -->\ntail\n")
+    readme.write_text("<!-- results:begin -->\n<!-- results:end -->\n")
+    with pytest.raises(PairgraphError) as e:
+        _fill_readme(readme, study, tmp_path / "r.md", [], "", "status")
+    assert "has no <!-- status:begin --> … <!-- status:end --> block" in e.value.message

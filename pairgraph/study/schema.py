@@ -133,7 +133,9 @@ class Cell(_Strict):
     metric: str | None = Field(default=None, description="Test metric to report (default: the task's primary).")
     paper: PaperNumbers | None = None
     notes: str | None = Field(default=None, description="Markdown the report prints under the cell's table: what "
-                              "was tried and found (e.g. why a cell disagrees with the paper).")
+                              "was tried and found (e.g. why a cell disagrees with the paper). Numbers quoted from "
+                              "the tables are placeholders ({{mean baseline}}, {{delta untrained}}, …) the report "
+                              "fills from the records (pairgraph/study/prose.py).")
     when_unconverged: str | None = Field(default=None, pattern=_NAME, description="Run this cell only if the "
                                          "named (earlier) cell's baseline had not reached its best validation loss: "
                                          "at its chosen lr, its best evaluation is its last in most of its seeds "
@@ -226,6 +228,10 @@ class Study(_Strict):
                        "at the chosen lr); the chosen lr is then the one with the lowest mean best-validation loss "
                        "over the seeds. Runs go lr by lr, seed by seed, alternating the cell's arms.")
     overrides: list[str] = Field(default_factory=list, description="--set-style overrides for every run.")
+    readme_status: str | None = Field(default=None, description="Markdown that `pairgraph report --readme` writes "
+                                      "between the README's <!-- status:begin --> and <!-- status:end --> lines, its "
+                                      "placeholders ({{mean cell/arm}}, …) filled from the records "
+                                      "(pairgraph/study/prose.py).")
     cells: list[Cell] = Field(min_length=1)
 
     @field_validator("overrides")

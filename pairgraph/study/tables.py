@@ -141,8 +141,9 @@ def sequence_table(views: list[CellView]) -> list[str]:
     return md + table(head, rows) + [""]
 
 
-def cell_section(study: Study, v: CellView) -> list[str]:
-    """A cell's section: its spec and metric, a row per arm, notes, trained guides, the sweep."""
+def cell_section(study: Study, v: CellView, notes: str | None) -> list[str]:
+    """A cell's section: its spec and metric, a row per arm, ``notes`` (filled from the records), trained guides,
+    the sweep."""
     c = v.cell
     md = [f"### {v.label}", ""]
     paper = c.paper
@@ -169,8 +170,8 @@ def cell_section(study: Study, v: CellView) -> list[str]:
     md += table(["arm", "lr (chosen)", "n seeds", f"test {unit(v.metric)} mean ± s.e.", "paper",
                   "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)"],
                  rows, "lrrrrll") + [""]
-    if c.notes:
-        md += ["**Notes.** " + " ".join(c.notes.split()), ""]
+    if notes:
+        md += ["**Notes.** " + " ".join(notes.split()), ""]
     if "trained" in v.arms and v.guide_values():
         m, se = mean_se(v.guide_values())
         md += [f"The trained guides alone (one per seed of `trained`): {pm(m, se)} (n={len(v.guide_values())})"
