@@ -16,6 +16,7 @@ from pairgraph.compiler.guide_weights import guide_checkpoint_path
 from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
 from pairgraph.errors import PairgraphError
+from pairgraph.study.cost import estimate_lines
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, load_study, lr_tag, run_folder, yaml_float
 from pairgraph.study.stats import is_close
@@ -351,8 +352,10 @@ def format_plan(plans: list[ArmPlan]) -> str:
     steps_left = 0
     guides_left: set[Path] = set()
     unknown_steps = False
+    left: dict[tuple[str, str], int] = {}
     for p in plans:
         c = p.counts()
+        left[(p.cell.name, p.arm.name)] = c["left"]
         for k in tot:
             tot[k] += c[k]
         steps = p.base.train.steps
@@ -374,4 +377,4 @@ def format_plan(plans: list[ArmPlan]) -> str:
     if guides_left:
         lines.append(f"plus up to {len(guides_left)} guide trainings (guide.weights=train: one per distinct guide "
                      f"training setting, cached in $PAIRGRAPH_CACHE/guides)")
-    return "\n".join(lines)
+    return "\n".join(lines + estimate_lines(plans, left))

@@ -120,6 +120,19 @@ class Arm(_Strict):
         return [*PRESET_ARMS.get(self.name, []), *self.overrides]
 
 
+class Cost(_Strict):
+    """What a cell's runs cost on a GPU, for the dry-run's estimate: a benchmark record's measured step times
+    (``pairgraph bench --device cuda``: seconds.target for baseline steps, seconds.guided for guided ones) times
+    a stated ``scale`` for the difference in size."""
+
+    bench: str = Field(description="A bench record (JSON), e.g. results/gpu/bench-rnn_from_transformer-cuda.json.")
+    scale: float = Field(default=1.0, gt=0, description="Multiplier from the benchmarked pair to this cell's size; "
+                         "say in `why` where it comes from.")
+    why: str = Field(description="Where the measurement and the scale come from (printed by the dry-run).")
+    steps_per_epoch: int | None = Field(default=None, ge=1, description="For epoch-based runs (train.epochs): "
+                                        "optimizer steps per epoch.")
+
+
 class Cell(_Strict):
     """A spec and the arms trained on it."""
 
@@ -132,6 +145,7 @@ class Cell(_Strict):
     lrs: list[float] | None = Field(default=None, description="This cell's lr sweep (default: the study's).")
     metric: str | None = Field(default=None, description="Test metric to report (default: the task's primary).")
     paper: PaperNumbers | None = None
+    cost: Cost | None = Field(default=None, description="GPU cost per step, for the dry-run's GPU-hour estimate.")
     notes: str | None = Field(default=None, description="Markdown the report prints under the cell's table: what "
                               "was tried and found (e.g. why a cell disagrees with the paper). Numbers quoted from "
                               "the tables are placeholders ({{mean baseline}}, {{delta untrained}}, …) the report "
