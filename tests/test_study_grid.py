@@ -4,10 +4,12 @@ summary the test chooses, so nothing trains."""
 
 from __future__ import annotations
 
+import gzip
 import json
 from pathlib import Path
 
 import pytest
+import yaml
 from test_study import tiny_spec, tiny_study, write
 
 import pairgraph.study.execute as execute_mod
@@ -100,3 +102,36 @@ def test_grid_and_gate_errors_are_one_line(tmp_path, change, words):
     with pytest.raises(PairgraphError) as e:
         load_study(write(tmp_path / "s.yaml", data))
     assert words in e.value.message and "\n" not in e.value.message
+
+
+def test_a_grid_reports_delta_against_lr_the_baselines_trainability_and_the_rules_reading(grid_study, monkeypatch):
+    from pairgraph.study.grid import grid_section
+    from pairgraph.study.results import cell_views, collect
+
+    acc = {"baseline": 0.30, "untrained": 0.60}  # the baseline under the rule's 50 %, the guided arm far above
+
+    def fake(job: Job) -> dict:
+        out = Path(job.out)
+        out.mkdir(parents=True)
+        a = acc[job.arm] + 0.01 * job.seed
+        summary = {"steps": 6, "best_step": 3, "best_val_loss": 1.0 + job.lr, "primary_metric": "accuracy",
+                   "val": {"accuracy": a}, "test": {"accuracy": a}}
+        (out / "summary.json").write_text(json.dumps(summary))
+        rows = [{"step": s, "task_loss": 2.0 - 0.1 * s} for s in range(1, 7)]
+        (out / "metrics.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+        return {"status": "done", "summary": summary}
+
+    monkeypatch.setattr(execute_mod, "execute_job", fake)
+    data = yaml.safe_load(grid_study.read_text())
+    data["untrainable_below"] = 50
+    write(grid_study, data)
+    run_study(grid_study, echo=lambda m: None)
+    study = load_study(grid_study)
+    text = "\n".join(grid_section(study, cell_views(study, collect(study)), Path("figs"), lambda p: p.as_posix()))
+    assert "## Δ against lr (every seed at every lr)" in text
+    assert "| cp | 0.001 | +30.00 [+" in text and "| 2/2 | guide better |" in text
+    assert "![Δ against lr](figs/tiny_study-delta-vs-lr.png)" in text and Path("figs/tiny_study-delta-vs-lr.png").exists()
+    # the baseline's trainability: test 30.5, training CE 1.65 (steps 1–6), best validation loss 1.003
+    assert "| cp | 0.001 | 2 | 30.50 ± 0.50 | 30.50 ± 0.50 | 1.65 | 1.00 | -0.65 |" in text
+    assert "untrainable by the rule: below 50 %" in text
+    assert "**Reading (the study file's rule):** rescue at CPU scale" in text

@@ -10,6 +10,7 @@ from pathlib import Path
 from pairgraph.errors import PairgraphError
 from pairgraph.study.figures import FIG_KINDS, FigureIndex, cell_figures
 from pairgraph.study.formatting import num
+from pairgraph.study.grid import grid_section
 from pairgraph.study.noise import noise_section
 from pairgraph.study.prose import fill
 from pairgraph.study.results import UNRESOLVED, ArmResult, CellView, cell_views, collect, word
@@ -55,6 +56,7 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
     md += image_table([v for v in views if v.task_kind == "image_classification"])
     md += sequence_table([v for v in views if v.task_kind in ("copy_paste", "parity", "language_modeling")])
     md += noise_section(views)
+    md += grid_section(study, views, fig_dir, link)
     md += ["## Cells", ""]
     for v in views:
         notes = fill(v.cell.notes, views, f"cell {v.cell.name} notes", v, totals) if v.cell.notes else None

@@ -238,6 +238,9 @@ class Study(_Strict):
                                    "baseline when the arm's |Δ| from the baseline over `seeds` is under `close_below` "
                                    "pooled standard deviations (the paper trains 5 seeds), e.g. [3, 4].")
     close_below: float = Field(default=3.0, gt=0, description="What counts as close, in pooled standard deviations.")
+    untrainable_below: float | None = Field(default=None, description="grid studies: the baseline counts as "
+                                            "untrainable in a cell where its mean test metric at its chosen lr is "
+                                            "below this (in the report's units); the report reads the rule.")
     grid: bool = Field(default=False, description="Train every seed at every lr of a swept arm's sweep (not only "
                        "at the chosen lr); the chosen lr is then the one with the lowest mean best-validation loss "
                        "over the seeds. Runs go lr by lr, seed by seed, alternating the cell's arms.")
