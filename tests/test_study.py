@@ -154,7 +154,9 @@ def test_report_is_byte_identical_with_mean_and_standard_error(in_study):
         assert " ± " in row and "/2" in row  # mean ± s.e. over 2 seeds
     assert "42.56 ± 1.51" in text  # the paper's number
     untrained = next(ln for ln in text.splitlines() if ln.startswith("| untrained |"))
-    assert any(w in untrained for w in ("yes: Δ", "no: Δ", "tie: Δ", "not resolved (under 2 s.e.): Δ"))
+    assert any(w in untrained for w in ("same direction: Δ", "opposite direction: Δ", "tie: Δ",
+                                        "not resolved at CPU scale: Δ", "the paper's Δ not resolved: Δ"))
+    assert "This report draws 1 verdicts" in text and "Welch t 95% interval" in text
     assert "(sweep's edge)" in untrained  # 2 lrs: the chosen one is at an end of the sweep
     assert "Untrained Transformer → RNN" in text  # the Table 3 shaped table
     # the Machines table names where the runs ran (their env.json), counting all 6 finished runs there
@@ -355,11 +357,16 @@ def test_an_arm_without_a_paper_number_is_compared_with_the_arm_it_varies(tmp_pa
     view = CellView(study.cells[0], {}, {}, "accuracy", True)
     stats = {"baseline": (14.0, 1.0, 2), "untrained": (40.0, 3.0, 2), "depth": (36.0, 4.0, 2)}
     monkeypatch.setattr(CellView, "stat", lambda self, key, seeds=None: stats.get(key))
-    assert view.agreement("depth") == "n/a (no paper number); vs untrained: Δ -4.00 ± 5.00 (0.8 s.e.)"
-    assert view.agreement("untrained").startswith("yes: Δ +26.00")
-    stats["untrained"] = (15.5, 0.5, 2)  # Δ 1.5 ± 1.1: 1.3 s.e. is no direction either way
-    assert view.agreement("untrained") == ("not resolved (under 2 s.e.): Δ +1.50 ± 1.12 (1.3 s.e.) "
-                                           "vs paper Δ +28.21 ± 1.51 (18.7 s.e.)")
+    assert view.agreement("depth") == "n/a (no paper number); vs untrained: Δ -4.00, 95% CI [-27.21, +19.21] (Welch df 1.9)"
+    assert view.agreement("untrained").startswith("not resolved at CPU scale: Δ +26.00")  # 2 seeds: Welch df 1.2
+    stats["untrained"] = (40.0, 3.0, 5)
+    assert view.agreement("untrained").startswith("same direction: Δ +26.00")
+    stats["untrained"] = (15.5, 0.5, 2)  # Δ 1.5 ± 1.1: no direction either way
+    assert view.agreement("untrained") == ("not resolved at CPU scale: Δ +1.50, 95% CI [-5.42, +8.42] (Welch df 1.5) "
+                                           "vs paper Δ +28.21, 95% CI [+24.02, +32.40] (Welch df 4.0)")
+    # 2.5 s.e. on 3 seeds a side (the old normal-approximation rule called that a direction): Welch df 2.9
+    stats.update(baseline=(14.0, 1.0, 3), untrained=(16.8, 0.5, 3))
+    assert view.agreement("untrained").startswith("not resolved at CPU scale: Δ +2.80, 95% CI [-0.""")
 
 
 def test_a_paper_difference_inside_its_own_error_bars_is_not_called_a_direction(tmp_path, monkeypatch):
@@ -372,11 +379,12 @@ def test_a_paper_difference_inside_its_own_error_bars_is_not_called_a_direction(
     data["cells"][0]["paper"]["values"] = {"baseline": [70.02, 1.52], "untrained": [68.17, 2.54], "trained": 78.91}
     study = load_study(write(tmp_path / "s.yaml", data))
     view = CellView(study.cells[0], {}, {}, "accuracy", True)
-    stats = {"baseline": (33.3, 1.28, 3), "untrained": (28.2, 0.09, 3), "trained": (27.4, 1.11, 3)}
+    stats = {"baseline": (33.3, 0.5, 3), "untrained": (28.2, 0.09, 3), "trained": (27.4, 0.4, 3)}
     monkeypatch.setattr(CellView, "stat", lambda self, key, seeds=None: stats.get(key))
-    assert view.agreement("untrained") == ("same sign, but the paper's Δ is under 2 s.e.: Δ -5.10 ± 1.28 "
-                                           "(4.0 s.e.) vs paper Δ -1.85 ± 2.96 (0.6 s.e.)")
-    assert view.agreement("trained") == "no: Δ -5.90 ± 1.69 (3.5 s.e.) vs paper Δ +8.89"
+    assert view.agreement("untrained") == ("same sign, the paper's Δ not resolved: Δ -5.10, 95% CI [-7.16, -3.04] "
+                                           "(Welch df 2.1) vs paper Δ -1.85, 95% CI [-8.95, +5.25] (Welch df 6.5)")
+    assert view.agreement("trained") == ("opposite direction: Δ -5.90, 95% CI [-7.71, -4.09] (Welch df 3.8) vs paper "
+                                         "Δ +8.89 (no interval: the paper gives no s.e.)")
 
 
 def test_cell_notes_are_printed_under_the_cells_table(in_study):
@@ -541,13 +549,13 @@ def test_a_verdict_that_changes_with_the_close_seeds_says_so(tmp_path, monkeypat
     runs = {"baseline": {0: 14.0, 1: 16.0}, "untrained": {0: 40.0, 1: 44.0}}
     monkeypatch.setattr(CellView, "values", lambda self, arm, seeds=None: [
         v for s, v in runs.get(arm, {}).items() if seeds is None or s in seeds])
-    assert view.agreement("untrained").startswith("yes: Δ +27.00")  # 27 / 2.2 pooled s.d.: not close
-    # close on seeds 0–1 (Δ 2, 0.6 s.e.); with seeds 2–3 added to both a resolved yes (Δ 3, 2.1 s.e.)
-    runs.update(baseline={0: 14.0, 1: 16.0, 2: 15.0, 3: 15.0}, untrained={0: 14.0, 1: 20.0, 2: 19.0, 3: 19.0})
+    assert view.agreement("untrained").startswith("same direction: Δ +27.00")  # 27 / 2.2 pooled s.d.: not close
+    # close on seeds 0–1 (Δ 3, Welch df 2); with seeds 2–3 added to both resolved (Δ 3, df 6)
+    runs.update(baseline={0: 14.0, 1: 16.0, 2: 15.0, 3: 15.0}, untrained={0: 17.0, 1: 19.0, 2: 18.0, 3: 18.0})
     assert view.close("untrained")
     text = view.agreement("untrained")
-    assert text.startswith("yes: Δ +3.00") and text.endswith('changed with 4 seeds: on 2 it read "not resolved '
-                                                             '(under 2 s.e.)"')
+    assert text.startswith("same direction: Δ +3.00") and text.endswith(
+        'changed with 4 seeds: on 2 it read "not resolved at CPU scale"')
     runs["untrained"] = {0: 15.0, 1: 19.0}
     runs["baseline"] = {0: 14.0, 1: 16.0}
     assert view.agreement("untrained").endswith("close (|Δ| < 3 pooled s.d.): rests on 2 seeds, wants 5")

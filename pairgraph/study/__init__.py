@@ -22,6 +22,11 @@ is what the report shows.
         arms: [baseline, untrained, trained, {name: slow, overrides: [guidance.weight=0.1], lr: 1.0e-4},
                {name: baseline_threads2, repeat: baseline, threads: 2}]   # the same runs on 2 threads: rounding
 
+``grid: true`` trains every seed at every lr of a swept arm (no close_seeds) and chooses the lr with the
+lowest mean best-validation loss over the seeds; runs go (lr, seed) point by point, a cell's arms side by
+side. A cell with ``when_unconverged: <earlier cell>`` runs only if that cell's baseline, at its chosen lr,
+had its best validation loss at its last evaluation in most of its seeds (e.g. the same cell trained longer).
+
 Results land in ``results/<study>/<cell>/<arm>/lr<lr>-s<seed>/`` (summary.json, metrics.jsonl.gz,
 spec.yaml, env.json, test_predictions.json when the run wrote one, study.json, and guide/ with the
 trained guide's own record); never checkpoints. Training happens in ``runs/study/...``. A run whose

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -195,11 +196,19 @@ class _Scheduler:
             if job.key not in self.seen:
                 self.seen.add(job.key)
                 self.ready.append(job)
-        # the study file's order: an earlier cell's seeds go before a later cell's sweep, so a study
-        # run in parts finishes whole cells (stable: an arm keeps its own sweep-then-seeds order)
-        jobs = sorted(self.ready, key=lambda j: self.rank[(j.cell, j.arm)])
+        jobs = sorted(self.ready, key=self._order)
         self.ready.clear()
         self.ready.extend(jobs)
+
+    def _order(self, job: Job) -> tuple[Any, ...]:
+        """The study file's order: an earlier cell's seeds go before a later cell's sweep, so a study run in
+        parts finishes whole cells (stable: an arm keeps its own sweep-then-seeds order). Under ``grid: true``
+        a cell goes lr by lr and seed by seed, its arms side by side, so a part run finishes whole (lr, seed)
+        points of the cell."""
+        p = self.by_arm[(job.cell, job.arm)]
+        cell_rank = min(r for (c, _), r in self.rank.items() if c == job.cell)
+        point = (job.lr, job.seed) if p.study.grid and job.phase == "sweep" else (math.inf, 0)
+        return cell_rank, point, self.rank[(job.cell, job.arm)]
 
     def finished(self, job: Job, res: dict[str, Any]) -> None:
         """Count and report a finished job, then queue the runs it made possible."""
@@ -213,8 +222,9 @@ class _Scheduler:
                       else f"{job.cell}/{job.arm}: every lr of the sweep diverged; no seeds to run")
         # the cell's other arms: those taking this arm's lr can start once its sweep is complete, and a
         # finished seed can make a verdict close, which adds the study's close_seeds to an arm and its baseline
+        # and a cell run only when this one's baseline had not converged (when_unconverged) may now start
         for q in self.plans:
-            if q.cell.name == p.cell.name:
+            if q.cell.name == p.cell.name or q.cell.when_unconverged == p.cell.name:
                 self.enqueue(q)
 
     def _report(self, job: Job, res: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
 from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
+from pairgraph.study.cost import estimate_lines
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, load_study, lr_tag, run_folder, yaml_float
 from pairgraph.study.stats import is_close
@@ -65,6 +66,15 @@ def chosen_lr(arm: Arm, sweep: Mapping[float, float | None], source: Callable[[]
     return min(scored)[1] if scored else None
 
 
+def grid_score(best_vals: Iterable[float | None]) -> float | None:
+    """An lr's score under ``grid: true``: the mean best-validation loss over its seeds (None while one has not
+    run; inf when one diverged, so an lr that diverges on any seed loses)."""
+    vals = list(best_vals)
+    if any(v is None for v in vals):
+        return None
+    return math.inf if any(not math.isfinite(v) for v in vals) else sum(vals) / len(vals)  # type: ignore[arg-type]
+
+
 @dataclass
 class ArmState:
     """What the results folder says about one (cell, arm): which runs are done and the lr chosen."""
@@ -96,14 +106,35 @@ class ArmState:
         return ArmState(self.study, self.cell, self.cell.arm(self.arm.source))
 
     def sweep_scores(self) -> dict[float, float | None]:
-        """Each lr of the sweep → its run's best validation loss (inf: diverged; None: not run yet)."""
-        seed = self.study.sweep_seed
-        scores: dict[float, float | None] = {}
-        for lr in self.sweep():
-            state = self.state(lr, seed)
-            summary = read_json(self.out_dir / run_folder(lr, seed) / "summary.json") if state == "done" else None
-            scores[lr] = None if state == "todo" else best_val(summary)
-        return scores
+        """Each lr of the sweep → its run's best validation loss (inf: diverged; None: not run yet); under
+        ``grid: true`` the :func:`grid_score` of its seeds."""
+        seeds = self.study.seeds if self.study.grid else [self.study.sweep_seed]
+        return {lr: grid_score(self.best_val(lr, s) for s in seeds) for lr in self.sweep()}
+
+    def best_val(self, lr: float, seed: int) -> float | None:
+        """A run's best validation loss (inf: diverged; None: not run yet)."""
+        state = self.state(lr, seed)
+        if state == "todo":
+            return None
+        return best_val(read_json(self.out_dir / run_folder(lr, seed) / "summary.json") if state == "done" else None)
+
+    def gate_open(self) -> bool | None:
+        """May this cell's runs start? Always, unless it gives ``when_unconverged``: then only when that cell's
+        baseline, at its chosen lr, had its best validation loss at its last evaluation in most of its seeds
+        (None until that cell's baseline seeds are all done)."""
+        gate = self.cell.when_unconverged
+        if gate is None:
+            return True
+        cell = self.study.cell(gate)
+        base = ArmState(self.study, cell, cell.arm("baseline"))
+        lr = base.chosen()
+        if lr is None:
+            return None
+        if any(base.state(lr, s) == "todo" for s in base.seeds()):
+            return None
+        summaries = [read_json(base.out_dir / run_folder(lr, s) / "summary.json") for s in base.seeds()]
+        at_end = [s is not None and s.get("best_step") == s.get("steps") for s in summaries]
+        return sum(at_end) > len(at_end) / 2
 
     def chosen(self) -> float | None:
         """The lr of the seed runs (:func:`chosen_lr`); None until the sweep is complete."""
@@ -111,10 +142,14 @@ class ArmState:
         return chosen_lr(self.arm, self.sweep_scores(), lambda: src.chosen() if src is not None else None)
 
     def sweep_runs(self) -> list[tuple[float, int]]:
-        return [(lr, self.study.sweep_seed) for lr in self.sweep()]
+        """The sweep: seed ``sweep_seed`` at every lr (under ``grid: true``, every seed at every lr)."""
+        seeds = self.study.seeds if self.study.grid else [self.study.sweep_seed]
+        return [(lr, s) for lr in self.sweep() for s in seeds]
 
     def seed_runs(self, lr: float) -> list[tuple[float, int]]:
         swept = self.arm.swept
+        if swept and self.study.grid:
+            return []  # the grid's sweep ran them
         return [(lr, s) for s in self.seeds() if not (swept and s == self.study.sweep_seed)]
 
     def seeds(self) -> list[int]:
@@ -151,10 +186,14 @@ class ArmState:
         return out
 
     def n_runs(self) -> int:
+        if self.gate_open() is False:
+            return 0
         return len(self.sweep_runs()) + len(self.seed_runs(0.0))
 
     def ready(self) -> list[tuple[str, float, int]]:
         """Runs that can start now: (phase, lr, seed)."""
+        if not self.gate_open():
+            return []
         todo = [("sweep", lr, s) for lr, s in self.sweep_runs() if self.state(lr, s) == "todo"]
         if todo:
             return todo
@@ -166,7 +205,8 @@ class ArmState:
     def counts(self) -> dict[str, int]:
         done = div = 0
         lr = self.chosen()
-        for lr_, s in self.sweep_runs() + (self.seed_runs(lr) if lr is not None else []):
+        runs = self.sweep_runs() + (self.seed_runs(lr) if lr is not None else []) if self.gate_open() is not False else []
+        for lr_, s in runs:
             st = self.state(lr_, s)
             done += st == "done"
             div += st == "diverged"
@@ -280,7 +320,9 @@ def _plan_row(p: ArmPlan, chosen: float | None, left: int) -> str:
     """One line of the dry-run table."""
     study = p.study
     sweep = p.sweep()
-    if sweep:
+    if sweep and study.grid:  # lr and how many of its seeds have finished
+        sweep_txt = " ".join(f"{lr_tag(lr)}:{sum(p.state(lr, s) != 'todo' for s in study.seeds)}" for lr in sweep)
+    elif sweep:
         marks = {"done": "✓", "diverged": "✗", "todo": ""}
         sweep_txt = " ".join(lr_tag(lr) + marks[p.state(lr, study.sweep_seed)] for lr in sweep)
     else:
@@ -300,8 +342,10 @@ def format_plan(plans: list[ArmPlan]) -> str:
     if not plans:
         return "nothing selected"
     study = plans[0].study
-    lines = [(f"study {study.name} ({study.file}): {len({p.cell.name for p in plans})} cells, {len(plans)} arms; "
-             f"lr sweep on seed {study.sweep_seed}, then seeds {study.seeds} at the chosen lr"),
+    protocol = (f"seeds {study.seeds} at every lr (grid); chosen lr: lowest mean best-validation loss" if study.grid
+                else f"lr sweep on seed {study.sweep_seed}, then seeds {study.seeds} at the chosen lr")
+    lines = [f"study {study.name} ({study.file}): {len({p.cell.name for p in plans})} cells, {len(plans)} arms; "
+             + protocol,
              f"results: {study.results_path()}   training runs: {study.runs_path()}", ""]
     head = f"{'cell/arm':<34} {'steps':>6} {'sweep lrs':<44} {'chosen':>8} {'seeds':>6} {'left':>5}"
     lines += [head, "-" * len(head)]
@@ -309,8 +353,10 @@ def format_plan(plans: list[ArmPlan]) -> str:
     steps_left = 0
     guides_left: set[Path] = set()
     unknown_steps = False
+    left: dict[tuple[str, str], int] = {}
     for p in plans:
         c = p.counts()
+        left[(p.cell.name, p.arm.name)] = c["left"]
         for k in tot:
             tot[k] += c[k]
         steps = p.base.train.steps
@@ -324,7 +370,12 @@ def format_plan(plans: list[ArmPlan]) -> str:
     lines.append("")
     lines.append(f"runs: {tot['total']} in all, {tot['done']} done, {tot['diverged']} diverged, {tot['left']} left"
                  f" = {steps_left:,} optimizer steps left" + (" (+ epoch-based runs)" if unknown_steps else ""))
+    gates = {p.cell.name: (p.cell.when_unconverged, p.gate_open()) for p in plans if p.cell.when_unconverged}
+    for name, (gate, open_) in gates.items():
+        verdict = {None: "undecided until its baseline seeds are done", True: "runs", False: "not needed"}[open_]
+        lines.append(f"cell {name} runs only if {gate}'s baseline had not reached its best validation loss "
+                     f"(best at the last evaluation in most seeds at its chosen lr): {verdict}")
     if guides_left:
         lines.append(f"plus up to {len(guides_left)} guide trainings (guide.weights=train: one per distinct guide "
                      f"training setting, cached in $PAIRGRAPH_CACHE/guides)")
-    return "\n".join(lines)
+    return "\n".join(lines + estimate_lines(plans, left))

@@ -4,7 +4,6 @@ the comparison against the paper's direction (:class:`CellView`). Reads results 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,10 +11,10 @@ from typing import Any
 from pairgraph.config import load_spec
 from pairgraph.errors import PairgraphError
 from pairgraph.study.formatting import higher_is_better, mean_se, num, scale, signed
-from pairgraph.study.plan import ArmState, chosen_lr, judged
+from pairgraph.study.plan import ArmState, chosen_lr, grid_score, judged
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, lr_tag
-from pairgraph.study.stats import is_close
+from pairgraph.study.stats import LEVEL, PAPER_SEEDS, Delta, is_close, welch
 from pairgraph.tasks import TASKS
 
 
@@ -95,7 +94,9 @@ def _arm_result(study: Study, cell: Cell, arm: Arm, done: dict[tuple[str, str], 
     by = {(lr_tag(r.lr), r.seed): r for r in runs}
     lrs = study.sweep_lrs(cell, arm)
     sweep = {lr_tag(lr): by.get((lr_tag(lr), study.sweep_seed)) for lr in lrs}
-    scores = {lr: None if r is None else best_val(r.summary) for lr, r in zip(lrs, sweep.values())}
+    score_seeds = study.seeds if study.grid else [study.sweep_seed]
+    scores = {lr: grid_score(None if (r := by.get((lr_tag(lr), s))) is None else best_val(r.summary)
+                             for s in score_seeds) for lr in lrs}
     chosen = chosen_lr(arm, scores, lambda: done[(cell.name, arm.source)].chosen)
     wanted = ArmState(study, cell, arm).seeds()
     seeds: list[StoredRun] = []
@@ -110,10 +111,6 @@ def _arm_result(study: Study, cell: Cell, arm: Arm, done: dict[tuple[str, str], 
     return ArmResult(cell, arm, sweep, chosen, seeds, div, runs, len(wanted))
 
 
-#: |Δ| / s.e. below which our direction is called unresolved
-RESOLVED = 2
-
-
 @dataclass
 class CellView:
     """A cell's resolved facts for the report."""
@@ -125,6 +122,7 @@ class CellView:
     higher: bool
     base_seeds: tuple[int, ...] = ()  # the study's seeds (its close_seeds come on top where a verdict is close)
     close_below: float = 3.0
+    more_seeds: bool = True  # does the study add close_seeds to close verdicts?
 
     @property
     def label(self) -> str:
@@ -181,7 +179,7 @@ class CellView:
         ours, ref = self.stat(arm), self.stat(src) if src else None
         if ours is None or ref is None:
             return ""
-        return f"; vs {src}: " + _difference(ours, ref)[2]
+        return f"; vs {src}: " + delta_text(welch(ours, ref))
 
     def agreement(self, arm: str) -> str:
         """:meth:`verdict` over every finished seed, saying when it changed from the study's first seeds
@@ -194,7 +192,7 @@ class CellView:
             before = self.verdict(arm, self.base_seeds)
             if word(before) != word(text):
                 text += f" — changed with {n} seeds: on {len(self.base_seeds)} it read \"{word(before)}\""
-        elif self.close(arm):
+        elif self.more_seeds and self.close(arm):
             text += f" — close (|Δ| < {self.close_below:g} pooled s.d.): rests on {n} seeds, wants 5"
         return text
 
@@ -204,8 +202,7 @@ class CellView:
                              self.close_below))
 
     def verdict(self, arm: str, seeds: tuple[int, ...] | None = None) -> str:
-        """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes; a difference
-        smaller than ``RESOLVED`` standard errors is "not resolved" rather than a yes or no."""
+        """Does (arm − baseline) point the way the paper's does? Metric-aware, with the sizes (:meth:`judge`)."""
         if arm == "baseline":
             return "reference"
         if not self.has_verdict(arm):
@@ -216,39 +213,67 @@ class CellView:
         return judged(self.cell, arm)
 
     def judge(self, arm: str, ours: tuple | None, base: tuple | None) -> str:
-        """The verdict on two (mean, s.e., n) statistics of the arm and the baseline (see :meth:`verdict`)."""
+        """The verdict on two (mean, s.e., n) statistics of the arm and the baseline: "same direction" or
+        "opposite direction" when the Welch 95 % interval of our Δ excludes 0 (the paper's Δ taken with its
+        own interval, its s.e.s over :data:`PAPER_SEEDS` seeds), "not resolved at CPU scale" when ours does
+        not; "… sign, the paper's Δ not resolved" when only the paper's interval includes 0."""
         paper = self.cell.paper
         assert paper is not None
         if ours is None or base is None:
             return "n/a (" + ("baseline" if base is None else "arm") + " not run)"
-        d_ours, se, size = _difference(ours, base)
-        d_paper, p_se, p_size = _difference(paper.get(arm), paper.get("baseline"))  # type: ignore[arg-type]
-        better_ours = d_ours if self.higher else -d_ours
-        better_paper = d_paper if paper.higher() else -d_paper
-        size += f" vs paper {p_size}"
+        d_ours = welch(ours, base)
+        p_arm, p_base = paper.get(arm), paper.get("baseline")
+        d_paper = welch((*p_arm, PAPER_SEEDS), (*p_base, PAPER_SEEDS))  # type: ignore[misc]
+        size = f"{delta_text(d_ours)} vs paper {delta_text(d_paper, 'the paper gives no s.e.')}"
+        better_ours = d_ours.d if self.higher else -d_ours.d
+        better_paper = d_paper.d if paper.higher() else -d_paper.d
         if better_paper == 0 or better_ours == 0:
             return f"tie: {size}"
-        if se is not None and abs(d_ours) < RESOLVED * se:
-            return f"not resolved (under {RESOLVED} s.e.): {size}"
+        if not d_ours.resolved:
+            return f"{UNRESOLVED}: {size}"
         agree = (better_ours > 0) == (better_paper > 0)
-        if p_se is not None and abs(d_paper) < RESOLVED * p_se:
-            # the paper's own difference is inside its error bars: there is no direction to agree with
-            return f"{'same' if agree else 'opposite'} sign, but the paper's Δ is under {RESOLVED} s.e.: {size}"
-        return f"{'yes' if agree else 'no'}: {size}"
+        if d_paper.lo is not None and not d_paper.resolved:
+            # the paper's own difference is inside its interval: there is no direction to agree with
+            return f"{'same' if agree else 'opposite'} sign, the paper's Δ not resolved: {size}"
+        return f"{'same' if agree else 'opposite'} direction: {size}"
+
+    def matched(self, arm: str) -> list[tuple[str, Delta, int, int]]:
+        """(arm − baseline) at every lr where both have finished runs: (lr tag, Δ with its Welch interval,
+        the arm's seeds, the baseline's seeds), the lrs in increasing order."""
+        by_lr: dict[str, dict[str, list[float]]] = {}
+        for name in (arm, "baseline"):
+            for r in self.arms[name].all_runs:
+                v = ((r.summary or {}).get("test") or {}).get(self.metric)
+                if isinstance(v, int | float):
+                    by_lr.setdefault(lr_tag(r.lr), {}).setdefault(name, []).append(scale(self.metric, float(v)))
+        out = []
+        for tag in sorted(by_lr, key=float):
+            a, b = by_lr[tag].get(arm), by_lr[tag].get("baseline")
+            if a and b:
+                out.append((tag, welch((*mean_se(a), len(a)), (*mean_se(b), len(b))), len(a), len(b)))
+        return out
+
+    def matched_text(self, arm: str) -> str:
+        """:meth:`matched` as one cell of a table: ``lr: Δ [lo, hi] (n_arm/n_baseline)`` per lr."""
+        rows = self.matched(arm) if arm != "baseline" and "baseline" in self.arms else []
+        return "; ".join(f"{t}: {signed(dl.d)}" + (f" [{signed(dl.lo)}, {signed(dl.hi)}]" if dl.lo is not None else "")
+                         + f" ({na}/{nb})" for t, dl, na, nb in rows) or "—"
+
+
+#: the verdict when our Δ's interval includes 0
+UNRESOLVED = "not resolved at CPU scale"
 
 
 def word(verdict: str) -> str:
-    """A verdict's answer without its sizes: "yes", "no", "not resolved (under 2 s.e.)", …"""
+    """A verdict's answer without its sizes: "same direction", "not resolved at CPU scale", …"""
     return verdict.split(":")[0]
 
 
-def _difference(ours: tuple, ref: tuple) -> tuple[float, float | None, str]:
-    """(Δ, its s.e., ``Δ +d ± se (k s.e.)``) of two (mean, s.e., …) statistics."""
-    d = ours[0] - ref[0]
-    se = math.sqrt(ours[1] ** 2 + ref[1] ** 2) if ours[1] is not None and ref[1] is not None else None
-    text = (f"Δ {signed(d)}" + (f" ± {num(se)}" if se is not None else "")
-            + (f" ({num(abs(d) / se, 1)} s.e.)" if se else ""))
-    return d, se, text
+def delta_text(dl: Delta, why_none: str = "one seed") -> str:
+    """``Δ +d, 95 % CI [lo, hi] (Welch df k)``; ``Δ +d (no interval: why_none)`` without one."""
+    if dl.lo is None or dl.hi is None or dl.df is None:
+        return f"Δ {signed(dl.d)} (no interval: {why_none})"
+    return f"Δ {signed(dl.d)}, {LEVEL:.0%} CI [{signed(dl.lo)}, {signed(dl.hi)}] (Welch df {num(dl.df, 1)})"
 
 
 def cell_views(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[CellView]:
@@ -268,7 +293,7 @@ def cell_views(study: Study, results: dict[tuple[str, str], ArmResult]) -> list[
             prim = [p for p in prim if p]
             metric = prim[0] if prim else _default_metric(base)
         views.append(CellView(cell, arms, base, metric, higher_is_better(metric), tuple(study.seeds),
-                              study.close_below))
+                              study.close_below, bool(study.close_seeds)))
     return views
 
 

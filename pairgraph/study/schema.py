@@ -121,6 +121,19 @@ class Arm(_Strict):
         return [*PRESET_ARMS.get(self.name, []), *self.overrides]
 
 
+class Cost(_Strict):
+    """What a cell's runs cost on a GPU, for the dry-run's estimate: a benchmark record's measured step times
+    (``pairgraph bench --device cuda``: seconds.target for baseline steps, seconds.guided for guided ones) times
+    a stated ``scale`` for the difference in size."""
+
+    bench: str = Field(description="A bench record (JSON), e.g. results/gpu/bench-rnn_from_transformer-cuda.json.")
+    scale: float = Field(default=1.0, gt=0, description="Multiplier from the benchmarked pair to this cell's size; "
+                         "say in `why` where it comes from.")
+    why: str = Field(description="Where the measurement and the scale come from (printed by the dry-run).")
+    steps_per_epoch: int | None = Field(default=None, ge=1, description="For epoch-based runs (train.epochs): "
+                                        "optimizer steps per epoch.")
+
+
 class Cell(_Strict):
     """A spec and the arms trained on it."""
 
@@ -133,8 +146,15 @@ class Cell(_Strict):
     lrs: list[float] | None = Field(default=None, description="This cell's lr sweep (default: the study's).")
     metric: str | None = Field(default=None, description="Test metric to report (default: the task's primary).")
     paper: PaperNumbers | None = None
+    cost: Cost | None = Field(default=None, description="GPU cost per step, for the dry-run's GPU-hour estimate.")
     notes: str | None = Field(default=None, description="Markdown the report prints under the cell's table: what "
-                              "was tried and found (e.g. why a cell disagrees with the paper).")
+                              "was tried and found (e.g. why a cell disagrees with the paper). Numbers quoted from "
+                              "the tables are placeholders ({{mean baseline}}, {{delta untrained}}, …) the report "
+                              "fills from the records (pairgraph/study/prose.py).")
+    when_unconverged: str | None = Field(default=None, pattern=_NAME, description="Run this cell only if the "
+                                         "named (earlier) cell's baseline had not reached its best validation loss: "
+                                         "at its chosen lr, its best evaluation is its last in most of its seeds "
+                                         "(e.g. a longer copy of that cell).")
     arms: list[Arm] = Field(min_length=1)
 
     @field_validator("overrides")
@@ -219,7 +239,17 @@ class Study(_Strict):
                                    "baseline when the arm's |Δ| from the baseline over `seeds` is under `close_below` "
                                    "pooled standard deviations (the paper trains 5 seeds), e.g. [3, 4].")
     close_below: float = Field(default=3.0, gt=0, description="What counts as close, in pooled standard deviations.")
+    untrainable_below: float | None = Field(default=None, description="grid studies: the baseline counts as "
+                                            "untrainable in a cell where its mean test metric at its chosen lr is "
+                                            "below this (in the report's units); the report reads the rule.")
+    grid: bool = Field(default=False, description="Train every seed at every lr of a swept arm's sweep (not only "
+                       "at the chosen lr); the chosen lr is then the one with the lowest mean best-validation loss "
+                       "over the seeds. Runs go lr by lr, seed by seed, alternating the cell's arms.")
     overrides: list[str] = Field(default_factory=list, description="--set-style overrides for every run.")
+    readme_status: str | None = Field(default=None, description="Markdown that `pairgraph report --readme` writes "
+                                      "between the README's <!-- status:begin --> and <!-- status:end --> lines, its "
+                                      "placeholders ({{mean cell/arm}}, …) filled from the records "
+                                      "(pairgraph/study/prose.py).")
     cells: list[Cell] = Field(min_length=1)
 
     @field_validator("overrides")
@@ -242,10 +272,17 @@ class Study(_Strict):
         self.seeds = sorted(self.seeds)
         if set(self.close_seeds) & set(self.seeds) or len(set(self.close_seeds)) != len(self.close_seeds):
             raise ValueError("close_seeds must be new seeds, each once (not already in seeds)")
+        if self.grid and self.close_seeds:
+            raise ValueError("grid: true trains the seeds decided before running at every lr; remove close_seeds")
         names = [c.name for c in self.cells]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"cell name(s) {', '.join(dup)} appear twice")
+        for i, c in enumerate(self.cells):
+            gate = c.when_unconverged
+            if gate is not None and (gate not in names[:i] or "baseline" not in {a.name for a in self.cell(gate).arms}):
+                raise ValueError(f"cell {c.name!r}: when_unconverged {gate!r} is not an earlier cell with a baseline "
+                                 f"arm (earlier cells: {', '.join(names[:i]) or 'none'})")
         return self
 
     # -- paths (set by load_study)

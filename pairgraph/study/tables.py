@@ -55,11 +55,20 @@ def headline_table(study: Study, views: list[CellView]) -> list[str]:
                 continue
             rows.append([v.label, f"{unit(v.metric)} {'↑' if v.higher else '↓'}", arm.name,
                          f"{st[2]}/{v.arms[arm.name].n_seeds}", pm(st[0], st[1]), paper_cell(v.cell.paper, arm.name),
-                         v.agreement(arm.name)])
+                         v.agreement(arm.name) + _chosen_lrs(v, arm.name), v.matched_text(arm.name)])
     if not rows:
         return ["No arm has a finished seed yet.", ""]
     return table(["cell", "test metric", "arm", "seeds", "ours: mean ± s.e.", "paper",
-                   "agrees with the paper's direction vs baseline?"], rows, "lllrrrl") + [""]
+                   "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)"],
+                 rows, "lllrrrll") + [""]
+
+
+def _chosen_lrs(v: CellView, arm: str) -> str:
+    """`` (lrs a vs b)``: the chosen lrs behind a best-vs-best verdict."""
+    a, b = v.arms[arm].chosen, v.arms["baseline"].chosen if "baseline" in v.arms else None
+    if arm == "baseline" or a is None or b is None:
+        return ""
+    return f" (lr {lr_tag(a)} vs {lr_tag(b)})"
 
 
 def paper_cell(paper: PaperNumbers | None, key: str) -> str:
@@ -132,8 +141,9 @@ def sequence_table(views: list[CellView]) -> list[str]:
     return md + table(head, rows) + [""]
 
 
-def cell_section(study: Study, v: CellView) -> list[str]:
-    """A cell's section: its spec and metric, a row per arm, notes, trained guides, the sweep."""
+def cell_section(study: Study, v: CellView, notes: str | None) -> list[str]:
+    """A cell's section: its spec and metric, a row per arm, ``notes`` (filled from the records), trained guides,
+    the sweep."""
     c = v.cell
     md = [f"### {v.label}", ""]
     paper = c.paper
@@ -146,7 +156,7 @@ def cell_section(study: Study, v: CellView) -> list[str]:
         ar = v.arms[arm.name]
         if not ar.seeds:
             rows.append([arm.name, lr_tag(ar.chosen) if ar.chosen is not None else "—", "0",
-                         ar.status, paper_cell(paper, arm.name), "n/a (not run)"])
+                         ar.status, paper_cell(paper, arm.name), "n/a (not run)", v.matched_text(arm.name)])
             continue
         m, se = mean_se(v.values(arm.name)) if v.values(arm.name) else (math.nan, None)
         n_txt = f"{len(ar.seeds)}/{ar.n_seeds}" + (f", {len(ar.diverged_seeds)} diverged" if ar.diverged_seeds
@@ -156,11 +166,12 @@ def cell_section(study: Study, v: CellView) -> list[str]:
         if arm.swept and ar.chosen is not None and len(swept) > 1 and ar.chosen in (min(swept), max(swept)):
             pinned = " (sweep's edge)"
         rows.append([arm.name, lr_tag(ar.chosen) + pinned, n_txt, pm(m, se), paper_cell(paper, arm.name),
-                     v.agreement(arm.name)])
+                     v.agreement(arm.name), v.matched_text(arm.name)])
     md += table(["arm", "lr (chosen)", "n seeds", f"test {unit(v.metric)} mean ± s.e.", "paper",
-                  "agrees with the paper's direction vs baseline?"], rows, "lrrrrl") + [""]
-    if c.notes:
-        md += ["**Notes.** " + " ".join(c.notes.split()), ""]
+                  "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)"],
+                 rows, "lrrrrll") + [""]
+    if notes:
+        md += ["**Notes.** " + " ".join(notes.split()), ""]
     if "trained" in v.arms and v.guide_values():
         m, se = mean_se(v.guide_values())
         md += [f"The trained guides alone (one per seed of `trained`): {pm(m, se)} (n={len(v.guide_values())})"
