@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
 from pairgraph.study.records import read_json
 
@@ -21,7 +22,7 @@ def step_seconds(p: Any) -> float | None:
     if not path.is_absolute() and not path.exists():
         path = p.study.file.parent.parent / path  # relative to the repository (studies/ is one level down)
     seconds = (read_json(path) or {}).get("seconds")
-    kind = "target" if p.base.guidance.mode == "baseline" else "guided"
+    kind = "guided" if objective_class(p.base.guidance.mode).calls_guide else "target"
     if not isinstance(seconds, dict) or not isinstance(seconds.get(kind), int | float):
         raise PairgraphError(f"cell {p.cell.name!r}: cost.bench {cost.bench!r} is not a bench record with "
                              f"seconds.{kind}", "point it at a `pairgraph bench --device cuda` JSON record")
