@@ -140,6 +140,13 @@ def draw_similarity_matrix(ax: Any, matrix: Any, rows: Iterable[Any], cols: Iter
     return im
 
 
+def _elided(n: int, limit: int | None) -> list[int | None]:
+    """Row numbers to show: all of ``n``, or the first and last ``limit // 2`` with ``None`` between."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    return [*range(limit // 2), None, *range(n - limit // 2, n)]
+
+
 def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:
     """Rows of ``#  guide tap (type, shape) → target tap (type, shape)``; long mappings elided."""
     unmapped = len(set(guide.names) - {g for g, _, _ in corr.pairs})
@@ -152,20 +159,55 @@ def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, l
     weighted = any(w != 1.0 for _, _, w in corr.pairs)
     if weighted:
         table.add_column("weight", justify="right")
-    shown = list(enumerate(corr.pairs))
-    if limit is not None and len(shown) > limit:
-        shown = shown[: limit // 2] + [(-1, None)] + shown[-(limit // 2):]
-    for i, p in shown:
-        if p is None:
+    for i in _elided(len(corr.pairs), limit):
+        if i is None:
             table.add_row("…", f"[dim]{len(corr.pairs) - 2 * (limit // 2)} more pairs (--all shows them)[/dim]", "", "",
                           *([""] if weighted else []))
             continue
+        p = corr.pairs[i]
         g, t = guide[p[0]], target[p[1]]
         table.add_row(str(i), f"{g.name} [dim]{g.type} {_shape(g.shape)}[/dim]", "→",
                       f"{t.name} [dim]{t.type} {_shape(t.shape)}[/dim]", *([f"{p[2]:g}"] if weighted else []))
     return table
 
 
+def _why(row: list[Any], chosen: int, by_depth: int) -> str:
+    """Why column ``chosen`` of a similarity ``row`` was taken, against its best and the depth mapping's."""
+    values = [v if v is not None else -np.inf for v in row]
+    best = int(np.argmax(values))
+    if chosen == best:
+        return "most similar"
+    gap = f"best +{values[best] - values[chosen]:.3f}"
+    return f"depth's choice, {gap}" if chosen == by_depth else f"keeps depth order, {gap}"
+
+
+def learned_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:
+    """Why each pair of a ``learned`` mapping was chosen: its similarity against the row's best and ``depth``'s."""
+    info = corr.info
+    m, chosen, by_depth = info["matrix"], info["chosen"], info["depth_chosen"]
+    measure = info.get("measure", "similarity")
+    table = Table(title=f"why each pair: {measure} against the most similar target tap (column effect kept "
+                  f"{info.get('column_share', 1.0):.2f}, depth prior {info.get('depth_prior', 0):g}; docs/mapping.md)")
+    for name in ("#", "guide tap", f"chosen ({measure})", f"most similar ({measure})", "why"):
+        table.add_column(name, justify="right" if name == "#" else "left")
+
+    def cell(i: int, j: int) -> str:
+        v = m[i][j]
+        return f"{target.names[j]} ({'nan' if v is None else f'{v:.3f}'})"
+
+    for i in _elided(len(chosen), limit):
+        if i is None:
+            table.add_row("…", f"[dim]{len(chosen) - 2 * (limit // 2)} more (--all shows them)[/dim]", "", "", "")
+            continue
+        best = int(np.argmax([v if v is not None else -np.inf for v in m[i]]))
+        table.add_row(str(i), guide.names[i], cell(i, chosen[i]), cell(i, best), _why(m[i], chosen[i], by_depth[i]))
+    return table
+
+
 def print_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, console: Console | None = None,
                   limit: int | None = 40) -> None:
-    (console or Console()).print(mapping_table(guide, target, corr, limit))
+    """The mapping as a table; for a ``learned`` one (monotone), also why each pair was chosen."""
+    console = console or Console()
+    console.print(mapping_table(guide, target, corr, limit))
+    if corr.kind == "learned" and "depth_chosen" in corr.info:
+        console.print(learned_table(guide, target, corr, limit))
