@@ -16,16 +16,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pairgraph.compiler.graph_drawing import draw_mapping, figure_size
 from pairgraph.compiler.mapping import Correspondence
+from pairgraph.compiler.mapping_html import mapping_page
 from pairgraph.core.layer_graph import LayerGraph
-
-TYPE_COLOURS = {
-    "Conv2d": "#4c78a8", "Conv1d": "#4c78a8", "Linear": "#f58518", "BatchNorm1d": "#72b7b2",
-    "BatchNorm2d": "#72b7b2", "LayerNorm": "#54a24b", "RNN": "#e45756", "LSTM": "#e45756", "GRU": "#e45756",
-    "TransformerEncoderLayer": "#b279a2", "TransformerDecoderLayer": "#b279a2", "EncoderBlock": "#b279a2",
-    "MultiheadAttention": "#9d755d", "Block": "#b279a2", "ConvNeXtBlock": "#4c78a8", "GPT2Block": "#b279a2",
-    "BertLayer": "#b279a2", "ViTLayer": "#b279a2", "LlamaDecoderLayer": "#b279a2",
-}
+from pairgraph.paths import atomic_write
 
 
 def _shape(t_shape: tuple[int, ...]) -> str:
@@ -33,64 +28,35 @@ def _shape(t_shape: tuple[int, ...]) -> str:
 
 
 def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, path: str | Path,
-                   title: str = "") -> list[Path]:
-    """Draw the mapping; writes ``<path>.png`` and ``<path>.svg``; returns the files written."""
+                   title: str = "", training: dict[str, Any] | None = None) -> list[Path]:
+    """Draw the mapping; writes ``<path>.png``, ``<path>.svg`` and ``<path>.html``; returns the files written.
+
+    ``training`` (from :func:`pairgraph.compiler.mapping_html.training_curves`) adds each pair's
+    1 − similarity over a run to the page.
+    """
     from matplotlib.figure import Figure  # no pyplot: a caller's (a notebook's) backend is left alone
 
-    n = max(len(guide), len(target))
-    row = 0.22
-    height = max(3.0, n * row + 1.6)
+    width, height, fs = figure_size(guide, target)
     matrix = corr.info.get("matrix")
-    if matrix:  # a data-driven mapping: the similarity matrix that justified it goes beside the columns
-        width = min(max(4.5, 0.28 * len(target) + 2.5), 14.0)
-        fig = Figure(figsize=(11 + width, height))
-        ax, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [11, width]})
+    extra = min(max(4.5, 0.18 * len(target) + 2.8), 12.0) if matrix else 0.0
+    fig = Figure(figsize=(width + extra, height))
+    ax = fig.add_axes((0.0, 0.0, width / fig.get_figwidth(), 1.0 - 0.3 / height))
+    draw_mapping(ax, guide, target, corr, fs)
+    fig.text(0.01, 1.0 - 0.06 / height, title or f"{corr.kind} mapping: {len(corr)} pairs", ha="left", va="top",
+             fontsize=fs + 3.5, weight="bold")
+    if matrix:  # the similarity matrix that chose the mapping, beside the graphs; its scale colours their edges
+        w, side = fig.get_figwidth(), min(extra - 2.6, height - 2.2)
+        ax_m = fig.add_axes(((width + 1.9) / w, (height - side - 1.0) / height, side / w, side / height))
         _matrix_panel(ax_m, guide, target, corr, matrix)
-    else:
-        fig = Figure(figsize=(11, height))
-        ax = fig.subplots()
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-1.8, n - 0.5)  # the top 1.3 rows hold the column headers
-    ax.invert_yaxis()
-    ax.axis("off")
-
-    def ys(k: int) -> list[float]:  # spread the shorter column over the full height
-        return [i * (n - 1) / max(k - 1, 1) for i in range(k)] if k > 1 else [(n - 1) / 2]
-
-    gy, ty = ys(len(guide)), ys(len(target))
-    xg, xt = 0.30, 0.70
-    fs = 7 if n <= 60 else 5.5
-    mapped = {g for g, _, _ in corr.pairs}
-    for x, graph, yy, ha, side in ((xg, guide, gy, "right", "guide"), (xt, target, ty, "left", "target")):
-        for t, y in zip(graph.taps, yy):
-            colour = TYPE_COLOURS.get(t.type, "#888888")
-            ax.plot([x], [y], "o", color=colour, ms=4, zorder=3)
-            label = f"{t.name}  ·  {t.type}  ·  {_shape(t.shape)}"
-            dx = -0.012 if ha == "right" else 0.012
-            unmapped = side == "guide" and t.name not in mapped  # an explicit mapping may leave guide taps out
-            ax.text(x + dx, y, label + ("  (no term)" if unmapped else ""), ha=ha, va="center", fontsize=fs,
-                    family="monospace", color="#999999" if unmapped else "black")
-        ax.text(x, -1.2, f"{side} ({graph.method}, {len(graph)} taps)", ha="center", va="center",
-                fontsize=9, weight="bold")
-    gpos = {t.name: y for t, y in zip(guide.taps, gy)}
-    tpos = {t.name: y for t, y in zip(target.taps, ty)}
-    weighted = any(w != 1.0 for _, _, w in corr.pairs)  # weights other than 1 are written on the edges
-    for g, t, w in corr.pairs:
-        ax.plot([xg, xt], [gpos[g], tpos[t]], "--" if w == 0 else "-", color="#555555", lw=0.6 + 0.6 * min(w, 3.0),
-                alpha=0.7, zorder=1)
-        if weighted:  # at a quarter of the way, where the edges leaving one guide tap are still apart
-            ax.text(xg + 0.25 * (xt - xg), gpos[g] + 0.25 * (tpos[t] - gpos[g]), f"w={w:g}", ha="center", va="center",
-                    fontsize=fs - 0.5, color="#333333", zorder=2,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
-    ax.set_title(title or f"{corr.kind} mapping: {len(corr)} pairs", fontsize=10, pad=4)
-    fig.tight_layout()
     base = Path(path)
     written = []
     for ext in ("png", "svg"):
         out = base.with_suffix(f".{ext}")
         fig.savefig(out, dpi=130 if ext == "png" else None)
         written.append(out)
-    return written
+    html = base.with_suffix(".html")
+    atomic_write(html, mapping_page(guide, target, corr, title or f"{corr.kind} mapping", training))
+    return [*written, html]
 
 
 def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspondence, matrix: list[list[Any]]) -> None:
@@ -108,7 +74,7 @@ def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspo
     info = corr.info
     order = "order-preserving (monotone)" if info.get("monotone", True) else "argmax per guide tap"
     ax.set_title(f"{info.get('measure', 'similarity')} on {info.get('batches', '?')}×{info.get('batch_size', '?')} "
-                 f"calibration examples\nred: chosen, {order}", fontsize=9)
+                 f"calibration examples\nred: chosen, {order}; the mapping edges use this scale", fontsize=9)
     ax.figure.colorbar(im, ax=ax, shrink=0.7, pad=0.02)
 
 
