@@ -19,6 +19,7 @@ from importlib.resources import files
 from typing import Any
 
 from pairgraph.compiler import graph_layout
+from pairgraph.compiler.graph_drawing import TYPE_COLOURS
 from pairgraph.compiler.mapping import Correspondence
 from pairgraph.core.layer_graph import LayerGraph
 
@@ -36,8 +37,11 @@ def page_data(guide: LayerGraph, target: LayerGraph, corr: Correspondence, title
     gi, tj = {n: i for i, n in enumerate(guide.names)}, {n: j for j, n in enumerate(target.names)}
     pairs = [{"guide": g, "target": t, "weight": w,
               "similarity": _finite(matrix[gi[g]][tj[t]]) if matrix else None} for g, t, w in corr.pairs]
-    return {"title": title, "kind": corr.kind, "measure": corr.info.get("measure", "similarity"),
-            "guide": graph_layout.to_json(guide), "target": graph_layout.to_json(target), "pairs": pairs,
+    sides = {"guide": graph_layout.to_json(guide), "target": graph_layout.to_json(target)}
+    for side in sides.values():
+        for node in side["nodes"]:
+            node["colour"] = TYPE_COLOURS.get(node["type"], "#888888")
+    return {"title": title, "kind": corr.kind, "measure": corr.info.get("measure", "similarity"), **sides, "pairs": pairs,
             "matrix": matrix or None, "training": training}
 
 

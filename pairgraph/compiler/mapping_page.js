@@ -111,7 +111,8 @@ function drawSide(side, s, G, pos, layers) {
       return;
     }
     const n = it.node, live = side === "target" || (partners[n.name] && partners[n.name].list.length);
-    const c = el("circle", { cx: x, cy: y, r: 5, class: "tap" + (live ? "" : " unmapped"), "data-name": n.name, "data-side": side }, layers.nodes);
+    const c = el("circle", { cx: x, cy: y, r: 5, class: "tap" + (live ? "" : " unmapped"), "data-name": n.name, "data-side": side,
+      style: live ? `fill:${n.colour}` : `stroke:${n.colour}` }, layers.nodes);
     c.addEventListener("mouseenter", ev => showTip(ev, side, n));
     c.addEventListener("mouseleave", hideTip);
     if (n.merge) el("text", { x: x + G.out * 9, y: y - 6, class: "merge" }, layers.nodes, "⊕");
@@ -182,7 +183,7 @@ function panZoom() {
 function heatmap() {
   const m = DATA.matrix, svg = document.getElementById("heatmap");
   if (!m) return;
-  const c = Math.max(4, Math.min(18, Math.floor(640 / Math.max(m.length, m[0].length))));
+  const c = Math.max(4, Math.min(36, Math.floor(640 / Math.max(m.length, m[0].length))));
   const left = 150, top = 10;
   svg.setAttribute("width", left + c * m[0].length + 10);
   svg.setAttribute("height", top + c * m.length + 150);
