@@ -1,10 +1,10 @@
 """The mapping pictures in docs/figures/ (issue #31): four pairs compiled and drawn, and a trained run inspected.
 
-    python scripts/mapping_figures.py [--run runs/<name>/<id>]
+    python scripts/mapping_figures.py [--run RUN_FOLDER ...]
 
 Writes docs/figures/mapping_<pair>.png (and .html) for the demo pair (4 pairs), ResNet-18 → Deep FCN
 (40 pairs, and its `learned` mapping with the CKA matrix), ResNet-50 → deep ConvNet (106 guide taps)
-and the explicit-mapping spec; with ``--run``, that run's mapping_training.png and mapping.html as
+and the explicit-mapping spec; with ``--run`` (repeatable), each run's mapping_training.png and mapping.html as
 docs/figures/mapping_training_<spec name>.png and mapping_trained_<spec name>.html.
 """
 
@@ -30,7 +30,7 @@ PAIRS = {
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--run", type=Path, help="a guided run folder to inspect")
+    ap.add_argument("--run", type=Path, action="append", default=[], help="a guided run folder to inspect (repeatable)")
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "figures")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -41,14 +41,14 @@ def main() -> None:
                 shutil.copyfile(cp.out_dir / f"mapping.{ext}", args.out / f"mapping_{name}.{ext}")
             print(f"mapping_{name}.png: {len(cp.guide)} guide taps, {len(cp.target)} target taps, "
                   f"{len(cp.correspondence)} pairs ({cp.correspondence.kind})")
-        if args.run is not None:
-            found = inspect_run(args.run, Path(tmp) / "inspect")
-            spec_name = pairgraph.load_spec(args.run / "spec.yaml").name
+        for run in args.run:
+            found = inspect_run(run, Path(tmp) / "inspect" / run.name)
+            spec_name = pairgraph.load_spec(run / "spec.yaml").name
             for f in found.files:
                 stem = "mapping_training" if f.suffix == ".png" else "mapping_trained"
                 shutil.copyfile(f, args.out / f"{stem}_{spec_name}{f.suffix}")
             matched = [p for p in found.curves["pairs"] if p["matched_at"] is not None]
-            print(f"{args.run}: {len(matched)} of {len(found.curves['pairs'])} pairs matched (1 − similarity ≤ "
+            print(f"{run}: {len(matched)} of {len(found.curves['pairs'])} pairs matched (1 − similarity ≤ "
                   f"{found.curves['threshold']:g}): " + ", ".join(f"{p['guide']}->{p['target']} at step {p['matched_at']}"
                                                                for p in matched))
 

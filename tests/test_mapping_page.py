@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -149,12 +150,26 @@ def test_inspect_adds_the_training_curves_to_the_page_and_draws_them(tmp_path):
     assert found.pairs == len(cp.correspondence) and 'id="curves"' in (tmp_path / "out" / "mapping.html").read_text()
 
 
+def test_inspect_compiles_the_spec_of_a_run_without_build_like_a_studys_stored_run(tmp_path):
+    run, cp = _fake_run(tmp_path)
+    shutil.rmtree(run / "build")
+    found = inspect_run(run, tmp_path / "out", threshold=0.2)
+    assert [(p["guide"], p["target"]) for p in found.curves["pairs"]] == [(g, t) for g, t, _ in cp.correspondence.pairs]
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 1.0, "terms": {"x->y": 0.5}}) + "\n")
+    with pytest.raises(pairgraph.PairgraphError, match="logged no guidance term of its mapping's 4 pairs"):
+        inspect_run(run, tmp_path / "out")
+
+
 def test_inspect_says_what_is_wrong_in_one_line(tmp_path, capsys, monkeypatch):
     from tiny_specs import run_cli
 
     run, _ = _fake_run(tmp_path)
-    (run / "build" / "mapping.json").unlink()
-    cases = [([str(run)], "has no build/mapping.json"), ([str(tmp_path / "nowhere")], "does not exist"),
+    (run / "build" / "mapping.json").write_text('{"kind": "uniform"}')
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    cases = [([str(run)], "is not a mapping pairgraph wrote"), ([str(tmp_path / "nowhere")], "does not exist"),
+             ([str(bare)], "has neither build/mapping.json nor spec.yaml"),
              ([str(run), "--threshold", "-1"], "threshold must be between 0 and 2")]
     for args, fragment in cases:
         code, _, err = run_cli(["inspect", *args], capsys, monkeypatch)

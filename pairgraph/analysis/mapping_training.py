@@ -1,7 +1,8 @@
 """After training: which pairs of the mapping the target learned to match, when, and which never.
 
 :func:`inspect_run` reads a run folder — its ``build/mapping.json`` (the two layer graphs and the
-correspondence it trained with) and ``metrics.jsonl`` (each guided step's ``terms``: every pair's
+correspondence it trained with; a study's stored run has none, and its ``spec.yaml`` is compiled
+again) and ``metrics.jsonl`` (each guided step's ``terms``: every pair's
 1 − similarity) — and writes ``mapping.html`` (the mapping page with the curves added) and
 ``mapping_training.png``: the curves, and a pair × step map of 1 − similarity with the step at
 which each pair was first matched (1 − similarity ≤ ``threshold``) marked.
@@ -10,6 +11,7 @@ which each pair was first matched (1 − similarity ≤ ``threshold``) marked.
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import networkx as nx
 from pairgraph.analysis.runs import load_run
 from pairgraph.compiler.mapping import Correspondence
 from pairgraph.compiler.mapping_html import MATCHED, mapping_page, training_curves
+from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.core.layer_graph import LayerGraph, TapPoint
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import atomic_write
@@ -43,33 +46,44 @@ def graph_from_json(data: dict[str, Any]) -> LayerGraph:
     return LayerGraph(taps, g, data.get("method", "?"))
 
 
-def _read_mapping(run: Path) -> dict[str, Any]:
+def _read_mapping(run: Path) -> tuple[LayerGraph, LayerGraph, Correspondence] | None:
+    """The graphs and correspondence of ``<run>/build/mapping.json``; None when the run has none."""
     path = run / "build" / "mapping.json"
+    if not path.is_file():
+        return None
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise PairgraphError(f"{run} has no build/mapping.json (the mapping it trained with)",
-                             "pass a run folder written by `pairgraph train`, which compiles into <run>/build") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise PairgraphError(f"{path} is not valid JSON ({e})", "re-run `pairgraph train` for this run") from None
+        mapping = json.loads(path.read_text())
+        return graph_from_json(mapping["guide"]), graph_from_json(mapping["target"]), Correspondence.from_json(mapping)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise PairgraphError(f"{path} is not a mapping pairgraph wrote ({type(e).__name__}: {e})",
+                             "delete it: `pairgraph inspect` then compiles the run's spec.yaml again") from None
+
+
+def _compiled(run: Path) -> tuple[LayerGraph, LayerGraph, Correspondence]:
+    """The run's spec compiled again (a study's stored run keeps spec.yaml and metrics, not build/)."""
+    if not (run / "spec.yaml").is_file():
+        raise PairgraphError(f"{run} has neither build/mapping.json nor spec.yaml, so its mapping is unknown",
+                             "pass a run folder written by `pairgraph train` or `pairgraph study`")
+    with tempfile.TemporaryDirectory() as tmp:
+        cp = compile_pair(run / "spec.yaml", Path(tmp), render=False, notify=None)
+    return cp.guide, cp.target, cp.correspondence
 
 
 def inspect_run(run: str | Path, out: str | Path | None = None, threshold: float = MATCHED) -> Inspection:
-    """Write ``mapping.html`` and ``mapping_training.png`` for a run (into ``out``, default the run folder)."""
+    """Write ``mapping.html`` and ``mapping_training.png`` for a run (into ``out``, default the run folder).
+
+    The mapping is the run's ``build/mapping.json``, or its ``spec.yaml`` compiled again when there is
+    none; a pair the run never logged (a mapping that has changed since) has no curve.
+    """
     if not 0 <= threshold <= 2:  # 1 − CKA lies in [0, 1], 1 − RSA in [0, 2]; also refuses NaN
         raise PairgraphError(f"threshold must be between 0 and 2 (got {threshold!r})", "pass e.g. --threshold 0.1")
     data = load_run(run)
-    mapping = _read_mapping(data.path)
-    try:
-        guide, target = graph_from_json(mapping["guide"]), graph_from_json(mapping["target"])
-        corr = Correspondence.from_json(mapping)
-    except (KeyError, TypeError, ValueError) as e:
-        raise PairgraphError(f"{data.path / 'build' / 'mapping.json'} lacks {e} (written by another pairgraph version?)",
-                             "re-run `pairgraph compile` on the run's spec.yaml into <run>/build") from None
+    guide, target, corr = _read_mapping(data.path) or _compiled(data.path)
     curves = training_curves(data.steps, corr.pairs, threshold)
     if not curves["pairs"]:
-        raise PairgraphError(f"run {data.path} logged no guidance terms (a baseline run, or no guided step yet)",
-                             "inspect a guided run: its metrics.jsonl records carry `terms`")
+        raise PairgraphError(f"run {data.path} logged no guidance term of its mapping's {len(corr)} pairs (a baseline "
+                             "run, no guided step yet, or a mapping that has changed since)",
+                             "inspect a guided run whose metrics.jsonl records carry `terms` for these pairs")
     folder = Path(out) if out is not None else data.path
     folder.mkdir(parents=True, exist_ok=True)
     title = f"{data.name}: {corr.kind} mapping, {len(corr)} pairs, trained ({data.path})"
@@ -105,7 +119,8 @@ def draw_training(curves: dict[str, Any], path: Path, title: str) -> None:
            title=f"each pair (colour: guide order); dashed: matched at ≤ {curves['threshold']:g}")
     if len(pairs) <= 12:
         ax.legend(fontsize=7)
-    im = ax_m.imshow(grid, aspect="auto", cmap="magma_r", vmin=0, vmax=1, interpolation="nearest")
+    im = ax_m.imshow(grid, aspect="auto", cmap="magma_r", vmin=0, vmax=max(float(np.nanmax(grid)), curves["threshold"]),
+                     interpolation="nearest")
     for i, p in enumerate(pairs):
         if p["matched_at"] is not None:
             ax_m.plot([col[p["matched_at"]]], [i], "|", color="#00e5ff", ms=7, mew=2)
