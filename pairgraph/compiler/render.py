@@ -1,9 +1,10 @@
-"""Rendering a correspondence: guide column, target column, one edge per pair.
+"""Rendering a correspondence: the files ``pairgraph compile`` writes, and the terminal tables.
 
-``mapping.png``/``mapping.svg`` (matplotlib) label each node with its name, type and shape; a
-mapping chosen from data (``info["matrix"]``, the ``learned`` mapper) gets its similarity matrix
-drawn beside the columns with the chosen cells boxed.
-:func:`print_mapping` is the terminal view (rich).
+:func:`render_mapping` writes ``mapping.png``/``mapping.svg`` (both layer graphs as DAGs with the
+mapping between them, :mod:`pairgraph.compiler.graph_drawing`; a mapping chosen from data —
+``info["matrix"]``, the ``learned`` mapper — gets its similarity matrix beside them with the chosen
+cells boxed) and ``mapping.html`` (:mod:`pairgraph.compiler.mapping_html`). :func:`print_mapping` is
+the terminal view (rich), with, for ``learned``, why each pair was chosen.
 """
 
 from __future__ import annotations
