@@ -4,7 +4,7 @@ For the demo pair (copy-paste, mapped `learned` so the page has its heatmap) and
 (uniform), compile the spec, open ``mapping.html`` from a file URL and check: no console error and no
 uncaught exception; as many tap circles, mapping edges and graph edges in the DOM as the mapping and
 the layout have; hovering a tap shows its name and partners; collapsing a block replaces its taps by
-one block node, and expanding brings them back. Screenshots go to docs/figures/. It speaks the Chrome
+one block node, and expanding brings them back; a tap named like markup is shown as text. Screenshots go to docs/figures/. It speaks the Chrome
 DevTools protocol over a pipe (``--remote-debugging-pipe``: JSON messages ended by NUL on fds 3/4), so it
 needs only the standard library and a Chromium (`apt-get install chromium`).
 
@@ -170,6 +170,32 @@ def check_pair(b: Browser, name: str, spec: str, overrides: list[str], out: Path
     return fails
 
 
+def check_hostile_names(b: Browser, work: Path) -> list[str]:
+    """Tap names are module paths, and a ModuleDict key can be anything: the page must show them as text."""
+    from pairgraph.compiler.mapping import Correspondence
+    from pairgraph.compiler.mapping_html import mapping_page
+    from pairgraph.core.layer_graph import TapPoint, finish_graph
+
+    evil = "blocks.<img src=x onerror=console.error('injected')>"
+    taps = [TapPoint(evil, "Linear", (2, 4)), TapPoint("out", "Linear", (2, 4))]
+    g = finish_graph(taps, [(evil, "out")], "fx", None, [])
+    page = work / "hostile.html"
+    corr = Correspondence([(evil, "out", 1.0)], "uniform", g.names, g.names)
+    training = {"threshold": 0.1, "pairs": [{"guide": evil, "target": "out", "steps": [1, 2], "values": [0.5, 0.05],
+                                             "matched_at": 2}]}
+    page.write_text(mapping_page(g, g, corr, evil, training))
+    b.events.clear()
+    b.send("Page.navigate", {"url": page.resolve().as_uri()})
+    b.wait_for("Page.loadEventFired")
+    b.mouse("mouseMoved", *centre(b, '.tap[data-side="guide"]'))
+    tip = b.js("document.getElementById('tip').textContent")
+    fails = [f"hostile names: console: {e}" for e in b.errors()]
+    if b.js("document.querySelectorAll('img').length") != 0 or evil not in (tip or ""):
+        fails.append(f"hostile names: a tap name became markup (tooltip {tip!r})")
+    print("hostile tap names: shown as text " + ("ok" if not fails else "FAILED"))
+    return fails
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser"))
@@ -185,6 +211,7 @@ def main() -> int:
         try:
             for name, spec, overrides in PAIRS:
                 fails += check_pair(b, name, spec, overrides, args.out, Path(tmp))
+            fails += check_hostile_names(b, Path(tmp))
         finally:
             b.close()
     for f in fails:

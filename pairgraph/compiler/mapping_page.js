@@ -20,6 +20,7 @@ function viridis(v, lo) {
   const t = Math.max(0, Math.min(1, (v - lo) / (1 - lo)));
   return VIRIDIS[Math.round(t * (VIRIDIS.length - 1))];
 }
+function esc(s) { return String(s).replace(/[&<>"']/g, c => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]); }
 function shortName(n) { return n.block && n.name.startsWith(n.block + ".") ? n.name.slice(n.block.length + 1) : n.name; }
 const SIM_LO = Math.min(0, ...((DATA.matrix || []).flat().filter(v => v !== null)));
 const partners = {};
@@ -124,11 +125,11 @@ function drawSide(side, s, G, pos, layers) {
 function showTip(ev, side, n) {
   const tip = document.getElementById("tip"), key = side === "guide" ? n.name : "t:" + n.name;
   const list = (partners[key] || { list: [] }).list;
-  const lines = [`<b>${n.name}</b>`, `type: ${n.type}`, `output shape: (batch, ${n.shape.join(", ")})`,
-    `provider: ${DATA[side].method} · depth ${n.depth}`, `${side} tap; mapped partners:`];
+  const lines = [`<b>${esc(n.name)}</b>`, `type: ${esc(n.type)}`, `output shape: (batch, ${n.shape.join(", ")})`,
+    `provider: ${esc(DATA[side].method)} · depth ${n.depth}`, `${side} tap; mapped partners:`];
   for (const p of list) {
     const other = side === "guide" ? p.target : p.guide;
-    lines.push(`&nbsp;&nbsp;${other} — weight ${p.weight}` + (p.similarity !== null ? `, ${DATA.measure} ${p.similarity.toFixed(3)}` : ""));
+    lines.push(`&nbsp;&nbsp;${esc(other)} — weight ${p.weight}` + (p.similarity !== null ? `, ${DATA.measure} ${p.similarity.toFixed(3)}` : ""));
   }
   if (!list.length) lines.push("&nbsp;&nbsp;none");
   tip.innerHTML = lines.join("<br>");
@@ -220,7 +221,7 @@ function training() {
     const line = el("polyline", { points: p.steps.map((s, i) => `${X(s)},${Y(p.values[i])}`).join(" "), class: "curve", stroke: colour }, svg);
     el("title", {}, line, `${p.guide} → ${p.target}`);
     const tr = document.createElement("tr");
-    tr.innerHTML = `<td style="color:${colour}">${p.guide} → ${p.target}</td><td>${p.values[0].toFixed(3)}</td>` +
+    tr.innerHTML = `<td style="color:${colour}">${esc(p.guide)} → ${esc(p.target)}</td><td>${p.values[0].toFixed(3)}</td>` +
       `<td>${p.values[p.values.length - 1].toFixed(3)}</td><td>${p.matched_at === null ? "never" : "step " + p.matched_at}</td>`;
     body.appendChild(tr);
   });

@@ -17,15 +17,11 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from pairgraph.compiler.graph_drawing import draw_mapping, figure_size
+from pairgraph.compiler.graph_drawing import draw_mapping, figure_size, shape_text
 from pairgraph.compiler.mapping import Correspondence
 from pairgraph.compiler.mapping_html import mapping_page
 from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.paths import atomic_write
-
-
-def _shape(t_shape: tuple[int, ...]) -> str:
-    return "×".join(str(s) for s in t_shape[1:]) or "scalar"
 
 
 def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, path: str | Path,
@@ -133,8 +129,8 @@ def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, l
             continue
         p = corr.pairs[i]
         g, t = guide[p[0]], target[p[1]]
-        table.add_row(str(i), f"{g.name} [dim]{g.type} {_shape(g.shape)}[/dim]", "→",
-                      f"{t.name} [dim]{t.type} {_shape(t.shape)}[/dim]", *([f"{p[2]:g}"] if weighted else []))
+        table.add_row(str(i), f"{g.name} [dim]{g.type} {shape_text(g.shape)}[/dim]", "→",
+                      f"{t.name} [dim]{t.type} {shape_text(t.shape)}[/dim]", *([f"{p[2]:g}"] if weighted else []))
     return table
 
 
