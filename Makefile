@@ -6,7 +6,7 @@ SPEC ?= specs/rnn_from_transformer.yaml
 # The torch build these machines hold offline; pyproject.toml states the compatible ranges.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all lint bench gpu-check clean
+.PHONY: install demo test test-all test-browser lint bench gpu-check clean
 
 $(BIN)/pairgraph: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -25,6 +25,13 @@ test: install
 
 test-all: install
 	$(BIN)/python -m pytest -q -m ""
+
+# mapping.html in a real browser (issue #31): Debian's chromium is installed when missing (root and the network,
+# once), then headless Chromium opens the page of the demo pair and of ResNet-18 → Deep FCN from a file URL and
+# checks it (scripts/browser_check.py); screenshots into docs/figures/mapping_html_*.png
+test-browser: install
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
+	$(BIN)/python scripts/browser_check.py
 
 # ruff, then the structure: import-linter's layers contract, no import cycle, module/function sizes
 lint: install

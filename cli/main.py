@@ -96,7 +96,7 @@ def compile_cmd(
     print_mapping(cp.guide, cp.target, cp.correspondence, console, None if all_rows else 40)
     _print_shared_taps(cp)
     console.print(f"[green]compiled[/green] {cp.spec.name} → {cp.out_dir}/ (guided_pair.py, mapping.json"
-                  + (", mapping.png, mapping.svg)" if render else ")"), soft_wrap=True)
+                  + (", mapping.png, mapping.svg, mapping.html)" if render else ")"), soft_wrap=True)
     import shlex
 
     sets = "".join(f" --set {shlex.quote(o)}" for o in set_ or [])
@@ -219,6 +219,23 @@ def plot(
 
     plot_runs(runs, output)
     console.print(f"wrote {output}")
+
+
+@app.command()
+def inspect(
+    run: Annotated[Path, typer.Argument(help="A run folder (runs/<name>/<id>) of a guided run.")],
+    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder to write into (default: the run folder).")] = None,  # noqa: UP045
+    threshold: Annotated[float, typer.Option(help="A pair counts as matched once its 1 − similarity is at most this.")] = 0.1,
+) -> None:
+    """The mapping a run trained with, and each pair's 1 − similarity over training: mapping.html and mapping_training.png."""
+    from pairgraph.analysis.mapping_training import inspect_run
+
+    found = inspect_run(run, output, threshold)
+    never = [f"{p['guide']}->{p['target']}" for p in found.curves["pairs"] if p["matched_at"] is None]
+    console.print(f"wrote {', '.join(map(str, found.files))}: {len(found.curves['pairs'])} of {found.pairs} pairs logged, "
+                  f"{len(found.curves['pairs']) - len(never)} matched (1 − similarity ≤ {threshold:g})"
+                  + (f"; never: {', '.join(never[:6])}" + (" …" if len(never) > 6 else "") if never else ""),
+                  soft_wrap=True, highlight=False)
 
 
 @app.command()

@@ -139,6 +139,78 @@ def _count(value: Any, name: str, minimum: int) -> int:
     return value
 
 
+def relative_depths(graph: LayerGraph) -> list[float]:
+    """Each tap's longest-path depth ÷ the deepest tap's (0 for a graph of one depth), in tap order."""
+    deepest = max(graph.max_depth(), 1)
+    return [t.depth / deepest for t in graph.taps]
+
+
+def preferences(matrix: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """``S`` with its column effect shrunk by how much the rows disagree; also the share ``ρ`` kept.
+
+    ``S[i, j] = m + r_i + c_j + e_ij`` (grand mean, row effect, column effect, interaction). Only
+    ``e`` says *which* guide tap goes with which target tap; ``c_j`` says target tap j resembles every
+    guide tap (a layer near the input, in a flat matrix) and, counted in full, pulls every guide tap
+    onto it. It is kept with weight ``ρ = rms(e) / (rms(e) + rms(c))``: all of it when the rows
+    disagree much, none when they agree (a guide with nothing to tell). ``r_i`` is dropped (it
+    cannot change a row's choice). NaN cells stay NaN.
+    """
+    finite = torch.isfinite(matrix)
+    safe = torch.where(finite, matrix, torch.zeros_like(matrix))
+
+    def mean(dim: int) -> torch.Tensor:
+        return safe.sum(dim, keepdim=True) / finite.sum(dim, keepdim=True).clamp(min=1)
+
+    grand = safe.sum() / finite.sum().clamp(min=1)
+    col = mean(0) - grand
+    inter = torch.where(finite, matrix - mean(1) - col, torch.zeros_like(matrix))
+    e, c = float(inter.pow(2).mean().sqrt()), float(col.pow(2).mean().sqrt())
+    rho = e / (e + c) if e + c > 1e-9 else 0.0
+    pref = torch.where(finite, inter + rho * col, torch.full_like(matrix, math.nan))
+    return (pref * 1e9).round() / 1e9, rho  # float dust in the means is a tie, not a preference
+
+
+def order_preserving(matrix: torch.Tensor, guide: LayerGraph, target: LayerGraph,
+                     depth_prior: float) -> tuple[list[int], torch.Tensor, float]:
+    """Target tap per guide tap: the depth-monotone path of highest total preference; the preferences; ρ.
+
+    Preference = :func:`preferences` of the similarity matrix, less ``depth_prior`` × the gap in
+    relative depth (as :func:`depth` measures it), so ties and a flat matrix give the ``depth``
+    mapping. Taps are ordered by (depth, index) on both sides, so a deeper guide tap never lands on
+    a shallower target tap; several guide taps may share a target tap. A NaN cell never wins.
+    """
+    pref, rho = preferences(matrix.double())
+    rg = torch.tensor(relative_depths(guide), dtype=torch.float64)
+    rt = torch.tensor(relative_depths(target), dtype=torch.float64)
+    pref = pref - depth_prior * (rg[:, None] - rt[None, :]).abs()
+    pref = torch.nan_to_num(pref, nan=-math.inf)
+    rows = sorted(range(len(guide)), key=lambda i: (guide.taps[i].depth, i))
+    cols = sorted(range(len(target)), key=lambda j: (target.taps[j].depth, j))
+    picked = monotone_assignment(pref[rows][:, cols].tolist())
+    idx = [0] * len(rows)
+    for i, k in zip(rows, picked):
+        idx[i] = cols[k]
+    return idx, pref, rho
+
+
+def _check_options(spec: PairSpec, batches: Any, batch_size: Any, warmup_steps: Any, monotone: Any,
+                   depth_prior: Any) -> tuple[int, int, int]:
+    batches = _count(batches, "batches", 1)
+    warmup_steps = _count(warmup_steps, "warmup_steps", 0)
+    batch_size = _count(batch_size if batch_size is not None else min(spec.train.batch_size, 256), "batch_size", 2)
+    if not isinstance(monotone, bool):
+        raise PairgraphError(f"mapping option monotone must be true or false (got {monotone!r})",
+                             "set mapping.monotone to true (keep layer order) or false (argmax per guide tap)")
+    if isinstance(depth_prior, bool) or not isinstance(depth_prior, int | float) or not 0 <= depth_prior < math.inf:
+        raise PairgraphError(f"mapping option depth_prior must be a finite number ≥ 0 (got {depth_prior!r})",
+                             "set mapping.depth_prior to e.g. 0.05 (0: similarity alone decides)")
+    return batches, batch_size, warmup_steps
+
+
+def _num(v: float) -> float | None:  # JSON has no NaN/inf
+    return round(float(v), 6) if math.isfinite(v) else None
+
+
 @MAPPERS.register("learned")
 def learned(
     guide: LayerGraph,
@@ -150,25 +222,22 @@ def learned(
     warmup_steps: int = 0,
     monotone: bool = True,
     measure: str | None = None,
+    depth_prior: float = 0.05,
 ) -> Correspondence:
-    """Choose the correspondence from data: the order-preserving assignment of highest summed similarity.
+    """Choose the correspondence from data: an order-preserving assignment over measured similarities.
 
     Measures every guide tap against every target tap (``measure``, default the spec's) on
     ``batches`` calibration batches of the task's training split — guide with the spec's weights,
-    target at initialisation or after ``warmup_steps`` task-loss steps — averages the matrices, then
-    maps each guide tap to a target tap so that the order is kept (:func:`monotone_assignment`) or,
-    with ``monotone: false``, to its most similar target tap. ``info`` keeps the matrix.
+    target at initialisation or after ``warmup_steps`` task-loss steps — and averages the matrices.
+    With ``monotone`` (default) the assignment is :func:`order_preserving` (depth order kept, a flat
+    matrix gives the ``depth`` mapping); with ``monotone: false`` each guide tap takes its most similar
+    target tap. ``info`` keeps the matrix, the choice and the ``depth`` mapping's choice beside it.
     """
     if context is None:
         raise PairgraphError("mapping 'learned' measures similarities on data and needs the spec's models and task",
                              "compile it from a spec (pairgraph.compile or `pairgraph compile`), or use uniform/depth")
     spec = context.spec
-    batches = _count(batches, "batches", 1)
-    warmup_steps = _count(warmup_steps, "warmup_steps", 0)
-    batch_size = _count(batch_size if batch_size is not None else min(spec.train.batch_size, 256), "batch_size", 2)
-    if not isinstance(monotone, bool):
-        raise PairgraphError(f"mapping option monotone must be true or false (got {monotone!r})",
-                             "set mapping.monotone to true (keep layer order) or false (argmax per guide tap)")
+    batches, batch_size, warmup_steps = _check_options(spec, batches, batch_size, warmup_steps, monotone, depth_prior)
     measure = measure or spec.similarity.measure
     get_measure(measure)  # an unknown name fails before any model is built
     total: torch.Tensor | None = None
@@ -183,25 +252,25 @@ def learned(
     matrix = total / used
     finite = torch.nan_to_num(matrix, nan=-math.inf)  # a NaN similarity never wins a tap
     if monotone:
-        idx = monotone_assignment(finite.tolist())
+        idx, _, rho = order_preserving(matrix, guide, target, float(depth_prior))
     else:
-        idx = [int(j) for j in finite.argmax(dim=1)]
+        idx, rho = [int(j) for j in finite.argmax(dim=1)], 1.0
     pairs = [(g.name, target.taps[j].name, 1.0) for g, j in zip(guide.taps, idx)]
-
-    def num(v: float) -> float | None:  # JSON has no NaN/inf
-        return round(float(v), 6) if math.isfinite(v) else None
-
+    by_depth = [target.names.index(t) for _, t, _ in depth(guide, target).pairs]
     info = {
-        "matrix": [[num(v) for v in r] for r in matrix.tolist()],
+        "matrix": [[_num(v) for v in r] for r in matrix.tolist()],
         "measure": measure,
         "sequence": spec.similarity.sequence,
         "batches": used,
         "batch_size": rows,
         "warmup_steps": warmup_steps,
         "monotone": monotone,
+        "depth_prior": float(depth_prior),
+        "column_share": _num(rho),
         "guide_weights": spec.guide.weights,
         "chosen": idx,
-        "mean_similarity": num(sum(float(finite[i, j]) for i, j in enumerate(idx)) / len(idx)),
+        "depth_chosen": by_depth,
+        "mean_similarity": _num(sum(float(finite[i, j]) for i, j in enumerate(idx)) / len(idx)),
     }
     return Correspondence(pairs, "learned", guide.names, target.names, info)
 

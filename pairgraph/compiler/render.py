@@ -1,9 +1,10 @@
-"""Rendering a correspondence: guide column, target column, one edge per pair.
+"""Rendering a correspondence: the files ``pairgraph compile`` writes, and the terminal tables.
 
-``mapping.png``/``mapping.svg`` (matplotlib) label each node with its name, type and shape; a
-mapping chosen from data (``info["matrix"]``, the ``learned`` mapper) gets its similarity matrix
-drawn beside the columns with the chosen cells boxed.
-:func:`print_mapping` is the terminal view (rich).
+:func:`render_mapping` writes ``mapping.png``/``mapping.svg`` (both layer graphs as DAGs with the
+mapping between them, :mod:`pairgraph.compiler.graph_drawing`; a mapping chosen from data —
+``info["matrix"]``, the ``learned`` mapper — gets its similarity matrix beside them with the chosen
+cells boxed) and ``mapping.html`` (:mod:`pairgraph.compiler.mapping_html`). :func:`print_mapping` is
+the terminal view (rich), with, for ``learned``, why each pair was chosen.
 """
 
 from __future__ import annotations
@@ -16,81 +17,43 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from pairgraph.compiler.graph_drawing import draw_mapping, figure_size, shape_text
 from pairgraph.compiler.mapping import Correspondence
+from pairgraph.compiler.mapping_html import mapping_page
 from pairgraph.core.layer_graph import LayerGraph
-
-TYPE_COLOURS = {
-    "Conv2d": "#4c78a8", "Conv1d": "#4c78a8", "Linear": "#f58518", "BatchNorm1d": "#72b7b2",
-    "BatchNorm2d": "#72b7b2", "LayerNorm": "#54a24b", "RNN": "#e45756", "LSTM": "#e45756", "GRU": "#e45756",
-    "TransformerEncoderLayer": "#b279a2", "TransformerDecoderLayer": "#b279a2", "EncoderBlock": "#b279a2",
-    "MultiheadAttention": "#9d755d", "Block": "#b279a2", "ConvNeXtBlock": "#4c78a8", "GPT2Block": "#b279a2",
-    "BertLayer": "#b279a2", "ViTLayer": "#b279a2", "LlamaDecoderLayer": "#b279a2",
-}
-
-
-def _shape(t_shape: tuple[int, ...]) -> str:
-    return "×".join(str(s) for s in t_shape[1:]) or "scalar"
+from pairgraph.paths import atomic_write
 
 
 def render_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, path: str | Path,
-                   title: str = "") -> list[Path]:
-    """Draw the mapping; writes ``<path>.png`` and ``<path>.svg``; returns the files written."""
+                   title: str = "", training: dict[str, Any] | None = None) -> list[Path]:
+    """Draw the mapping; writes ``<path>.png``, ``<path>.svg`` and ``<path>.html``; returns the files written.
+
+    ``training`` (from :func:`pairgraph.compiler.mapping_html.training_curves`) adds each pair's
+    1 − similarity over a run to the page.
+    """
     from matplotlib.figure import Figure  # no pyplot: a caller's (a notebook's) backend is left alone
 
-    n = max(len(guide), len(target))
-    row = 0.22
-    height = max(3.0, n * row + 1.6)
+    width, height, fs = figure_size(guide, target)
     matrix = corr.info.get("matrix")
-    if matrix:  # a data-driven mapping: the similarity matrix that justified it goes beside the columns
-        width = min(max(4.5, 0.28 * len(target) + 2.5), 14.0)
-        fig = Figure(figsize=(11 + width, height))
-        ax, ax_m = fig.subplots(1, 2, gridspec_kw={"width_ratios": [11, width]})
+    extra = min(max(4.5, 0.18 * len(target) + 2.8), 12.0) if matrix else 0.0
+    fig = Figure(figsize=(width + extra, height))
+    ax = fig.add_axes((0.0, 0.0, width / fig.get_figwidth(), 1.0 - 0.3 / height))
+    draw_mapping(ax, guide, target, corr, fs)
+    fig.text(0.01, 1.0 - 0.06 / height, title or f"{corr.kind} mapping: {len(corr)} pairs", ha="left", va="top",
+             fontsize=fs + 3.5, weight="bold")
+    if matrix:  # the similarity matrix that chose the mapping, beside the graphs; its scale colours their edges
+        w, side = fig.get_figwidth(), min(extra - 2.6, height - 2.2)
+        ax_m = fig.add_axes(((width + 1.9) / w, (height - side - 1.0) / height, side / w, side / height))
         _matrix_panel(ax_m, guide, target, corr, matrix)
-    else:
-        fig = Figure(figsize=(11, height))
-        ax = fig.subplots()
-    ax.set_xlim(0, 1)
-    ax.set_ylim(-1.8, n - 0.5)  # the top 1.3 rows hold the column headers
-    ax.invert_yaxis()
-    ax.axis("off")
-
-    def ys(k: int) -> list[float]:  # spread the shorter column over the full height
-        return [i * (n - 1) / max(k - 1, 1) for i in range(k)] if k > 1 else [(n - 1) / 2]
-
-    gy, ty = ys(len(guide)), ys(len(target))
-    xg, xt = 0.30, 0.70
-    fs = 7 if n <= 60 else 5.5
-    mapped = {g for g, _, _ in corr.pairs}
-    for x, graph, yy, ha, side in ((xg, guide, gy, "right", "guide"), (xt, target, ty, "left", "target")):
-        for t, y in zip(graph.taps, yy):
-            colour = TYPE_COLOURS.get(t.type, "#888888")
-            ax.plot([x], [y], "o", color=colour, ms=4, zorder=3)
-            label = f"{t.name}  ·  {t.type}  ·  {_shape(t.shape)}"
-            dx = -0.012 if ha == "right" else 0.012
-            unmapped = side == "guide" and t.name not in mapped  # an explicit mapping may leave guide taps out
-            ax.text(x + dx, y, label + ("  (no term)" if unmapped else ""), ha=ha, va="center", fontsize=fs,
-                    family="monospace", color="#999999" if unmapped else "black")
-        ax.text(x, -1.2, f"{side} ({graph.method}, {len(graph)} taps)", ha="center", va="center",
-                fontsize=9, weight="bold")
-    gpos = {t.name: y for t, y in zip(guide.taps, gy)}
-    tpos = {t.name: y for t, y in zip(target.taps, ty)}
-    weighted = any(w != 1.0 for _, _, w in corr.pairs)  # weights other than 1 are written on the edges
-    for g, t, w in corr.pairs:
-        ax.plot([xg, xt], [gpos[g], tpos[t]], "--" if w == 0 else "-", color="#555555", lw=0.6 + 0.6 * min(w, 3.0),
-                alpha=0.7, zorder=1)
-        if weighted:  # at a quarter of the way, where the edges leaving one guide tap are still apart
-            ax.text(xg + 0.25 * (xt - xg), gpos[g] + 0.25 * (tpos[t] - gpos[g]), f"w={w:g}", ha="center", va="center",
-                    fontsize=fs - 0.5, color="#333333", zorder=2,
-                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85})
-    ax.set_title(title or f"{corr.kind} mapping: {len(corr)} pairs", fontsize=10, pad=4)
-    fig.tight_layout()
     base = Path(path)
     written = []
     for ext in ("png", "svg"):
         out = base.with_suffix(f".{ext}")
         fig.savefig(out, dpi=130 if ext == "png" else None)
         written.append(out)
-    return written
+    html = base.with_suffix(".html")
+    atomic_write(html, mapping_page(guide, target, corr, title or f"{corr.kind} mapping", training))
+    return [*written, html]
 
 
 def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspondence, matrix: list[list[Any]]) -> None:
@@ -108,7 +71,7 @@ def _matrix_panel(ax: Any, guide: LayerGraph, target: LayerGraph, corr: Correspo
     info = corr.info
     order = "order-preserving (monotone)" if info.get("monotone", True) else "argmax per guide tap"
     ax.set_title(f"{info.get('measure', 'similarity')} on {info.get('batches', '?')}×{info.get('batch_size', '?')} "
-                 f"calibration examples\nred: chosen, {order}", fontsize=9)
+                 f"calibration examples\nred: chosen, {order}; the mapping edges use this scale", fontsize=9)
     ax.figure.colorbar(im, ax=ax, shrink=0.7, pad=0.02)
 
 
@@ -140,6 +103,13 @@ def draw_similarity_matrix(ax: Any, matrix: Any, rows: Iterable[Any], cols: Iter
     return im
 
 
+def _elided(n: int, limit: int | None) -> list[int | None]:
+    """Row numbers to show: all of ``n``, or the first and last ``limit // 2`` with ``None`` between."""
+    if limit is None or n <= limit:
+        return list(range(n))
+    return [*range(limit // 2), None, *range(n - limit // 2, n)]
+
+
 def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:
     """Rows of ``#  guide tap (type, shape) → target tap (type, shape)``; long mappings elided."""
     unmapped = len(set(guide.names) - {g for g, _, _ in corr.pairs})
@@ -152,20 +122,55 @@ def mapping_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, l
     weighted = any(w != 1.0 for _, _, w in corr.pairs)
     if weighted:
         table.add_column("weight", justify="right")
-    shown = list(enumerate(corr.pairs))
-    if limit is not None and len(shown) > limit:
-        shown = shown[: limit // 2] + [(-1, None)] + shown[-(limit // 2):]
-    for i, p in shown:
-        if p is None:
+    for i in _elided(len(corr.pairs), limit):
+        if i is None:
             table.add_row("…", f"[dim]{len(corr.pairs) - 2 * (limit // 2)} more pairs (--all shows them)[/dim]", "", "",
                           *([""] if weighted else []))
             continue
+        p = corr.pairs[i]
         g, t = guide[p[0]], target[p[1]]
-        table.add_row(str(i), f"{g.name} [dim]{g.type} {_shape(g.shape)}[/dim]", "→",
-                      f"{t.name} [dim]{t.type} {_shape(t.shape)}[/dim]", *([f"{p[2]:g}"] if weighted else []))
+        table.add_row(str(i), f"{g.name} [dim]{g.type} {shape_text(g.shape)}[/dim]", "→",
+                      f"{t.name} [dim]{t.type} {shape_text(t.shape)}[/dim]", *([f"{p[2]:g}"] if weighted else []))
+    return table
+
+
+def _why(row: list[Any], chosen: int, by_depth: int) -> str:
+    """Why column ``chosen`` of a similarity ``row`` was taken, against its best and the depth mapping's."""
+    values = [v if v is not None else -np.inf for v in row]
+    best = int(np.argmax(values))
+    if chosen == best:
+        return "most similar"
+    gap = f"best +{values[best] - values[chosen]:.3f}"
+    return f"depth's choice, {gap}" if chosen == by_depth else f"keeps depth order, {gap}"
+
+
+def learned_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, limit: int | None = 40) -> Table:
+    """Why each pair of a ``learned`` mapping was chosen: its similarity against the row's best and ``depth``'s."""
+    info = corr.info
+    m, chosen, by_depth = info["matrix"], info["chosen"], info["depth_chosen"]
+    measure = info.get("measure", "similarity")
+    table = Table(title=f"why each pair: {measure} against the most similar target tap (column effect kept "
+                  f"{info.get('column_share', 1.0):.2f}, depth prior {info.get('depth_prior', 0):g}; docs/mapping.md)")
+    for name in ("#", "guide tap", f"chosen ({measure})", f"most similar ({measure})", "why"):
+        table.add_column(name, justify="right" if name == "#" else "left")
+
+    def cell(i: int, j: int) -> str:
+        v = m[i][j]
+        return f"{target.names[j]} ({'nan' if v is None else f'{v:.3f}'})"
+
+    for i in _elided(len(chosen), limit):
+        if i is None:
+            table.add_row("…", f"[dim]{len(chosen) - 2 * (limit // 2)} more (--all shows them)[/dim]", "", "", "")
+            continue
+        best = int(np.argmax([v if v is not None else -np.inf for v in m[i]]))
+        table.add_row(str(i), guide.names[i], cell(i, chosen[i]), cell(i, best), _why(m[i], chosen[i], by_depth[i]))
     return table
 
 
 def print_mapping(guide: LayerGraph, target: LayerGraph, corr: Correspondence, console: Console | None = None,
                   limit: int | None = 40) -> None:
-    (console or Console()).print(mapping_table(guide, target, corr, limit))
+    """The mapping as a table; for a ``learned`` one (monotone), also why each pair was chosen."""
+    console = console or Console()
+    console.print(mapping_table(guide, target, corr, limit))
+    if corr.kind == "learned" and "depth_chosen" in corr.info:
+        console.print(learned_table(guide, target, corr, limit))
