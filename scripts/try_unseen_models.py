@@ -48,9 +48,9 @@ CASES = [
     # timm, image
     ("timm:resnet18", {}, IMG), ("timm:efficientnet_b0", {}, IMG), ("timm:mobilenetv3_small_100", {}, IMG),
     ("timm:regnetx_002", {}, IMG), ("timm:ghostnet_100", {}, IMG), ("timm:nf_resnet26", {}, IMG),
-    ("timm:densenet121", {}, IMG), ("timm:dla34", {}, IMG), ("timm:cspresnet50", {}, IMG),
+    ("timm:dla34", {}, IMG),
     ("timm:lcnet_050", {}, IMG), ("timm:mnasnet_100", {}, IMG), ("timm:rexnet_100", {}, IMG),
-    ("timm:resnest14d", {}, IMG), ("timm:res2net50_14w_8s", {}, IMG), ("timm:convnext_atto", {}, IMG),
+    ("timm:resnest14d", {}, IMG), ("timm:convnext_atto", {}, IMG),
     ("timm:poolformer_s12", {}, IMG), ("timm:mobilevit_xxs", {}, IMG), ("timm:levit_128s", {}, IMG),
     ("timm:vit_tiny_patch16_224", TVIT, IMG), ("timm:deit_tiny_patch16_224", TVIT, IMG),
     ("timm:beit_base_patch16_224", TVIT, IMG), ("timm:eva02_tiny_patch14_224", TVIT, IMG),
