@@ -280,3 +280,13 @@ def test_transformers_poolers_and_embedding_norms_are_not_taps(tmp_path):
     names = cp.guide.names
     assert names[0].startswith("albert.encoder.albert_layer_groups"), names
     assert not any("pooler" in n or "embeddings" in n for n in names), names
+
+
+@pytest.mark.parametrize("model_type", ["t5", "bart"])
+def test_encoder_decoders_are_refused_in_one_line_naming_the_encoder_alone(model_type, tmp_path):
+    pytest.importorskip("transformers")
+    task = {"kind": "parity", "length": [4, 8], "size": 200}
+    with pytest.raises(pairgraph.PairgraphError) as e:
+        _compile(tmp_path, {"model": f"hf:{model_type}"}, {"model": "rnn_classifier", "args": {"hidden": 16}}, task)
+    assert "is an encoder–decoder; pairgraph does not support encoder–decoders" in str(e.value)
+    assert "fix: use the encoder alone" in str(e.value) and "\n" not in str(e.value)

@@ -15,6 +15,10 @@ guessed from sizes: the example runs twice, with one more row the second time, a
 grew is the batch axis (a LayerNorm on ``(T, b, d)`` has it at 1; a module whose output does not
 depend on the batch, e.g. a positional embedding, has none and is not a tap point). Where the second
 run is impossible (a model that hard-codes its batch size) the type's registered axis is used.
+
+Generated code must behave as the model does in training and in eval mode: fx traces both, and a model whose two
+graphs differ falls to the next provider (:class:`ModeDependentError`). Hooks record the eval-mode path and tap
+only modules that other probe inputs run too (a forward that branches on the data).
 """
 
 from __future__ import annotations
