@@ -106,3 +106,32 @@ def test_unseen_transformers_models_are_tapped_at_their_blocks(model_type, args,
     assert [n for n in cp.guide.names if n in blocks] == blocks
     assert not any(n.split(".")[0] in ("lm_head", "classifier", "score") for n in cp.guide.names)
     _same_output(cp, "guide")
+
+
+def test_tied_embedding_lm_target_checkpoints_once_and_resumes_exactly(tmp_path):
+    """A GPT-2 target (dropout on) ties its output head to its embedding: saved once, restored tied, and a
+    stopped run resumed equals the uninterrupted one (issue #33)."""
+    from safetensors.torch import load_file
+
+    from pairgraph.training import resume_run
+    from pairgraph.training.checkpoints import Checkpoints
+
+    def spec():
+        return {"name": "tied", "task": COPY, "guide": RNN, "target": GPT2,
+                "train": {"batch_size": 8, "steps": 8, "eval_every": 4, "lr": 3e-3}}
+
+    full = pairgraph.compile(spec(), tmp_path / "b1", render=False, notify=None).train(
+        runs_dir=tmp_path, run_id="full", progress=False)
+    cp = pairgraph.compile(spec(), tmp_path / "b2", render=False, notify=None)
+    assert cp.train(runs_dir=tmp_path, run_id="cut", progress=False, stop_after=4)["stopped_at"] == 4
+    saved = load_file(str(tmp_path / "tied" / "cut" / "checkpoints" / "last.safetensors"))
+    assert [k for k in saved if k.endswith(("wte.weight", "lm_head.weight"))] == ["transformer.wte.weight"]  # once
+    resumed = resume_run(tmp_path / "tied" / "cut", progress=False)
+    assert resumed["test"] == full["test"] and resumed["best_val_loss"] == full["best_val_loss"]
+    target = cp.build().target
+    Checkpoints(tmp_path / "tied" / "cut").load_best(target)
+    params = {k.rsplit(".", 2)[-2]: p for k, p in target.named_parameters(remove_duplicate=False)
+              if k.endswith(("wte.weight", "lm_head.weight"))}
+    assert params["wte"] is params["lm_head"]  # restored tied
+    best = load_file(str(tmp_path / "tied" / "cut" / "checkpoints" / "best.safetensors"))
+    torch.testing.assert_close(params["wte"], best["transformer.wte.weight"], rtol=0, atol=0)

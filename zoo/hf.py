@@ -9,7 +9,9 @@ subclassed so that ``forward(x)`` takes the task's one tensor (``input_ids`` wit
 derived from ``pad_id``, or ``pixel_values``) and returns the logits tensor; module names and state
 dict keys stay the transformers ones. ``guide.weights: pretrained`` with ``args.hf_name`` (a hub name,
 or a folder written by ``save_pretrained``) loads weights with ``from_pretrained`` instead; the model then
-keeps the checkpoint's own sizes (the hub needs internet; a local folder does not).
+keeps the checkpoint's own sizes (the hub needs internet; a local folder does not). Encoder–decoders
+(``hf:t5``, ``hf:bart``: ``config.is_encoder_decoder``) are refused in one line that says to use the
+encoder alone: pairgraph feeds a network one input and taps one stack.
 """
 
 from __future__ import annotations
@@ -88,6 +90,12 @@ def hf_source(ref: str) -> ModelEntry:
     except ValueError:
         raise PairgraphError(f"unknown transformers model type {model_type!r}",
                              "use a model_type such as gpt2, bert, vit, llama (transformers' CONFIG_MAPPING)") from None
+    if getattr(default_config, "is_encoder_decoder", False):
+        raise PairgraphError(f"{ref!r} is an encoder–decoder; pairgraph does not support encoder–decoders (it feeds "
+                             "a network one input and taps one stack)",
+                             "use the encoder alone: an encoder-only type (hf:bert, hf:roberta) or a decoder-only one "
+                             "(hf:gpt2, hf:llama), or a factory of yours returning the encoder with a head "
+                             "(e.g. transformers' T5EncoderModel)")
 
     def hf_factory(**kwargs: Any) -> nn.Module:
         task = {k: kwargs.pop(k) for k in ("vocab_size", "num_classes", "pad_id", "max_len", "image_size",

@@ -39,14 +39,33 @@ def torchvision_source(ref: str) -> ModelEntry:
 
     def tv_factory(**kwargs: Any) -> nn.Module:
         kwargs.setdefault("weights", None)
-        size = kwargs.get("image_size")
-        if isinstance(size, list | tuple):  # torchvision's ViT takes one int
-            kwargs["image_size"] = size[0]
-        return tvm.get_model(name, **kwargs)
+        size = kwargs.pop("image_size", None)
+        if size is not None and name.startswith("maxvit"):  # MaxVit takes input_size=(H, W)
+            kwargs["input_size"] = tuple(size) if isinstance(size, list | tuple) else (size, size)
+        elif size is not None:  # torchvision's ViT takes image_size, one int
+            kwargs["image_size"] = size[0] if isinstance(size, list | tuple) else size
+        model = tvm.get_model(name, **kwargs)
+        model.pairgraph_input_size = _torchvision_input(tvm, name)  # for a message when an input does not fit
+        return model
 
-    keys = {"num_classes", "image_size"} if name.startswith(("vit", "swin", "maxvit")) else {"num_classes"}
+    # the task's image size goes only to the models whose constructor takes it (not Swin's)
+    keys = {"num_classes", "image_size"} if name.startswith(("vit", "maxvit")) else {"num_classes"}
     return ModelEntry(ref, tv_factory, "image", {}, f"torchvision {name}", default_keys=keys,
                       pretrained=lambda args: {**args, "weights": args.get("weights") or "DEFAULT"})
+
+
+def _torchvision_input(tvm: Any, name: str) -> str | None:
+    """The input sizes torchvision's weights record for ``name`` (``meta["min_size"]``, the transforms' crop)."""
+    try:
+        weights = list(tvm.get_model_weights(name))
+    except (ValueError, KeyError):
+        return None
+    if not weights:
+        return None
+    crop = getattr(weights[0].transforms, "keywords", {}).get("crop_size")
+    low = weights[0].meta.get("min_size")
+    said = [f"at least {low[0]}×{low[1]} px (torchvision's weights: min_size)"] if low else []
+    return ", ".join([*said, *([f"{crop} px as its weights were trained"] if crop else [])]) or None
 
 
 @MODEL_SOURCES.register("python")

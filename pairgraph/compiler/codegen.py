@@ -91,6 +91,9 @@ def network_source(cls_name: str, graph: LayerGraph, title: str) -> tuple[str, l
         return body, []
     code = tapped_graph(graph).python_code(root_module="self")
     src = textwrap.dedent(code.src).strip("\n")
+    # fx.wrap'ed functions (torchvision's stochastic_depth, a user's own) are plain imported calls here: the
+    # wrap statement fx writes above forward is for re-tracing, and fails inside a class body
+    src = "\n".join(ln for ln in src.splitlines() if not ln.startswith("torch.fx._symbolic_trace.wrap("))
     used = {n.id for n in ast.walk(ast.parse(src)) if isinstance(n, ast.Name)}  # names, not keyword arguments
     imports = [line for n, o in code.globals.items() if n in used and (line := _import_line(n, o))]
     doc = f'"""{title}: forward returns (output, taps) — {len(taps)} tap points."""'

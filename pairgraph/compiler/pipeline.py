@@ -64,6 +64,8 @@ def _model(spec: PairSpec, side: str, task: Any, device: str = "meta") -> nn.Mod
     except PairgraphError as e:
         raise PairgraphError(f"{side}: {e.message}", e.hint) from None
     except Exception as e:  # noqa: BLE001 - any failure of user model code becomes one line
+        if device == "meta":  # pairgraph's shortcut failed (init code that reads values), not the args: the CPU
+            return _model(spec, side, task, "cpu")
         raise PairgraphError(
             f"{side}: building {net.model!r} with args {net.args} failed: {one_line(e)}",
             f"fix {side}.args (see `pairgraph zoo` for presets)",
@@ -188,22 +190,31 @@ def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> 
         if side == "guide" and spec.guide.checkpoint:
             _check_checkpoint(model, spec.guide.checkpoint)  # fail now, not after data loading at train time
         real = lambda side=side: (_model(spec, side, task, "cpu"), task.example_input(2, device="cpu"))
-        graphs[side] = trace(model, example, getattr(spec, side).layers, side, notify, real)
-        _check_output(graphs[side], side, getattr(spec, side))
+        on_meta = next(iter(model.parameters()), torch.empty(0, device="meta")).is_meta
+        graphs[side] = trace(model, example if on_meta else real()[1], getattr(spec, side).layers, side, notify, real)
+        _check_output(graphs[side], side, getattr(spec, side), task.model_kwargs().get("num_classes"))
     return graphs
 
 
-def _check_output(graph: LayerGraph, side: str, net: Any) -> None:
+def _check_output(graph: LayerGraph, side: str, net: Any, classes: int | None = None) -> None:
     """The task loss needs one tensor of outputs: the forward's tensor, or the entry ``net.output`` names
-    (default ``logits`` / the first tensor) of a dict, ``ModelOutput`` or tuple. Said at compile, not mid-training."""
+    (default ``logits`` / the first tensor) of a dict, ``ModelOutput`` or tuple; when that default is not the
+    task's ``classes`` wide but another entry is, ``output:`` is named. Said at compile, not mid-training."""
     if graph.output_type in ("Tensor", "Parameter") and net.output is None:
         return
     try:
         if graph.output is None:
             raise PairgraphError(f"forward returned a {graph.output_type}", "make forward return the logits tensor")
-        select_logits(graph.output, net.output)
+        logits = select_logits(graph.output, net.output)
     except PairgraphError as e:
         raise PairgraphError(f"{side} {net.model!r}: {e.message}", e.hint) from None
+    out = graph.output
+    entries = out.items() if isinstance(out, dict) else enumerate(out) if isinstance(out, tuple | list) else []
+    fits = [k for k, v in entries if isinstance(v, torch.Tensor) and v.shape[-1:] == (classes,)]
+    if net.output is None and classes and logits.shape[-1:] != (classes,) and fits:
+        raise PairgraphError(f"{side} {net.model!r}: forward returns several tensors, and the one taken as the logits "
+                             f"has {logits.shape[-1]} values where the task has {classes} classes",
+                             f"name the logits with {side}.output: {fits[0]!r}")
     graph.output_key = net.output
 
 

@@ -18,7 +18,7 @@ import networkx as nx
 import torch
 from torch import fx, nn
 
-from pairgraph.core.policy import default_tap_types, rule_for
+from pairgraph.core.policy import class_names, default_tap_types, is_default_tap, rule_for
 from pairgraph.errors import PairgraphError
 
 
@@ -43,6 +43,8 @@ class TapPoint:
     calls: int = 1  # calls of its module per forward: the name is "module@k" when more than one
     feature: int | None = None  # timm provider: the index of this tap in forward_intermediates' list
     batched: bool = True  # False: the output has no batch axis (it does not change with the input's rows)
+    kinds: frozenset[str] = frozenset()  # short and qualified names of its classes: what layers.types matches
+    default: bool = False  # of a default tap type (or a subclass of one)
 
     def spec(self) -> tuple[Any, ...]:
         """(name, output index, batch axis[, calls]) — how hooks find this tap; (name, feature index) for
@@ -74,6 +76,7 @@ class LayerGraph:
     output_type: str = "Tensor"  # what forward returns (pairgraph needs a tensor of outputs)
     output: Any = None  # forward's return on the example (meta tensors under fx); None when not kept
     output_key: str | int | None = None  # which entry of a dict/tuple output is the logits (set by compile)
+    notes: list[str] = field(default_factory=list)  # what the provider wants the user told (a notice each)
 
     @property
     def names(self) -> list[str]:
@@ -137,17 +140,16 @@ def select_taps(candidates: list[TapPoint], selection: Any, side: str, any_type:
     include = list(getattr(selection, "include", ["*"]))
     exclude = list(getattr(selection, "exclude", []))
     types = getattr(selection, "types", None)
+    leaves = leaf_types_of(selection)
     paper = getattr(selection, "preset", None) == "paper"
-    if types is None and paper:
-        types = sorted(PAPER_TYPES)
-    elif types is None and any_type:
-        types = [c.type for c in candidates]
-    types = (set(types) if types is not None else default_tap_types()) | {t.rsplit(".", 1)[-1] for t in leaf_types_of(selection)}
+    wanted = set(types or ()) | leaves  # class names or dotted class paths; subclasses match (TapPoint.kinds)
     exclude_types = set(getattr(selection, "exclude_types", []))
     drop_output = getattr(selection, "drop_output", True)
     chosen = [
         c for c in candidates
-        if c.batched and c.type in types and c.type not in exclude_types
+        if c.batched and (c.type in PAPER_TYPES or bool(c.kinds & leaves) if paper and types is None  # exact types
+                          else (types is None and (any_type or c.default)) or bool(c.kinds & wanted))
+        and not c.kinds & exclude_types
         and any(fnmatch.fnmatchcase(c.name, p) for p in include)
         and not any(fnmatch.fnmatchcase(c.name, p) for p in exclude)
     ]
@@ -159,7 +161,8 @@ def select_taps(candidates: list[TapPoint], selection: Any, side: str, any_type:
             chosen = chosen[:-1]
     if not chosen:
         raise PairgraphError(
-            f"{side}.layers selects no tap points (include={include}, exclude={exclude}, types={sorted(types)})",
+            f"{side}.layers selects no tap points (include={include}, exclude={exclude}, "
+            f"types={sorted(types or default_tap_types() | leaves)})",
             f"widen {side}.layers; candidate modules start with: " + ", ".join(c.name for c in candidates[:6]),
         )
     for c in chosen:
@@ -197,6 +200,7 @@ def make_candidate(name: str, module: nn.Module, meta: Any, order: int, fx_node:
     tap = TapPoint(name, type(module).__name__, shape, index=order, output_index=index,  # type: ignore[arg-type]
                    batch_axis=axis if axis is not None else 0, fx_node=fx_node)
     tap.batched = raw is None or axis is not None
+    tap.kinds, tap.default = class_names(module), is_default_tap(module)
     return tap
 
 

@@ -2,11 +2,14 @@
 become tap points by default, and how a module's output is read as an activation.
 
 Both are registries keyed by the module's qualified class name, so a type can be registered
-without importing its library (torchvision's ViT ``EncoderBlock`` is registered by name).
+without importing its library (torchvision's ViT ``EncoderBlock`` is registered by name). Types match
+by class, subclasses included (:func:`class_names`): timm's ``ScaledStdConv2d`` is a ``Conv2d`` tap.
 """
 
 from __future__ import annotations
 
+import re
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -69,6 +72,14 @@ def is_default_tap(module: nn.Module) -> bool:
     return any(qualname(c) in TAP_TYPES and TAP_TYPES.get(qualname(c)).default for c in type(module).__mro__)
 
 
+def class_names(module: nn.Module) -> frozenset[str]:
+    """The short and qualified names of every class ``module`` is an instance of (below ``nn.Module``): what a
+    spec's ``layers.types`` entry matches, so a subclass matches its base (``Conv2d`` selects ``ScaledStdConv2d``)
+    and a dotted path names a user's own class exactly."""
+    classes = type(module).__mro__[: type(module).__mro__.index(nn.Module)] if isinstance(module, nn.Module) else ()
+    return frozenset(n for c in classes for n in (c.__name__, qualname(c)))
+
+
 def default_tap_types() -> set[str]:
     """Short class names of the default tap types (what ``layers.types: null`` selects)."""
     return {name.rsplit(".", 1)[-1] for name, rule in TAP_TYPES.items() if rule.default}
@@ -85,8 +96,9 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
     """Qualified names of the modules that make up ``model``'s output head, as its library declares them:
     timm's ``pretrained_cfg['classifier']`` with the module holding it (``fc``; ``head`` for ``head.fc``, with
     its norm and pooling; LeViT's two heads), and for a transformers model every child beside its base model
-    (``lm_head``, ``classifier``). Empty for other models: their head is found from the data flow (the tap
-    whose output reaches the logits through parameter-free steps)."""
+    (``lm_head``, ``classifier``) and its pooler; for any model, its auxiliary classifiers (``aux1``,
+    ``AuxLogits``). Otherwise the head is found from the data flow (the tap whose output reaches the logits
+    through parameter-free steps)."""
     names: list[str] = []
     cfg = getattr(model, "pretrained_cfg", None)
     classifier = cfg.get("classifier") if isinstance(cfg, dict) else None
@@ -96,7 +108,14 @@ def head_names(model: nn.Module) -> tuple[str, ...]:
     base = getattr(model, prefix, None) if isinstance(prefix, str) and prefix else None
     if isinstance(base, nn.Module) and base is not model:
         names += [n for n, _ in model.named_children() if n != prefix]
+    if isinstance(prefix, str):  # a transformers base model's pooler (BERT, ALBERT, BEiT) feeds only a head
+        names += [n for n, _ in model.named_modules() if n.rsplit(".", 1)[-1] == "pooler"]
+    names += [n for n, _ in model.named_modules() if _AUX.match(n.rsplit(".", 1)[-1])]  # GoogLeNet's aux1, AuxLogits
     return tuple(names)
+
+
+#: auxiliary classifiers (torchvision's GoogLeNet ``aux1``/``aux2``, Inception's ``AuxLogits``, ``aux_head``)
+_AUX = re.compile(r"aux(iliary)?(_?logits|_?head|_?classifier|\d+)?$", re.IGNORECASE)
 
 
 def in_head(name: str, heads: tuple[str, ...]) -> bool:
@@ -105,16 +124,75 @@ def in_head(name: str, heads: tuple[str, ...]) -> bool:
 
 
 def block_types(model: nn.Module) -> frozenset[str]:
-    """The class names a transformers model declares as its blocks (``_no_split_modules``: what it never
-    splits across devices, e.g. ``LlamaDecoderLayer``), or else the classes of the repeated layers in its
-    ModuleLists (``RobertaLayer``): tapped whole, like the registered blocks. Empty for other models."""
+    """The classes a library declares as its model's blocks, tapped whole: a transformers model's
+    ``_no_split_modules`` (what it never splits across devices, e.g. ``LlamaDecoderLayer``) or else the classes
+    of the layers with attention in its ModuleLists (``RobertaLayer``, ``AlbertLayer``); for a timm model, the repeated classes of its
+    Sequential/ModuleList stages that hold an attention (CoaT's ``SerialBlock``, MaxViT's ``MaxxVitBlock``).
+    Empty for other models."""
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):  # timm
+        return frozenset(qualname(type(m)) for m in _innermost(_repeated(model, (nn.ModuleList, nn.Sequential))))
     if not isinstance(getattr(model, "base_model_prefix", None), str) or not hasattr(model, "_no_split_modules"):
         return frozenset()
     declared = getattr(model, "_no_split_modules", None)
     if declared:
         return frozenset(str(c) for c in declared)
-    return frozenset(type(m).__name__ for lst in model.modules() if isinstance(lst, nn.ModuleList)
-                     for m in lst if not type(m).__module__.startswith("torch."))
+    return frozenset(type(m).__name__ for m in _innermost(_repeated(model, (nn.ModuleList,), 1)))
+
+
+def _repeated(model: nn.Module, containers: tuple[type, ...], times: int = 2) -> list[nn.Module]:
+    """One module of each class (not torch.nn's own) that occurs at least ``times`` as items of ``containers``
+    (once is enough for a transformers ModuleList: ALBERT calls its one shared layer again and again)."""
+    items = [m for c in model.modules() if isinstance(c, containers) for m in c.children()
+             if not type(m).__module__.startswith("torch.")]
+    counts = Counter(type(m) for m in items)
+    return list({type(m): m for m in items if counts[type(m)] >= times}.values())
+
+
+_ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
+
+
+def _innermost(repeated: list[nn.Module]) -> list[nn.Module]:
+    """The repeated modules that hold an attention (a descendant with weights, named or typed so) and no other such:
+    transformer blocks, not the stages made of them."""
+    blocks = [m for m in repeated if any(_ATTENTION.search(f"{n} {type(s).__name__}") and any(True for _ in s.parameters())
+                                         for n, s in m.named_modules() if n)]
+    kinds = {type(m) for m in blocks}
+    return [m for m in blocks if not any(type(s) in kinds for n, s in m.named_modules() if n)]
+
+
+def before_blocks(model: nn.Module, blocks: frozenset[str]) -> list[str]:
+    """A transformers text model's default-type modules ahead of its first block (the embedding's LayerNorm and
+    projection): not layers a person maps, so a one-tap guide lands on an encoder layer. Empty for a model
+    whose input embedding is not a lookup table (ViT's patch convolution stays a tap)."""
+    embeddings = getattr(model, "get_input_embeddings", None)
+    try:
+        lookup = isinstance(embeddings(), nn.Embedding) if callable(embeddings) else False
+    except (NotImplementedError, AttributeError):
+        lookup = False
+    if not lookup:
+        return []
+    names = []
+    for name, m in model.named_modules():
+        if class_names(m) & blocks:
+            return names
+        if is_default_tap(m):
+            names.append(name)
+    return []
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """The input size ``model``'s library records for it, as words for an error message: timm's
+    ``pretrained_cfg["input_size"]``, a transformers config's ``image_size``, or what pairgraph's torchvision
+    source read from the weights' metadata (``pairgraph_input_size``)."""
+    cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size"):
+        return f"{'×'.join(map(str, cfg['input_size']))} (timm's pretrained_cfg input_size)"
+    size = getattr(getattr(model, "config", None), "image_size", None)
+    if isinstance(size, int | list | tuple):
+        side = size if isinstance(size, int) else "×".join(map(str, size))
+        return f"images of {side} px (its config's image_size)"
+    recorded = getattr(model, "pairgraph_input_size", None)
+    return recorded if isinstance(recorded, str) else None
 
 
 def _batch_first_axis(m: nn.Module) -> int:
@@ -141,4 +219,7 @@ for _name in ("torchvision.models.vision_transformer.EncoderBlock", "timm.models
               "transformers.models.gpt2.modeling_gpt2.GPT2Block", "transformers.models.bert.modeling_bert.BertLayer",
               "transformers.models.vit.modeling_vit.ViTLayer", "transformers.models.llama.modeling_llama.LlamaDecoderLayer"):
     register_tap_type(_name)
+    register_leaf_module(_name)
+# stochastic depth reads ``self.training``: kept whole, so the generated network drops paths only in training
+for _name in ("timm.layers.drop.DropPath", "torchvision.ops.stochastic_depth.StochasticDepth"):
     register_leaf_module(_name)

@@ -15,6 +15,10 @@ guessed from sizes: the example runs twice, with one more row the second time, a
 grew is the batch axis (a LayerNorm on ``(T, b, d)`` has it at 1; a module whose output does not
 depend on the batch, e.g. a positional embedding, has none and is not a tap point). Where the second
 run is impossible (a model that hard-codes its batch size) the type's registered axis is used.
+
+Generated code must behave as the model does in training and in eval mode: fx traces both, and a model whose two
+graphs differ falls to the next provider (:class:`ModeDependentError`). Hooks record the eval-mode path and tap
+only modules that other probe inputs run too (a forward that branches on the data).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import Any
 import torch
 from torch import fx, nn
 
+from pairgraph.core.intermediates import has_intermediates, trace_intermediates
 from pairgraph.core.layer_graph import (
     NOT_PROBED,
     LayerGraph,
@@ -41,7 +46,15 @@ from pairgraph.core.layer_graph import (
     select_taps,
     shapes_of,
 )
-from pairgraph.core.policy import block_types, head_names, in_head, is_default_tap, is_leaf
+from pairgraph.core.policy import (
+    before_blocks,
+    block_types,
+    expected_input,
+    head_names,
+    in_head,
+    is_default_tap,
+    is_leaf,
+)
 from pairgraph.errors import PairgraphError, first_line, one_line
 
 
@@ -107,10 +120,36 @@ class ShapePropError(Exception):
         super().__init__(str(cause))
 
 
+class ModeDependentError(Exception):
+    """fx's graph differs between training and eval mode (``self.training`` read in forward's code): code
+    generated from one graph would run it in both modes, so another provider taps the model."""
+
+
+def _traced(model: nn.Module, selection: Any) -> fx.GraphModule:
+    """fx's graph of ``model``, traced in training and in eval mode; :class:`ModeDependentError` when the two
+    differ (functional dropout, stochastic depth or an auxiliary head that forward switches on ``self.training``)."""
+    modes = [(m, m.training) for m in model.modules()]
+    graphs = []
+    try:
+        for training in (True, False):
+            model.train(training)
+            gm = fx.GraphModule(model, LeafTracer(leaf_types_of(selection)).trace(model), type(model).__name__)
+            _check_attributes(gm, model)
+            graphs.append(gm)
+    finally:
+        for m, training in modes:
+            m.training = training
+    train, evaluation = graphs[0].code.splitlines(), graphs[1].code.splitlines()
+    if train != evaluation:
+        line = next((a for a, b in zip(train, evaluation, strict=False) if a != b), train[-1]).strip()
+        raise ModeDependentError(f"its graph differs between training and eval mode, at `{line[:100]}`")
+    return graphs[0]
+
+
 def trace_fx(model: nn.Module, example: torch.Tensor, selection: Any = None, side: str = "model") -> LayerGraph:
-    """Trace with torch.fx and propagate shapes; raises whatever fx raises on untraceable code."""
-    gm = fx.GraphModule(model, LeafTracer(leaf_types_of(selection)).trace(model), type(model).__name__)
-    _check_attributes(gm, model)
+    """Trace with torch.fx (in both modes, :func:`_traced`) and propagate shapes; raises whatever fx raises on
+    untraceable code."""
+    gm = _traced(model, selection)
     recorder = _ShapeRecorder(gm)
     try:
         result = recorder.run(example)
@@ -210,8 +249,10 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
             handles.append(mod.register_forward_hook(make_hook(name)))
     try:
         with torch.no_grad():
+            model.eval()  # the taps of inference (no auxiliary heads); the caller's modes are restored by trace()
             out = model(example)
             first = list(records)
+            unstable = _unstable_modules(model, example, records, first)
             records.clear()
             try:
                 model(grow(example))
@@ -223,6 +264,10 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
             h.remove()
     if grown is not None and [n for n, _, _ in records] != [n for n, _, _ in first]:
         grown = None  # the grown batch took another path through the model
+    if unstable:
+        keep = [i for i, (n, _, _) in enumerate(first) if n not in unstable]
+        first = [first[i] for i in keep]
+        grown = [grown[i] for i in keep] if grown is not None else None
     heads = head_names(model)
     calls = Counter(name for name, _, _ in first)
     seen: Counter[str] = Counter()
@@ -238,45 +283,30 @@ def trace_hooks(model: nn.Module, example: torch.Tensor, selection: Any = None, 
     chosen = select_taps(candidates, selection, side)
     edges = [(a.name, b.name) for a, b in itertools.pairwise(chosen)]
     graph = finish_graph(chosen, edges, "hooks", None, candidates)
+    if unstable:
+        graph.notes.append(f"the {side}'s forward runs other modules for other inputs ({', '.join(sorted(unstable)[:3])} "
+                           "…): only modules every input passes through are tapped")
     graph.output_type = type(out).__name__
     graph.output = out
     return graph
 
 
-def has_intermediates(model: nn.Module) -> bool:
-    """A timm model with ``forward_intermediates`` and the ``feature_info`` naming its levels."""
-    return callable(getattr(model, "forward_intermediates", None)) and callable(getattr(model, "forward_head", None)) \
-        and isinstance(getattr(model, "feature_info", None), list)
-
-
-def trace_intermediates(model: nn.Module, example: torch.Tensor, selection: Any = None,
-                        side: str = "model") -> LayerGraph:
-    """timm's ``forward_intermediates``: the model's feature levels (``feature_info``: a ResNet's stem and
-    stages, a ViT's blocks) are the taps, in timm's layout (NCHW; a ViT's prefix tokens dropped), and the
-    logits come from ``forward_head``. timm keeps this interface stable where fx cannot go."""
-    if not has_intermediates(model):
-        raise PairgraphError(f"the {side} ({type(model).__name__}) has no forward_intermediates/feature_info",
-                             f"set {side}.layers.provider to auto, fx or hooks (forward_intermediates is timm's)")
-    names = [str(f["module"]) for f in model.feature_info]  # type: ignore[union-attr]
-    with torch.no_grad():
-        final, inter = model.forward_intermediates(example)  # type: ignore[operator]
-        out = model.forward_head(final)  # type: ignore[operator]
-        try:
-            grown: list[Any] | None = [shapes_of(t) for t in model.forward_intermediates(grow(example))[1]]  # type: ignore[operator]
-        except Exception:  # noqa: BLE001 - e.g. a batch size written into the model: the tap rules decide
-            grown = None
-    modules = dict(model.named_modules())
-    candidates = []
-    for i, (name, act) in enumerate(zip(names, inter, strict=True)):
-        cand = make_candidate(name, nn.Identity(), act, i, "", grown[i] if grown is not None else NOT_PROBED)
-        cand.type, cand.feature = type(modules.get(name, nn.Identity())).__name__, i
-        cand.is_head = in_head(name, head_names(model))
-        candidates.append(cand)
-    chosen = select_taps(candidates, selection, side, any_type=True)
-    graph = finish_graph(chosen, list(itertools.pairwise(t.name for t in chosen)), "timm", None, candidates)
-    graph.output_type = type(out).__name__
-    graph.output = out
-    return graph
+def _unstable_modules(model: nn.Module, example: torch.Tensor, records: list[tuple[str, nn.Module, Any]],
+                      first: list[tuple[str, nn.Module, Any]]) -> set[str]:
+    """Hooked modules not called the same number of times for other inputs (zeros, ones, noise; the tokens reversed):
+    a path that depends on the data. Taps on it would be missing from some batches. Empty on the meta device."""
+    if example.device.type == "meta":
+        return set()
+    probes = [example.flip(-1)] if not example.is_floating_point() else [
+        torch.zeros_like(example), torch.ones_like(example), torch.randn_like(example) * 2]
+    calls = Counter(n for n, _, _ in first)
+    unstable: set[str] = set()
+    for probe in probes:
+        records.clear()
+        model(probe)
+        other = Counter(n for n, _, _ in records)
+        unstable |= {n for n in calls.keys() | other.keys() if calls[n] != other[n]}
+    return unstable
 
 
 #: the tap providers (:func:`trace` tries them in this order under ``layers.provider: auto``)
@@ -321,15 +351,17 @@ def trace(model: nn.Module, example: torch.Tensor, selection: Any = None, side: 
 
 
 def _with_blocks(model: nn.Module, selection: Any) -> Any:
-    """``selection`` with the blocks a transformers model declares (:func:`block_types`) kept whole, unless
-    it names the types to tap itself."""
+    """``selection`` with the blocks a library declares (:func:`block_types`) kept whole, and a transformers
+    text model's embedding norms left out (:func:`before_blocks`), unless it names the types to tap itself."""
     blocks = block_types(model)
     if not blocks or getattr(selection, "types", None) is not None:
         return selection
-    leaves = sorted({*leaf_types_of(selection), *blocks})
+    update: dict[str, Any] = {"leaf_types": sorted({*leaf_types_of(selection), *blocks})}
+    if list(getattr(selection, "include", ["*"])) == ["*"]:
+        update["exclude"] = [*getattr(selection, "exclude", []), *before_blocks(model, blocks)]
     if selection is None:
-        return SimpleNamespace(leaf_types=leaves)
-    return selection.model_copy(update={"leaf_types": leaves})
+        return SimpleNamespace(**update)
+    return selection.model_copy(update=update)
 
 
 def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
@@ -354,10 +386,12 @@ def _trace(model: nn.Module, example: torch.Tensor, selection: Any, side: str,
         except Exception as e:  # noqa: BLE001 - any failure of the user model is reported below
             error = e
     assert error is not None
+    expects = expected_input(model)
     raise PairgraphError(
         f"the {side} ({type(model).__name__}) fails on the example input of shape {tuple(example.shape)}: "
-        f"{one_line(error)}",
-        f"check {side}.args match the task (input size, channels, vocabulary)",
+        f"{one_line(error)}" + (f"; the model expects {expects}" if expects else ""),
+        f"check {side}.args match the task (input size, channels, vocabulary)"
+        + (", or give the task inputs of that size" if expects else ""),
     ) from None
 
 
@@ -368,10 +402,13 @@ def _first_that_taps(model: nn.Module, example: torch.Tensor, selection: Any, si
     while True:
         name = chain[0]
         try:
-            return PROVIDERS[name](model, example, selection, side)
+            graph = PROVIDERS[name](model, example, selection, side)
+            for note in graph.notes if notify else ():
+                notify(f"notice: {note}")
+            return graph
         except (PairgraphError, ShapePropError):
             raise
-        except Exception as e:  # fx raises many kinds (TraceError, TypeError on Proxy bools, …)
+        except Exception as e:  # any kind: fx raises TraceError, TypeError on Proxy bools, NotImplementedError, …
             if len(chain) == 1:
                 if name == "fx":
                     raise PairgraphError(f"torch.fx cannot trace the {side} ({type(model).__name__}): "
@@ -380,6 +417,6 @@ def _first_that_taps(model: nn.Module, example: torch.Tensor, selection: Any, si
                 raise
             chain.pop(0)
             if notify:
-                reason = (first_line(e) or type(e).__name__)[:160]
+                reason = (f"{type(e).__name__}: {first_line(e)}" if first_line(e) else type(e).__name__)[:160]
                 what = "torch.fx cannot trace" if name == "fx" else "forward_intermediates fails on"
                 notify(f"notice: {what} the {side} ({type(model).__name__}: {reason}); {_FALLBACK[chain[0]]}")

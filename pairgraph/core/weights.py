@@ -1,9 +1,15 @@
-"""Model weights on disk, read and written safely: safetensors, or ``torch.load(weights_only=True)``."""
+"""Model weights on disk, read and written safely: safetensors, or ``torch.load(weights_only=True)``.
+
+Tied parameters (a language model's embedding and output head are one tensor under two names) are
+written once, under the first name, and restored tied: the names a model ties (:func:`tied_names`) are
+filled from the name kept when a checkpoint is read back, so safetensors never sees shared memory.
+"""
 
 from __future__ import annotations
 
 import pickle
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -50,9 +56,52 @@ def read_state(path: str | Path, side: str = "guide") -> dict[str, Tensor]:
     return state
 
 
+def tied_names(module: nn.Module) -> dict[str, str]:
+    """State-dict names that are another name's tensor: ``{alias: first name}`` — the same Parameter or buffer
+    registered twice (found by identity, so on the meta device too), or the same view of the same memory."""
+    first: dict[Any, str] = {}
+    aliases: dict[str, str] = {}
+    for name, t in module.state_dict(keep_vars=True).items():
+        keys = [("id", id(t))]
+        if isinstance(t, Tensor) and t.device.type != "meta" and t.numel():
+            keys.append((t.device, t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride()))
+        kept = next((first[k] for k in keys if k in first), None)
+        if kept is not None:
+            aliases[name] = kept
+        for k in keys:
+            first.setdefault(k, kept or name)
+    return aliases
+
+
+def with_tied(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """``state`` with the names ``module`` ties filled from the name a checkpoint kept (see :func:`state_to_save`)."""
+    missing = {a: k for a, k in tied_names(module).items() if a not in state and k in state}
+    return {**state, **{a: state[k] for a, k in missing.items()}} if missing else state
+
+
+def state_to_save(module: nn.Module) -> dict[str, Tensor]:
+    """``module``'s state dict on the CPU with each tied tensor once (its first name); any other tensors that
+    still share memory are copied, so safetensors can write them."""
+    aliases = tied_names(module)
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+    for k, v in module.state_dict().items():
+        if k in aliases:
+            continue
+        v = v.detach().contiguous().cpu()
+        if v.numel() and v.untyped_storage().data_ptr() in seen:
+            v = v.clone()
+        if v.numel():
+            seen.add(v.untyped_storage().data_ptr())
+        out[k] = v
+    return out
+
+
 def check_fits(model: nn.Module, state: dict[str, Tensor], path: str | Path, side: str = "guide") -> None:
-    """Raise a one-line error unless ``state`` has every key of ``model`` with the same shapes."""
+    """Raise a one-line error unless ``state`` has every key of ``model`` with the same shapes (a tied name may
+    be missing: it is read from the name it is tied to)."""
     own = model.state_dict()
+    state = with_tied(model, state)
     missing = sorted(set(own) - set(state))
     bad = sorted(k for k in own if k in state and not (isinstance(state[k], Tensor)
                                                       and tuple(state[k].shape) == tuple(own[k].shape)))
@@ -66,15 +115,14 @@ def check_fits(model: nn.Module, state: dict[str, Tensor], path: str | Path, sid
 
 def load_weights(model: nn.Module, path: str | Path, side: str = "guide") -> None:
     """Load a checkpoint safely (see :func:`read_state`) after checking it fits ``model``."""
-    state = read_state(path, side)
+    state = with_tied(model, read_state(path, side))
     check_fits(model, state, Path(path).expanduser(), side)
     own = model.state_dict()
     model.load_state_dict({k: state[k] for k in own}, strict=True)
 
 
 def save_weights(path: str | Path, module: nn.Module) -> None:
-    """Write ``module``'s state dict as safetensors, atomically."""
+    """Write ``module``'s state dict as safetensors, atomically; tied tensors once (:func:`state_to_save`)."""
     from safetensors.torch import save
 
-    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
-    atomic_write(path, save(state))
+    atomic_write(path, save(state_to_save(module)))

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pairgraph.core.weights import load_weights, save_weights
+from pairgraph.core.weights import load_weights, save_weights, state_to_save, with_tied
 from pairgraph.errors import PairgraphError, first_line
 from pairgraph.paths import atomic_write
 
@@ -45,7 +45,7 @@ class Checkpoints:
 
     def save(self, tag: str, model: nn.Module, step: int, resume: dict[str, Any] | None = None) -> None:
         """Write ``<tag>.safetensors``; with ``resume`` (the optimizer and bookkeeping) also ``last_state.pt``."""
-        weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        weights = state_to_save(model)  # tied tensors once
         bad = next((k for k, v in weights.items() if v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:  # never replace a good checkpoint with NaN/inf weights
             raise PairgraphError(f"target weights became non-finite ({bad}) at step {step}; {self.kept()}",
@@ -56,7 +56,7 @@ class Checkpoints:
             save_weights(self.dir / f"{tag}.projectors.safetensors", self.projectors)
         if resume is not None:
             if self.projectors is not None:
-                resume = {**resume, "projectors": {k: v.detach().cpu() for k, v in self.projectors.state_dict().items()}}
+                resume = {**resume, "projectors": state_to_save(self.projectors)}
             rng = {"cpu": torch.get_rng_state()}
             if torch.cuda.is_available():
                 rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -79,14 +79,14 @@ class Checkpoints:
         if not isinstance(st, dict) or not STATE_KEYS <= set(st):
             raise PairgraphError(f"{spath} is not a pairgraph resume state", "start a new run")
         if "target" in st:
-            model.load_state_dict(st["target"])
+            model.load_state_dict(with_tied(model, st["target"]))
         else:  # written before the weights were kept in last_state.pt
             load_weights(model, wpath, "target")
         if self.projectors is not None:
             if "projectors" not in st:
                 raise PairgraphError(f"{spath} holds no projectors, but this run trains some",
                                      "resume with the spec the run was started with")
-            self.projectors.load_state_dict(st["projectors"])
+            self.projectors.load_state_dict(with_tied(self.projectors, st["projectors"]))
         torch.set_rng_state(st["rng"]["cpu"])
         if "cuda" in st["rng"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(st["rng"]["cuda"])

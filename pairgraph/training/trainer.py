@@ -224,8 +224,10 @@ class Trainer:
         train = loop.data["train"]
         batches = EpochBatches(len(train), self.cfg.batch_size, self.cfg.seed, start_step=loop.step,
                                rank=self.dist.rank, world=self.dist.world, accumulate=self.cfg.accumulate)
+        # its own generator: making the iterator draws a seed, which must not move the global RNG that a
+        # resumed run has just restored (dropout would then differ from the uninterrupted run)
         return torch.utils.data.DataLoader(Indexed(train) if cached else train, batch_sampler=batches,
-                                           num_workers=self.cfg.num_workers)
+                                           num_workers=self.cfg.num_workers, generator=torch.Generator())
 
     def _open_logs(self, loop: Loop, resuming: bool) -> None:
         if self.dist.is_main:
