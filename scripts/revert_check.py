@@ -48,7 +48,8 @@ def main() -> None:
         base = os.path.join(tmp, "head")
         os.mkdir(base)
         subprocess.run(f"git -C {ROOT} archive HEAD | tar -x -C {base}", shell=True, check=True)
-        os.symlink("../cli", os.path.join(base, "pairgraph", "cli"))  # the package's cli folder, as installed
+        for package in ("cli", "zoo", "specs"):  # pyproject's package-dir: pairgraph.cli is ./cli, …
+            os.symlink(f"../{package}", os.path.join(base, "pairgraph", package))
         for name, f, subs, test, k in FIXES:
             if not only or name in only:
                 print(f"{name:20s} {check_one(base, os.path.join(tmp, 'tree'), f, subs, test, k)}", flush=True)
