@@ -284,11 +284,14 @@ def bench(
     precision: Annotated[str, typer.Option(help="fp32 | bf16: the networks of every variant under bf16 autocast "
                                                 "(as train.precision); the similarity's own precision is "
                                                 "--set similarity.precision=…")] = "fp32",
+    ops_only: Annotated[bool, typer.Option("--ops-only", help="Only count each variant's ATen ops and host syncs "
+                                           "per step (no timing: fine on a busy machine); --pairs adds rows.")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
     """Time the guided step against its floors (target step + guide forward, and + the gram work alone) and a
-    naive implementation."""
+    naive implementation; count each step's ATen ops and host syncs."""
     from pairgraph.bench import bench as run_bench
+    from pairgraph.bench import ops_record
 
     def ints(text: str) -> tuple[int, ...]:
         try:
@@ -296,9 +299,16 @@ def bench(
         except ValueError:
             raise PairgraphError(f"not a comma-separated list of integers: {text!r}", "write e.g. 64,256,1024") from None
 
-    rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
-                    cache_pool, compile_, channels_last, precision)
-    _print_bench(rec, spec)
+    if ops_only and (compile_ or channels_last or batch_sizes):
+        raise PairgraphError("--ops-only counts the eager step at one batch size",
+                             "drop --compile, --channels-last and --batch-sizes (or --ops-only)")
+    if ops_only:
+        rec = ops_record(str(spec), batch_size, device, set_, ints(pairs), cache_pool, precision)
+        _print_ops(rec, spec)
+    else:
+        rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
+                        cache_pool, compile_, channels_last, precision)
+        _print_bench(rec, spec)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(rec, indent=2) + "\n")
@@ -334,10 +344,25 @@ def _print_bench(rec: dict[str, Any], spec: Path) -> None:
                 + (f", cached {r['overhead_cached']:.3f}, e/a {r['cached_vs_target']:.3f}" if "overhead_cached" in r
                    else ""))
 
+    console.print("  " + _ops_line(rec["ops"]))
     for r in rec["by_batch_size"]:
         console.print(f"  batch {r['batch_size']:>5}: {row(r)}")
     for r in rec["by_pairs"]:
-        console.print(f"  {r['pairs']:>3} pairs: {row(r)}")
+        console.print(f"  {r['pairs']:>3} pairs: {row(r)}, alignment {r['alignment_ops']:,} ops")
+
+
+def _ops_line(ops: dict[str, Any]) -> str:
+    """ATen ops (host syncs) per step of each variant, and the alignment's own: c − a − b (and e − a)."""
+    parts = [f"{v} {o['ops']:,} ({o['syncs']})" for v, o in ops.items()]
+    return "ATen ops (host syncs) per step: " + ", ".join(parts)
+
+
+def _print_ops(rec: dict[str, Any], spec: Path) -> None:
+    console.print(f"{spec} · {rec['device']} · batch {rec['batch_size']} · {rec['pairs']} pairs · networks "
+                  f"{rec['precision']}, similarity {rec['similarity_precision']}")
+    console.print("  " + _ops_line(rec["ops"]))
+    for r in rec["by_pairs"]:
+        console.print(f"  {r['pairs']:>3} pairs: alignment {r['alignment']['ops']:,} ops ({r['alignment']['syncs']} syncs)")
 
 
 @app.command("study")
