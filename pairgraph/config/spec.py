@@ -345,11 +345,6 @@ class TrainSpec(_Strict):
         "checkpoint and the last step): metrics.jsonl still gets one row per step, the NaN check still names the "
         "first non-finite step, but on a GPU the host waits for the device once per N steps, not every step. 1 = "
         "every step. Does not change what a run computes.")
-    compile: bool = Field(
-        default=False,
-        description="Run the guided step's alignment (the similarity of every mapped pair) under torch.compile; "
-        "on CUDA with mode 'reduce-overhead' (CUDA graphs) where its shapes are static, else the default mode. "
-        "Losses equal the eager step's within 1e-5; the first step compiles (reported apart).")
 
     @field_validator("log", mode="before")
     @classmethod
