@@ -6,7 +6,7 @@ SPEC ?= specs/rnn_from_transformer.yaml
 # The torch build these machines hold offline; pyproject.toml states the compatible ranges.
 TORCH_PINS ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-all test-browser lint bench gpu-check clean
+.PHONY: install demo test test-all test-browser lint bench bench-ops gpu-check clean
 
 $(BIN)/pairgraph: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -41,7 +41,15 @@ lint: install
 # Guidance cost against its floors (issues #7, #21): CPU, fp32, batch 256, with the gram floor (g); tables by
 # batch size and by pairs; then similarity.precision fp32 | tf32 | bf16 on both pairs (scripts/gram_precision.py).
 BENCH_SIZES ?= 64,128,256,512,1024
-bench: install
+# ATen ops and host syncs per step (no timing: fine on a busy machine), batch 64
+bench-ops: install
+	mkdir -p results/bench
+	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --ops-only --batch-size 64 \
+		--cache-pool 1024 --pairs 1,5,10,20,40 -o results/bench/fcn_deep_1024_from_resnet18-cpu-ops.json
+	$(BIN)/pairgraph bench specs/rnn_from_transformer.yaml --ops-only --batch-size 64 --cache-pool 1024 --pairs 1,2,4 \
+		-o results/bench/rnn_from_transformer-cpu-ops.json
+
+bench: install bench-ops
 	mkdir -p results/bench
 	$(BIN)/pairgraph bench specs/fcn_deep_from_resnet18.yaml --set target.args.width=1024 --cache-pool 1024 \
 		--batch-sizes $(BENCH_SIZES) --pairs 1,5,10,20,40 -o results/bench/fcn_deep_1024_from_resnet18-cpu.json

@@ -9,11 +9,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 
+from pairgraph.cli.analysis import inspect, plot, similarity
 from pairgraph.cli.demo import demo
 from pairgraph.cli.failures import internal_error, report_eof
+from pairgraph.cli.options import SetOpt, console, err_console
 from pairgraph.cli.starter import init
 from pairgraph.errors import Interrupted, PairgraphError
 
@@ -24,13 +25,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-console = Console()
-err_console = Console(stderr=True)
 
-SetOpt = Annotated[
-    Optional[list[str]],  # noqa: UP045 - typer needs Optional here
-    typer.Option("--set", "-s", help="Override a spec field, e.g. --set train.lr=3e-4 (repeatable)."),
-]
 
 
 @app.command()
@@ -210,86 +205,6 @@ def _print_summary(summary: dict) -> None:
 
 
 @app.command()
-def plot(
-    runs: Annotated[list[Path], typer.Argument(help="Run folders (runs/<name>/<id>) to draw on one figure.")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="PNG to write.")] = Path("runs/plot.png"),
-) -> None:
-    """Train/validation loss and per-pair dissimilarity curves of several runs (paper Fig. 2 and 3)."""
-    from pairgraph.analysis import plot_runs
-
-    plot_runs(runs, output)
-    console.print(f"wrote {output}")
-
-
-@app.command()
-def inspect(
-    run: Annotated[Path, typer.Argument(help="A run folder (runs/<name>/<id>) of a guided run.")],
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Folder to write into (default: the run folder).")] = None,  # noqa: UP045
-    threshold: Annotated[float, typer.Option(help="A pair counts as matched once its 1 − similarity is at most this.")] = 0.1,
-) -> None:
-    """The mapping a run trained with, and each pair's 1 − similarity over training: mapping.html and mapping_training.png."""
-    from pairgraph.analysis.mapping_training import inspect_run
-
-    found = inspect_run(run, output, threshold)
-    never = [f"{p['guide']}->{p['target']}" for p in found.curves["pairs"] if p["matched_at"] is None]
-    console.print(f"wrote {', '.join(map(str, found.files))}: {len(found.curves['pairs'])} of {found.pairs} pairs logged, "
-                  f"{len(found.curves['pairs']) - len(never)} matched (1 − similarity ≤ {threshold:g})"
-                  + (f"; never: {', '.join(never[:6])}" + (" …" if len(never) > 6 else "") if never else ""),
-                  soft_wrap=True, highlight=False)
-
-
-@app.command()
-def similarity(
-    spec_or_run: Annotated[Path, typer.Argument(help="A spec YAML, or a run folder (runs/<name>/<id>).")],
-    checkpoint: Annotated[Optional[Path], typer.Option(help="Target weights: a run folder or a .safetensors/.pt file (default for a run: its best checkpoint).")] = None,  # noqa: UP045
-    output: Annotated[Optional[Path], typer.Option("-o", "--output", help="PNG to write (default build/<name>/similarity.png, or <run>/similarity.png).")] = None,  # noqa: UP045
-    set_: SetOpt = None,
-    measure: Annotated[Optional[str], typer.Option(help="Similarity measure (default: the spec's similarity.measure).")] = None,  # noqa: UP045
-    batch_size: Annotated[int, typer.Option(help="Validation examples in the batch.")] = 256,
-) -> None:
-    """Heatmap of the similarity of every guide layer with every target layer on one validation batch."""
-    import torch
-
-    from pairgraph.analysis import similarity_heatmap
-    from pairgraph.compiler.pipeline import compile as compile_pair
-
-    src = spec_or_run
-    run_dir: Path | None = None
-    if src.is_dir():
-        if not (src / "spec.yaml").exists():
-            raise PairgraphError(f"{src} is neither a spec file nor a run folder (no spec.yaml)",
-                                 "pass a spec YAML or runs/<name>/<id>")
-        if (src / "checkpoints").is_dir() or (src / "metrics.jsonl").exists():
-            run_dir = src
-        spec_file = src / "spec.yaml"
-    elif src.exists():
-        spec_file = src
-    else:
-        raise PairgraphError(f"{src} not found", "pass a spec YAML or a run folder runs/<name>/<id>")
-    notify = lambda m: err_console.print(f"[yellow]{m}[/yellow]")
-    if run_dir is not None:
-        cp = compile_pair(spec_file, run_dir / "build", set_, render=False, notify=notify)
-        checkpoint = checkpoint if checkpoint is not None else run_dir
-    else:
-        cp = compile_pair(spec_file, None, set_, render=False, notify=notify)
-    if output is None:
-        output = (run_dir if run_dir is not None else cp.out_dir) / "similarity.png"
-    matrix, g_names, t_names = similarity_heatmap(cp, output, checkpoint=checkpoint, batch_size=batch_size,
-                                                  measure=measure)
-    m = measure or cp.spec.similarity.measure
-    console.print(f"wrote {output}: {m} of {len(g_names)} guide × {len(t_names)} target taps"
-                  + (f" (target weights: {checkpoint})" if checkpoint is not None else " (at init)"), soft_wrap=True)
-    finite = matrix.isfinite()
-    if not finite.any():
-        raise PairgraphError(f"every {m} value is NaN", "check the taps: constant activations have no similarity")
-    i, j = divmod(int(torch.where(finite, matrix, float("inf")).argmin()), matrix.shape[1])
-    k, n = divmod(int(torch.where(finite, matrix, float("-inf")).argmax()), matrix.shape[1])
-    console.print(f"min {float(matrix[i, j]):.3f} ({g_names[i]} × {t_names[j]}), "
-                  f"max {float(matrix[k, n]):.3f} ({g_names[k]} × {t_names[n]})"
-                  + (f"; {int((~finite).sum())} NaN" if not finite.all() else ""), highlight=False, soft_wrap=True)
-
-
-@app.command()
 def bench(
     spec: Annotated[Path, typer.Argument(help="A spec YAML file.")],
     set_: SetOpt = None,
@@ -309,11 +224,14 @@ def bench(
     precision: Annotated[str, typer.Option(help="fp32 | bf16: the networks of every variant under bf16 autocast "
                                                 "(as train.precision); the similarity's own precision is "
                                                 "--set similarity.precision=…")] = "fp32",
+    ops_only: Annotated[bool, typer.Option("--ops-only", help="Only count each variant's ATen ops and host syncs "
+                                           "per step (no timing: fine on a busy machine); --pairs adds rows.")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
     """Time the guided step against its floors (target step + guide forward, and + the gram work alone) and a
-    naive implementation."""
+    naive implementation; count each step's ATen ops and host syncs."""
     from pairgraph.bench import bench as run_bench
+    from pairgraph.bench import ops_record
 
     def ints(text: str) -> tuple[int, ...]:
         try:
@@ -321,9 +239,16 @@ def bench(
         except ValueError:
             raise PairgraphError(f"not a comma-separated list of integers: {text!r}", "write e.g. 64,256,1024") from None
 
-    rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
-                    cache_pool, compile_, channels_last, precision)
-    _print_bench(rec, spec)
+    if ops_only and (compile_ or channels_last or batch_sizes):
+        raise PairgraphError("--ops-only counts the eager step at one batch size",
+                             "drop --compile, --channels-last and --batch-sizes (or --ops-only)")
+    if ops_only:
+        rec = ops_record(str(spec), batch_size, device, set_, ints(pairs), cache_pool, precision)
+        _print_ops(rec, spec)
+    else:
+        rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
+                        cache_pool, compile_, channels_last, precision)
+        _print_bench(rec, spec)
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(rec, indent=2) + "\n")
@@ -359,10 +284,25 @@ def _print_bench(rec: dict[str, Any], spec: Path) -> None:
                 + (f", cached {r['overhead_cached']:.3f}, e/a {r['cached_vs_target']:.3f}" if "overhead_cached" in r
                    else ""))
 
+    console.print("  " + _ops_line(rec["ops"]))
     for r in rec["by_batch_size"]:
         console.print(f"  batch {r['batch_size']:>5}: {row(r)}")
     for r in rec["by_pairs"]:
-        console.print(f"  {r['pairs']:>3} pairs: {row(r)}")
+        console.print(f"  {r['pairs']:>3} pairs: {row(r)}, alignment {r['alignment_ops']:,} ops")
+
+
+def _ops_line(ops: dict[str, Any]) -> str:
+    """ATen ops (host syncs) per step of each variant, and the alignment's own: c − a − b (and e − a)."""
+    parts = [f"{v} {o['ops']:,} ({o['syncs']})" for v, o in ops.items()]
+    return "ATen ops (host syncs) per step: " + ", ".join(parts)
+
+
+def _print_ops(rec: dict[str, Any], spec: Path) -> None:
+    console.print(f"{spec} · {rec['device']} · batch {rec['batch_size']} · {rec['pairs']} pairs · networks "
+                  f"{rec['precision']}, similarity {rec['similarity_precision']}")
+    console.print("  " + _ops_line(rec["ops"]))
+    for r in rec["by_pairs"]:
+        console.print(f"  {r['pairs']:>3} pairs: alignment {r['alignment']['ops']:,} ops ({r['alignment']['syncs']} syncs)")
 
 
 @app.command("study")
@@ -407,6 +347,9 @@ def report_cmd(
            readme=readme)
 
 
+app.command()(plot)
+app.command()(inspect)
+app.command()(similarity)
 app.command()(demo)
 app.command()(init)
 

@@ -72,9 +72,41 @@ def _section(rec: dict, source: str) -> list[str]:
         md += [(f"Peak memory above the built pair{how}: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
                 f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB"
                 + (f", cached guided step {pb['cached'] / 2**20:,.0f} MiB" if "cached" in pb else "") + "."), ""]
+    if "ops" in rec:
+        md += _ops_table(rec["ops"]) + [""]
     if "cache" in rec:
         md += _cache(rec["cache"], sec)
     return md + _tables(rec)
+
+
+OPS_NAMES = {"target": "(a) target step", "guide": "(b) guide forward", "gram": "(g) grams alone",
+             "guided": "(c) guided step", "naive": "(d) naive step", "cached": "(e) cached step",
+             "alignment": "alignment: c − a − b", "alignment_cached": "alignment, cached: e − a"}
+
+
+def _ops_table(ops: dict) -> list[str]:
+    """ATen ops and host syncs per step of each variant (``pairgraph.bench.ops``)."""
+    return ["| ATen ops per step (host syncs) | " + " | ".join(OPS_NAMES.get(v, v) for v in ops) + " |",
+            "|---|" + "---:|" * len(ops),
+            "| | " + " | ".join(f"{o['ops']:,} ({o['syncs']})" for o in ops.values()) + " |"]
+
+
+def _ops_section(rec: dict, source: str) -> list[str]:
+    """A ``kind: ops`` record (``pairgraph bench --ops-only``): ops and syncs per step, no timing."""
+    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    md = [f"### ATen ops per step: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+          (f"{rec['device']}, torch {rec['machine']['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
+           f"networks {rec['precision']}, similarity {rec['similarity_precision']}"
+           + (f", guide cached over {rec['cache_pool']:,} examples" if rec.get("cache_pool") else "")
+           + f"; counted with a dispatch mode, one step after one uncounted step; record `{source}`."), ""]
+    md += _ops_table(rec["ops"]) + [""]
+    if rec["by_pairs"]:
+        md += ["| mapped pairs | (c) guided step | alignment: c − a − b | per pair | host syncs in the alignment |",
+               "|---:|---:|---:|---:|---:|"]
+        md += [f"| {r['pairs']} | {r['guided']['ops']:,} | {r['alignment']['ops']:,} "
+               f"| {r['alignment']['ops'] / r['pairs']:.1f} | {r['alignment']['syncs']} |" for r in rec["by_pairs"]]
+        md.append("")
+    return md
 
 
 def _cache(c: dict, sec: dict) -> list[str]:
@@ -105,6 +137,13 @@ def _tables(rec: dict) -> list[str]:
                    if cached else ""))
 
     md: list[str] = []
+    if rec["by_pairs"] and "alignment_ops" in rec["by_pairs"][0]:
+        head, rule = head + " alignment ops |", rule + "---:|"
+        cells_timed = cells
+
+        def cells(r: dict) -> str:
+            return cells_timed(r) + (f" {r['alignment_ops']:,} |" if "alignment_ops" in r else f" {DASH} |")
+
     if rec["by_batch_size"]:
         md += ["| batch " + head, rule] + [f"| {r['batch_size']} " + cells(r) for r in rec["by_batch_size"]] + [""]
     if rec["by_pairs"]:
@@ -153,7 +192,8 @@ def _throughput_section(rec: dict, source: str) -> list[str]:
     return md + [""]
 
 
-RENDER = {None: _section, "gram_precision": _precision_section, "throughput": _throughput_section}
+RENDER = {None: _section, "gram_precision": _precision_section, "throughput": _throughput_section,
+          "ops": _ops_section}
 
 
 def main(folder: str, doc: str) -> None:

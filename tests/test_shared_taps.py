@@ -26,14 +26,14 @@ def test_an_untrained_guides_batchnorms_share_their_convolutions_cka(tmp_path, m
     assert pair.guide_aliases["layer1.0.bn1"] == "layer1.0.conv1" and pair.guide_aliases["bn1"] == "conv1"
     assert all(k.rsplit(".", 1)[-1].startswith("bn") or "downsample.1" in k for k in pair.guide_aliases)
     x, y = torch.randn(16, 1, 1, 40), torch.randint(0, 10, (16,))
-    prepared: list[tuple] = []
-    real = similarity.CKA.prepare
+    prepared: list[tuple] = []  # one entry per tap prepared (taps of one shape are prepared stacked)
+    real = similarity.CKA.prepare_stacks
 
-    def counting(self, *args, **kwargs):
-        prepared.append(tuple(args[0].shape))
-        return real(self, *args, **kwargs)
+    def counting(self, stacks, *args, **kwargs):
+        prepared.extend(tuple(a.shape[1:]) for s in stacks for a in s)
+        return real(self, stacks, *args, **kwargs)
 
-    monkeypatch.setattr(similarity.CKA, "prepare", counting)
+    monkeypatch.setattr(similarity.CKA, "prepare_stacks", counting)
     shared = pair(x, y, 0)
     n_shared = len(prepared)
     aliases, pair.guide_aliases = pair.guide_aliases, {}

@@ -10,7 +10,8 @@ by round so drift hits all alike, the median of ``steps`` rounds after ``warmup`
     (e) the guided step with the guide cached (``--cache-pool``)
 
 and report overhead = c / (a + b), overhead over the gram floor = c / (a + b + g), speedup = d / c,
-and for the cached step e / (a + b) and e / a. (g) is exactly the similarity work exact linear CKA
+and for the cached step e / (a + b) and e / a. Beside the times, the ATen ops and host syncs each variant
+dispatches per step (:mod:`pairgraph.bench.ops`; ``--ops-only`` counts them without timing anything). (g) is exactly the similarity work exact linear CKA
 (the spec's measure) needs in a guided step, on detached copies of the batch's mapped taps: every
 distinct mapped guide tap prepared once without gradient, every distinct mapped target tap once with
 gradient (centring, the gram F Fᵀ or the feature-space FᵀF when d < b, the norms), every pair scored,
@@ -24,8 +25,9 @@ the spec's ``similarity.precision`` (:mod:`pairgraph.bench.precision` compares t
 
 from pairgraph.bench.memory import peak_memory, peak_memory_child
 from pairgraph.bench.naive import NaiveStep, naive_cka
+from pairgraph.bench.ops import OpCounter, count_step, count_variants
 from pairgraph.bench.precision import cpu_features, gram_precision, pair_precision
-from pairgraph.bench.record import bench
+from pairgraph.bench.record import bench, ops_record
 from pairgraph.bench.throughput import throughput
 from pairgraph.bench.variants import VARIANTS, build_variants, gram_floor, time_variants
 
@@ -39,12 +41,16 @@ __all__ = [
     "BENCH_PAIRS",
     "VARIANTS",
     "NaiveStep",
+    "OpCounter",
     "bench",
     "build_variants",
+    "count_step",
+    "count_variants",
     "cpu_features",
     "gram_floor",
     "gram_precision",
     "naive_cka",
+    "ops_record",
     "pair_precision",
     "peak_memory",
     "peak_memory_child",

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from pairgraph.bench.memory import peak_memories
+from pairgraph.bench.ops import count_variants
 from pairgraph.bench.variants import VARIANTS, build_variants, network_autocast, time_variants
 from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.errors import PairgraphError
@@ -70,13 +71,14 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     time_variants(fns, dev, 0, 1, variants)  # first round: compiles when compile_modules
     first_round = time.perf_counter() - t0
     t = time_variants(fns, dev, steps, max(warmup - 1, 0), variants)
+    ops = count_variants(fns)  # after the timing: counting runs each step twice more, outside the timed rounds
     r = ratios(t)
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "pairs": len(pair.pairs), "seconds": t, "compiled": compile_modules,
         "channels_last": channels_last, "precision": precision, "similarity_precision": pair.precision,
         "first_round_seconds": first_round, "overhead": r["overhead"], "overhead_gram": r.get("overhead_gram"),
-        "speedup": t["naive"] / t["guided"] if "naive" in t else None, "machine": machine(dev),
+        "speedup": t["naive"] / t["guided"] if "naive" in t else None, "machine": machine(dev), "ops": ops,
     }
     if "cached" in t:
         saved = t["guided"] - t["cached"]
@@ -109,6 +111,26 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     rows = []
     for n in pair_counts:
         f, p = build_variants(compiled, batch_size, dev, max_pairs=n, cache_pool=cache_pool, only=timed, **opts)
-        rows.append({"pairs": len(p.pairs), **row(f)})
+        rows.append({"pairs": len(p.pairs), **row(f), "alignment_ops": count_variants(f)["alignment"]["ops"]})
     record["by_pairs"] = rows
     return record
+
+
+def ops_record(spec: str, batch_size: int = 64, device: str = "cpu", overrides: list[str] | None = None,
+               pair_counts: tuple[int, ...] = (), cache_pool: int = 0, precision: str = "fp32") -> dict[str, Any]:
+    """``pairgraph bench --ops-only``: the ATen ops and host syncs per step of each variant, and of the alignment
+    alone (:mod:`pairgraph.bench.ops`), without timing anything — so a busy machine can produce it."""
+    overrides = list(overrides or [])
+    dev = bench_device(device)
+    network_autocast(dev, precision)
+    compiled = compile_pair(spec, Path("build") / "bench", overrides, render=False, notify=None)
+    only = ("target", "guide", "gram", "guided", "cached")
+    fns, pair = build_variants(compiled, batch_size, dev, cache_pool=cache_pool, precision=precision, only=only)
+    by_pairs = []
+    for n in pair_counts:  # uncached: the rows show how the alignment's ops grow with the pairs
+        f, p = build_variants(compiled, batch_size, dev, max_pairs=n, precision=precision, only=only)
+        by_pairs.append({"pairs": len(p.pairs), **count_variants(f)})
+    return {"kind": "ops", "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size,
+            "precision": precision, "similarity_precision": pair.precision, "pairs": len(pair.pairs),
+            "cache_pool": max(cache_pool, batch_size) if cache_pool else 0, "ops": count_variants(fns),
+            "by_pairs": by_pairs, "machine": machine(dev)}

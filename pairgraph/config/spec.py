@@ -343,6 +343,12 @@ class TrainSpec(_Strict):
         description="Where the scalars of metrics.jsonl also go (metrics.jsonl is always written): tensorboard "
         "(runs/<name>/<id>/tb) and/or wandb (Weights & Biases, pip install 'pairgraph[wandb]'; project from "
         "$WANDB_PROJECT, default 'pairgraph'). Does not change what a run computes.")
+    log_every: int = Field(
+        default=10, ge=1,
+        description="Read the steps' losses off the device every N optimizer steps (and at every evaluation, "
+        "checkpoint and the last step): metrics.jsonl still gets one row per step, the NaN check still names the "
+        "first non-finite step, but on a GPU the host waits for the device once per N steps, not every step. 1 = "
+        "every step. Does not change what a run computes.")
 
     @field_validator("log", mode="before")
     @classmethod

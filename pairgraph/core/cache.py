@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pairgraph.core.similarity import State, get_measure
+from pairgraph.core.alignment import Prepared, TapGroup
+from pairgraph.core.similarity import get_measure
 from pairgraph.errors import PairgraphError
 
 
@@ -38,30 +39,43 @@ class CacheTooLarge(PairgraphError):
 @dataclass
 class CachedTap:
     kind: str  # "feat": (N, d) rows; "gram": (N, N) gram of dataset-centred rows
-    mat: Tensor
+    mat: Tensor  # a view into its group's stacked tensor
+
+
+@dataclass
+class CachedGroup:
+    """Cached taps of one kind and size, stacked (k, N, d or N): a step indexes and prepares them at once, in
+    the groups :func:`pairgraph.core.alignment.score_pairs` reads."""
+
+    kind: str
+    names: list[str]
+    mats: Tensor
 
 
 class GuideCache:
-    """Per-tap cached guide rows or grams over a fixed dataset, indexed by example number."""
+    """Per-tap cached guide rows or grams over a fixed dataset, indexed by example number, stored stacked by
+    kind and size (:class:`CachedGroup`)."""
 
-    def __init__(self, taps: dict[str, CachedTap], measure: str):
-        self.taps, self.measure = taps, measure
+    def __init__(self, groups: list[CachedGroup], measure: str):
+        self.groups, self.measure = groups, measure
+        self.taps = {n: CachedTap(g.kind, g.mats[i]) for g in groups for i, n in enumerate(g.names)}
 
     @property
     def nbytes(self) -> int:
-        return sum(t.mat.numel() * t.mat.element_size() for t in self.taps.values())
+        return sum(g.mats.numel() * g.mats.element_size() for g in self.groups)
 
-    def states(self, index: Tensor, precision: str = "fp32") -> dict[str, State]:
+    def states(self, index: Tensor, precision: str = "fp32") -> Prepared:
         """The prepared guide states of the examples ``index`` (one step's batch), as ``prepare`` gives at
-        ``precision`` (the cache itself is built in fp32)."""
+        ``precision`` (the cache itself is built in fp32), one stacked state per cached group."""
         m = get_measure(self.measure)
-        out: dict[str, State] = {}
-        for name, tap in self.taps.items():
-            idx = index.to(tap.mat.device)
-            if tap.kind == "feat":
-                out[name] = m.prepare(tap.mat[idx], None, "flatten", precision)
+        out: Prepared = {}
+        for g in self.groups:
+            idx = index.to(g.mats.device)
+            if g.kind == "feat":
+                state = m.prepare_stack(g.mats[:, idx], None, "flatten", precision)
             else:
-                out[name] = m.prepare_gram(tap.mat[idx][:, idx], precision)
+                state = m.prepare_gram(g.mats[:, idx][:, :, idx], precision)
+            out.update(dict.fromkeys(g.names, TapGroup(g.names, state)))
         return out
 
     @classmethod
@@ -120,14 +134,25 @@ class GuideCache:
                             f"{max_bytes / 2**30:.1f} GiB limit",
                             "use a smaller training set (task size), fewer guide taps, or guidance.cache_guide: false",
                         )
-        out: dict[str, CachedTap] = {}
-        for t in taps:
-            r = torch.cat(rows.pop(t)).to(device)
-            if r.shape[1] < n:
-                out[t] = CachedTap("feat", r)
-            else:
-                r = r - r.mean(dim=0, keepdim=True)  # dataset-centred: keeps the gram's entries small
-                out[t] = CachedTap("gram", r @ r.T)
-            del r
-        return cls(out, measure)
+        return cls(_stacked(rows, taps, n, device), measure)
 
+
+def _stacked(rows: dict[str, list[Tensor]], taps: list[str], n: int, device: str | torch.device) -> list[CachedGroup]:
+    """The taps' rows (chunks of ``N × d``) as groups of one kind and size: rows when d < N, else the N × N gram
+    of the dataset-centred rows (small entries)."""
+    layout: dict[tuple[str, int], list[str]] = {}
+    for t in taps:
+        d = rows[t][0].shape[1]
+        layout.setdefault(("feat", d) if d < n else ("gram", n), []).append(t)
+    groups = []
+    for (kind, size), names in layout.items():
+        mats = torch.empty(len(names), n, size, device=device)
+        for i, t in enumerate(names):
+            r = torch.cat(rows.pop(t)).to(device)
+            if kind == "gram":
+                r = r - r.mean(dim=0, keepdim=True)
+                r = r @ r.T
+            mats[i] = r
+            del r
+        groups.append(CachedGroup(kind, names, mats))
+    return groups

@@ -17,7 +17,9 @@ again in the backward for target taps — in fp32, 4 bytes each; plus DDP's own 
 from __future__ import annotations
 
 import os
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -86,6 +88,14 @@ def broadcast_object(obj: object) -> object:
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def no_sync(module: torch.nn.Module, skip: bool) -> AbstractContextManager[Any]:
+    """Under torchrun, gradients are averaged over ranks once per optimizer step, at its last micro-batch:
+    ``module.no_sync()`` on the others (a DDP-wrapped target); a plain context elsewhere."""
+    if skip and isinstance(module, torch.nn.parallel.DistributedDataParallel):
+        return module.no_sync()
+    return nullcontext()
 
 
 def barrier() -> None:

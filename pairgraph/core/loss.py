@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pairgraph.config import PairSpec
+from pairgraph.core.alignment import keyed, prepare_taps, score_pairs
 from pairgraph.core.cache import GuideCache
 from pairgraph.core.distributed import gather_batch
 from pairgraph.core.projection import Projectors
@@ -44,20 +45,26 @@ def alignment_terms(
     aliases: dict[str, str] | None = None,
     precision: str = "fp32",
 ) -> dict[str, Tensor]:
-    """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs).
+    """1 − M for every pair; each tap is prepared once (its gram shared by all its pairs), taps of one shape
+    together, and all pairs scored in a few batched reductions (:mod:`pairgraph.core.alignment`).
 
-    ``guide_states`` are already-prepared guide taps (from a :class:`pairgraph.core.cache.GuideCache`);
+    ``guide_states`` are already-prepared guide taps (:data:`pairgraph.core.alignment.Prepared`, from a
+    :class:`pairgraph.core.cache.GuideCache`);
     ``guide_taps`` is then not read. ``aliases`` maps a guide tap to another whose similarity it provably
     has (:mod:`pairgraph.core.shared_taps`): only that one is prepared. ``precision``: of the grams and
     scores' products (:func:`pairgraph.core.measure.matmul_precision`).
     """
+    if not pairs:
+        return {}
     m = get_measure(measure)
     same = aliases or {}
-    g_states = guide_states if guide_states is not None else {
-        g: m.prepare(guide_taps[g], mask, sequence, precision)
-        for g in dict.fromkeys(same.get(p[0], p[0]) for p in pairs)}
-    t_states = {t: m.prepare(target_taps[t], mask, sequence, precision) for t in dict.fromkeys(p[1] for p in pairs)}
-    return {tap_key(g, t): 1.0 - m.score(g_states[same.get(g, g)], t_states[t]) for g, t, _ in pairs}
+    g_keys = [("guide", same.get(g, g)) for g, _, _ in pairs]
+    t_keys = [("target", t) for _, t, _ in pairs]
+    guide = keyed(guide_states, "guide") if guide_states is not None else prepare_taps(
+        m, {k: guide_taps[k[1]] for k in g_keys}, g_keys, mask, sequence, precision)
+    prepared = {**guide, **prepare_taps(m, {k: target_taps[k[1]] for k in t_keys}, t_keys, mask, sequence, precision)}
+    values = 1.0 - score_pairs(m, prepared, list(zip(g_keys, t_keys, strict=True)))
+    return dict(zip((tap_key(g, t) for g, t, _ in pairs), values.unbind(0), strict=True))
 
 
 def distill_loss(student: Tensor, teacher: Tensor, temperature: float, mask: Tensor | None = None) -> Tensor:
@@ -84,6 +91,16 @@ class PairOutput:
     output: Tensor
     terms: dict[str, Tensor] = field(default_factory=dict)
     guided: bool = False
+
+    @staticmethod
+    def mean(outs: list[PairOutput]) -> PairOutput:
+        """An optimizer step's losses: the mean over its micro-batches (each entered the gradient as loss / N)."""
+        def avg(parts: list[Tensor]) -> Tensor:
+            return torch.stack(parts).mean()
+
+        return PairOutput(avg([o.loss for o in outs]), avg([o.task_loss for o in outs]),
+                          avg([o.guidance_loss for o in outs]), outs[-1].output,
+                          {k: avg([o.terms[k] for o in outs]) for k in outs[0].terms}, outs[0].guided)
 
 
 #: a correspondence: (guide tap, target tap, weight) per pair
@@ -292,6 +309,13 @@ class GuidedPair(nn.Module):
     def trained_parameters(self) -> list[nn.Parameter]:
         """What the optimizer updates: the target's parameters and the objective's (projectors)."""
         return [p for p in self.target.parameters() if p.requires_grad] + list(self.objective.parameters())
+
+    def parameter_counts(self) -> dict[str, int]:
+        """The target's parameter count, and its projectors' apart (they are not part of the target)."""
+        counts = {"target_parameters": sum(p.numel() for p in self.target.parameters())}
+        if self.projectors is not None:
+            counts["projector_parameters"] = self.projectors.num_parameters()
+        return counts
 
     def guiding(self, step: int | None) -> bool:
         return self.objective.calls_guide and self.schedule.on(step)

@@ -224,7 +224,8 @@ def gram(f: Tensor) -> Tensor:
 
 
 def pair_dtype(a: State, b: State) -> torch.dtype:
-    return torch.promote_types(a.mat.dtype, b.mat.dtype)
+    x, y = a.mat.dtype, b.mat.dtype
+    return x if x == y else torch.promote_types(x, y)  # (promote_types is an ATen op: not dispatched when equal)
 
 
 def trace_kl(a: State, b: State) -> Tensor:
@@ -275,27 +276,46 @@ class Measure:
         ``precision``: of the gram and the other matrix products, here and in :meth:`score` (see
         :func:`matmul_precision`); the state is fp32 at every precision.
         """
-        with no_autocast(act.device), matmul_precision(precision):
-            x, valid = self._rows(act, mask, sequence)
-            state = self._prepare_rows(x.to(compute_dtype(act)), valid)
-        state.sequence, state.precision = sequence, precision
-        if valid is not None:
-            state.keep = valid.sum(dim=1) >= self.min_batch
-        return state
+        return self.prepare_stack(act.unsqueeze(0), mask, sequence, precision)
+
+    def prepare_stack(self, acts: Tensor, mask: Tensor | None = None, sequence: str = "flatten",
+                      precision: str = "fp32") -> State:
+        """:meth:`prepare` of ``k`` taps of one shape at once, stacked as ``acts`` (k, batch, …): one state whose
+        groups are tap 0's groups, then tap 1's, … (``k · G`` in all), each as :meth:`prepare` gives it."""
+        return self.prepare_stacks([acts], mask, sequence, precision)[0][1]
+
+    def prepare_stacks(self, stacks: list[Tensor], mask: Tensor | None = None, sequence: str = "flatten",
+                       precision: str = "fp32") -> list[tuple[list[int], State]]:
+        """:meth:`prepare_stack` of several stacks (each of one shape, all with the same groups per tap), as
+        ``(stacks, state)``: a state may hold several stacks' taps, in the order listed, where the measure
+        finishes them together (CKA: the b × b grams of wide taps, whatever their width)."""
+        with no_autocast(stacks[0].device), matmul_precision(precision):
+            rows = [self._rows(a, mask, sequence) for a in stacks]
+            out = self._prepare_many([(x.to(compute_dtype(a)), v) for (x, v), a in zip(rows, stacks, strict=True)])
+        for idx, state in out:
+            state.sequence, state.precision = sequence, precision
+            valid = [rows[i][1] for i in idx]
+            if valid[0] is not None:
+                keep = [v.sum(dim=1) >= self.min_batch for v in valid]
+                state.keep = keep[0] if len(keep) == 1 else torch.cat(keep)
+        return out
 
     def prepare_gram(self, gram: Tensor, precision: str = "fp32") -> State:
         """The state :meth:`prepare` gives for rows ``R`` (flatten mode, no mask), from ``R Rᵀ`` alone.
 
         ``gram`` (b×b) may be the gram of the rows minus any common vector (e.g. a dataset mean):
         double centring removes it.  Used by :class:`pairgraph.core.cache.GuideCache`. ``precision`` is
-        that of :meth:`score` (no product is computed here).
+        that of :meth:`score` (no product is computed here). A stack of ``k`` grams (k, b, b) gives
+        one state of ``k`` groups, as :meth:`prepare_stack` does.
         """
         if not self.supports_gram:
             raise PairgraphError(f"{self.name} cannot be computed from a gram", "use cka or debiased_cka")
         with no_autocast(gram.device):
             k = gram.to(compute_dtype(gram))
-            k = k - k.mean(dim=0, keepdim=True) - k.mean(dim=1, keepdim=True) + k.mean()
-            k = (k / k.diagonal().sum().clamp_min(TINY_SCALE)).unsqueeze(0)  # = F̂F̂ᵀ, ‖F̂‖_F = 1
+            k = k if k.ndim == 3 else k.unsqueeze(0)
+            k = k - k.mean(dim=1, keepdim=True) - k.mean(dim=2, keepdim=True) + k.mean(dim=(1, 2), keepdim=True)
+            trace = k.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(TINY_SCALE)
+            k = k / trace[:, None, None]  # = F̂F̂ᵀ, ‖F̂‖_F = 1
             state = self._from_gram(k)
         state.sequence, state.precision = "flatten", check_precision(precision)
         return state
@@ -321,6 +341,10 @@ class Measure:
     def _prepare_rows(self, x: Tensor, valid: Tensor | None) -> State:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _prepare_many(self, rows: list[tuple[Tensor, Tensor | None]]) -> list[tuple[list[int], State]]:
+        """:meth:`_prepare_rows` of several row sets; a measure may override it to finish some together."""
+        return [([i], self._prepare_rows(x, valid)) for i, (x, valid) in enumerate(rows)]
+
     def _score(self, a: State, b: State) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -332,44 +356,45 @@ class Measure:
             "raise train.batch_size",
         )
 
-    def _rows(self, act: Tensor, mask: Tensor | None, sequence: str) -> tuple[Tensor, Tensor | None]:
-        """Arrange ``act`` as rows ``(G, n, d)`` plus a ``(G, n)`` real-row mask (None = all real)."""
+    def _rows(self, acts: Tensor, mask: Tensor | None, sequence: str) -> tuple[Tensor, Tensor | None]:
+        """Arrange ``k`` stacked taps ``acts`` (k, b, …) as rows ``(k·G, n, d)`` plus a ``(k·G, n)`` real-row mask
+        (None = all real)."""
         if sequence not in SEQUENCE_MODES:
             raise PairgraphError(
                 f"unknown sequence mode {sequence!r} for {self.name}", "use one of " + ", ".join(SEQUENCE_MODES)
             )
-        if act.ndim == 0:
+        if acts.ndim == 1:
             raise PairgraphError(f"{self.name} got a scalar activation", "tap a layer whose output has a batch axis")
-        b = act.shape[0]
-        if act.ndim < 3:  # (b,) or (b, d): no time axis, the mask does not apply
+        k, b = acts.shape[:2]
+        if acts.ndim < 4:  # (b,) or (b, d) per tap: no time axis, the mask does not apply
             if b < self.min_batch:
                 raise self._too_small(b, "samples")
-            return act.reshape(1, b, -1), None
-        t = act.shape[1]
+            return (acts if acts.ndim == 3 else acts.reshape(k, b, -1)), None
+        t = acts.shape[2]
         if mask is not None:
             if mask.ndim != 2 or mask.shape[0] != b or mask.shape[1] != t:
                 raise PairgraphError(
                     f"{self.name}: mask of shape {tuple(mask.shape)} does not fit activation of shape "
-                    f"{tuple(act.shape)} (need (batch, time) = ({b}, {t}))",
+                    f"{tuple(acts.shape[1:])} (need (batch, time) = ({b}, {t}))",
                     "pass the (batch, time) padding mask of this batch, or none for non-sequence taps",
                 )
-            mask = mask.to(device=act.device, dtype=torch.bool)
+            mask = mask.to(device=acts.device, dtype=torch.bool)
         if sequence == "flatten":
             if b < self.min_batch:
                 raise self._too_small(b, "samples")
             if mask is not None:
-                act = act * mask.reshape(b, t, *([1] * (act.ndim - 2))).to(act.dtype)
-            return act.reshape(1, b, -1), None
+                acts = acts * mask.reshape(1, b, t, *([1] * (acts.ndim - 3)))  # bool: x·1 or x·0, in x's dtype
+            return acts.reshape(k, b, -1), None
         if sequence == "token":
-            tokens = act.reshape(b * t, -1) if mask is None else act[mask].reshape(-1, math.prod(act.shape[2:]))
-            if tokens.shape[0] < self.min_batch:
-                raise self._too_small(tokens.shape[0], "real tokens")
-            return tokens.unsqueeze(0), None
+            tokens = acts.reshape(k, b * t, -1) if mask is None else acts[:, mask].reshape(k, -1, math.prod(acts.shape[3:]))
+            if tokens.shape[1] < self.min_batch:
+                raise self._too_small(tokens.shape[1], "real tokens")
+            return tokens, None
         # position: one group per time step, rows = samples
         if b < self.min_batch:
             raise self._too_small(b, "samples")
-        x = act.transpose(0, 1).reshape(t, b, -1)
-        return x, (None if mask is None else mask.transpose(0, 1))
+        x = acts.transpose(1, 2).reshape(k * t, b, -1)
+        return x, (None if mask is None else mask.transpose(0, 1).repeat(k, 1))
 
     def _check_pair(self, a: State, b: State) -> None:
         if a.measure != self.name or b.measure != self.name:

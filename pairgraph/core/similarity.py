@@ -103,27 +103,52 @@ class CKA(Measure):
     min_batch = 2
     supports_gram = True
 
-    def _centred(self, x: Tensor, valid: Tensor | None) -> tuple[str, Tensor, Tensor]:
-        """(kind, features-or-gram, ‖K‖²_F) for the centred, unit-norm features of ``x``."""
-        _, n, d = x.shape
-        if d < n:  # keep features: pair cost b·d1·d2, self ‖FᵀF‖²_F costs b·d²
-            f = centre_scale(x, valid)
-            return "feat", f, bmm(f.transpose(1, 2), f).square().sum(dim=(1, 2))
-        # d ≥ b: centre, take the gram (b²·d, once per tap), then rescale the b×b gram by its detached
-        # trace (= ‖F‖²_F) — O(b²) instead of several passes over the b×d features and their gradients.
-        # No host sync (GPU): f is divided by a detached on-device factor that is exactly 1 — bit for bit the
-        # plain gram — unless max|f|²·d could overflow the dtype (fp16 under autocast, or fp32 beyond ~1e17);
-        # the trace rescale below cancels the factor, in the value and in the gradient.
-        f = centre(x, valid)
-        limit = math.sqrt(torch.finfo(f.dtype).max / (4 * max(d, 1)))
-        k = gram(f / (f.detach().abs().amax(dim=(1, 2), keepdim=True) / limit).clamp_min(1.0))
-        scale = k.detach().diagonal(dim1=1, dim2=2).sum(-1).clamp_min(TINY_SCALE)
-        k = k / scale[:, None, None]
-        return "gram", k, k.square().sum(dim=(1, 2))
-
     def _prepare_rows(self, x: Tensor, valid: Tensor | None) -> State:
-        kind, mat, hkk = self._centred(x, valid)
-        return State(self.name, kind, mat, torch.sqrt(hkk + EPS), n=x.shape[1])
+        _, n, d = x.shape
+        if d >= n:
+            return self._gram_state(self._raw_grams([(x, valid)])[0])
+        # d < b: keep features: pair cost b·d1·d2, self ‖FᵀF‖²_F costs b·d²
+        f = centre_scale(x, valid)
+        hkk = bmm(f.transpose(1, 2), f).square().sum(dim=(1, 2))
+        return State(self.name, "feat", f, torch.sqrt(hkk + EPS), n=n)
+
+    def _prepare_many(self, rows: list[tuple[Tensor, Tensor | None]]) -> list[tuple[list[int], State]]:
+        """Narrow row sets one by one; the grams of all wide ones (b × b whatever their width) rescaled at once."""
+        out: list[tuple[list[int], State]] = []
+        wide: dict[tuple[int, torch.dtype], list[int]] = {}  # grams of one size and dtype
+        for i, (x, valid) in enumerate(rows):
+            if x.shape[2] < x.shape[1]:
+                out.append(([i], self._prepare_rows(x, valid)))
+            else:
+                wide.setdefault((x.shape[1], x.dtype), []).append(i)
+        for idx in wide.values():
+            grams = self._raw_grams([rows[i] for i in idx])
+            out.append((idx, self._gram_state(grams[0] if len(grams) == 1 else torch.cat(grams))))
+        return out
+
+    def _raw_grams(self, rows: list[tuple[Tensor, Tensor | None]]) -> list[Tensor]:
+        """d ≥ b: the gram of each row set's centred rows (b²·d, once per tap), before its rescale.
+
+        No host sync (GPU): f is divided by a detached on-device factor that is exactly 1 — bit for bit the
+        plain gram — unless max|f|²·d could overflow the dtype (fp32 beyond ~1e17; d the widest of the row
+        sets, so that one factor computation serves them all); the trace rescale of :meth:`_gram_state`
+        cancels the factor, in the value and in the gradient.
+        """
+        fs = [centre(x, valid) for x, valid in rows]
+        limit = math.sqrt(torch.finfo(fs[0].dtype).max / (4 * max(f.shape[2] for f in fs)))
+        tops = [torch.linalg.vector_norm(f.detach() if f.requires_grad else f, math.inf, dim=(1, 2), keepdim=True)
+                for f in fs]
+        if len(fs) == 1:
+            factors = [(tops[0] / limit).clamp_min(1.0)]
+        else:
+            factors = (torch.cat(tops) / limit).clamp_min(1.0).split([f.shape[0] for f in fs])
+        return [gram(f / c) for f, c in zip(fs, factors, strict=True)]
+
+    def _gram_state(self, k: Tensor) -> State:
+        """Rescale the b×b gram by its detached trace (= ‖F‖²_F): O(b²) instead of several passes over the b×d
+        features and their gradients."""
+        scale = (k.detach() if k.requires_grad else k).diagonal(dim1=1, dim2=2).sum(-1).clamp_min(TINY_SCALE)
+        return self._from_gram(k / scale.view(-1, 1, 1))
 
     def _from_gram(self, k: Tensor) -> State:
         return State(self.name, "gram", k, torch.sqrt(k.square().sum(dim=(1, 2)) + EPS), n=k.shape[1])

@@ -75,6 +75,16 @@ class Scalars:
         if self.wb is not None:
             self.wb.log(scalars, step=step)
 
+    def add_step(self, rec: dict[str, Any]) -> None:
+        """One step's row of metrics.jsonl as scalars: losses, lr, the balance scale, each pair's term."""
+        scalars = {"train/loss": rec["loss"], "train/task_loss": rec["task_loss"]}
+        if rec["guided"]:
+            scalars["train/guidance_loss"] = rec["guidance_loss"]
+        scalars["train/lr"] = rec["lr"]
+        if rec.get("balance") is not None:
+            scalars["train/balance"] = rec["balance"]
+        self.add({**scalars, **{f"terms/{k}": v for k, v in rec["terms"].items()}}, rec["step"])
+
     def close(self) -> None:
         if self.tb is not None:
             self.tb.close()

@@ -92,6 +92,10 @@ class Loop:
     progress: Any = None
     task_id: Any = None
     last: dict[str, Any] = field(default_factory=dict)  # the last step's metrics record
+    # kept on the device until the next read (Trainer._flush, once per train.log_every steps): each micro-batch's
+    # (step, [loss, task, guidance]) for the NaN check, and each step's record with its output
+    unchecked: list[tuple[int, Tensor]] = field(default_factory=list)
+    unread: list[tuple[dict[str, Any], PairOutput]] = field(default_factory=list)
 
 
 class Trainer:
@@ -318,7 +322,7 @@ class Trainer:
         outs = []
         for i in range(n):
             x, y, *index = to_device(next(batches), self.device)
-            with self._no_sync(loop, i < n - 1), self._autocast():
+            with distributed.no_sync(pair.target, i < n - 1), self._autocast():
                 out = pair(x, y, loop.step, index=index[0]) if index else pair(x, y, loop.step)
             self._check_finite(loop, out)
             loss = out.loss / n
@@ -338,41 +342,59 @@ class Trainer:
             opt.step()
         loop.sched.step()
         loop.step += 1
-        return outs[0] if n == 1 else _mean(outs)
-
-    @staticmethod
-    def _no_sync(loop: Loop, skip: bool) -> AbstractContextManager[Any]:
-        """Under torchrun, gradients are averaged over ranks once per optimizer step, at its last micro-batch."""
-        target = loop.pair.target
-        if skip and isinstance(target, torch.nn.parallel.DistributedDataParallel):
-            return target.no_sync()
-        return nullcontext()
+        return outs[0] if n == 1 else PairOutput.mean(outs)
 
     def _check_finite(self, loop: Loop, out: PairOutput) -> None:
-        if not torch.isfinite(out.loss):
-            raise PairgraphError(
-                f"loss became {out.loss.item()} at step {loop.step + 1} (task {out.task_loss.item():.4g}, "
-                f"guidance {out.guidance_loss.item():.4g}); {self.checkpoints.kept()}",
-                "lower train.lr, set train.grad_clip, or use precision fp32",
-            )
+        """The NaN check, without a host sync: the micro-batch's losses stay on the device until the next read
+        (:meth:`_flush`), which stops the run at the first non-finite one, before any checkpoint after it."""
+        parts = [out.loss.detach(), out.task_loss.detach(), out.guidance_loss.detach()]
+        loop.unchecked.append((loop.step + 1, torch.stack([t.float() for t in parts])))
 
     def _log_step(self, loop: Loop, out: PairOutput) -> None:
-        task_loss = distributed.mean_over_ranks(out.task_loss.item())  # the global batch's mean
-        rec = {"step": loop.step, "loss": task_loss + out.loss.item() - out.task_loss.item(), "task_loss": task_loss,
-               "guidance_loss": out.guidance_loss.item(), "guided": out.guided, "lr": loop.lr,
-               "terms": {k: v.item() for k, v in out.terms.items()}}
+        """Keep the step's record on the device; read every kept one at once every ``train.log_every`` steps, at
+        every evaluation or checkpoint, and at the last step (metrics.jsonl still gets one row per step)."""
+        rec: dict[str, Any] = {"step": loop.step, "guided": out.guided, "lr": loop.lr}
         if loop.pair.balance == "grad_norm" and out.guided:  # the step's adaptive scale of the alignment term
             rec["balance"] = loop.pair.last_balance
+        loop.unread.append((rec, out))
+        step, cfg = loop.step, self.cfg
+        if (step % cfg.log_every == 0 or step % cfg.eval_every == 0 or step >= loop.total
+                or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+                or (self.stop_after is not None and step >= self.stop_after)):
+            self._flush(loop)
+
+    def _flush(self, loop: Loop) -> None:
+        """Read the kept losses and records off the device in one transfer; raise at the first non-finite loss
+        (after writing the rows before it), else write every row."""
+        checks, rows = loop.unchecked, loop.unread
+        loop.unchecked, loop.unread = [], []
+        parts = [c for _, c in checks] + [torch.stack([t.float() for t in (o.loss, o.task_loss, o.guidance_loss,
+                                                                          *o.terms.values())]) for _, o in rows]
+        values = torch.cat(parts).tolist() if parts else []
+        bad = next((i for i in range(len(checks)) if not math.isfinite(values[3 * i])), None)
+        at = 3 * len(checks)
+        for rec, out in rows:
+            n = 3 + len(out.terms)
+            if bad is None or rec["step"] < checks[bad][0]:
+                self._write_row(loop, rec, values[at:at + n], list(out.terms))
+            at += n
+        if bad is not None:
+            loss, task, guidance = values[3 * bad:3 * bad + 3]
+            raise PairgraphError(
+                f"loss became {loss} at step {checks[bad][0]} (task {task:.4g}, guidance {guidance:.4g}); "
+                f"{self.checkpoints.kept()}", "lower train.lr, set train.grad_clip, or use precision fp32")
+
+    def _write_row(self, loop: Loop, rec: dict[str, Any], values: list[float], terms: list[str]) -> None:
+        """One step's row of metrics.jsonl (and its scalars in TensorBoard / W&B, and the progress bar)."""
+        loss, task, guidance, *term_values = values
+        task_loss = distributed.mean_over_ranks(task)  # the global batch's mean
+        rec = {"step": rec["step"], "loss": task_loss + loss - task, "task_loss": task_loss, "guidance_loss": guidance,
+               "guided": rec["guided"], "lr": rec["lr"], "terms": dict(zip(terms, term_values, strict=True)),
+               **({"balance": rec["balance"]} if "balance" in rec else {})}
         loop.metrics.write(json.dumps(rec) + "\n")
         loop.last = rec
         if loop.writer is not None:
-            scalars = {"train/loss": rec["loss"], "train/task_loss": rec["task_loss"]}
-            if out.guided:
-                scalars["train/guidance_loss"] = rec["guidance_loss"]
-            scalars["train/lr"] = rec["lr"]
-            if rec.get("balance") is not None:
-                scalars["train/balance"] = rec["balance"]
-            loop.writer.add({**scalars, **{f"terms/{k}": v for k, v in rec["terms"].items()}}, loop.step)
+            loop.writer.add_step(rec)
         if loop.progress is not None:
             loop.progress.update(loop.task_id, advance=1, loss=rec["task_loss"], dis=rec["guidance_loss"])
 
@@ -420,25 +442,7 @@ class Trainer:
             "best_step": state["best_step"], "best_val_loss": state["best_val_loss"], "val": state["best_val"],
             "test": test, "primary_metric": self.task.primary_metric, "guide_calls": loop.pair.guide_calls,
             "wall_seconds_this_session": round(wall, 2), "device": str(self.device),
-            "processes": self.dist.world, **_parameter_counts(loop.pair),
+            "processes": self.dist.world, **loop.pair.parameter_counts(),
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
-
-
-def _parameter_counts(pair: GuidedPair) -> dict[str, int]:
-    """The target's parameter count, and its projectors' apart (they are not part of the target)."""
-    counts = {"target_parameters": sum(p.numel() for p in pair.target.parameters())}
-    if pair.projectors is not None:
-        counts["projector_parameters"] = pair.projectors.num_parameters()
-    return counts
-
-
-def _mean(outs: list[PairOutput]) -> PairOutput:
-    """An optimizer step's losses: the mean over its micro-batches (each entered the gradient as loss / N)."""
-    def avg(parts: list[Tensor]) -> Tensor:
-        return torch.stack(parts).mean()
-
-    return PairOutput(avg([o.loss for o in outs]), avg([o.task_loss for o in outs]),
-                      avg([o.guidance_loss for o in outs]), outs[-1].output,
-                      {k: avg([o.terms[k] for o in outs]) for k in outs[0].terms}, outs[0].guided)
