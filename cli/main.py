@@ -284,7 +284,8 @@ def _print_bench(rec: dict[str, Any], spec: Path) -> None:
                 + (f", cached {r['overhead_cached']:.3f}, e/a {r['cached_vs_target']:.3f}" if "overhead_cached" in r
                    else ""))
 
-    console.print("  " + _ops_line(rec["ops"]))
+    if rec["ops"] is not None:
+        console.print("  " + _ops_line(rec["ops"]))
     for r in rec["by_batch_size"]:
         console.print(f"  batch {r['batch_size']:>5}: {row(r)}")
     for r in rec["by_pairs"]:

@@ -72,7 +72,7 @@ def _section(rec: dict, source: str) -> list[str]:
         md += [(f"Peak memory above the built pair{how}: target step {pb['target'] / 2**20:,.0f} MiB, guide forward "
                 f"{pb['guide'] / 2**20:,.0f} MiB, guided step {pb['guided'] / 2**20:,.0f} MiB"
                 + (f", cached guided step {pb['cached'] / 2**20:,.0f} MiB" if "cached" in pb else "") + "."), ""]
-    if "ops" in rec:
+    if rec.get("ops"):
         md += _ops_table(rec["ops"]) + [""]
     if "cache" in rec:
         md += _cache(rec["cache"], sec)
@@ -137,18 +137,14 @@ def _tables(rec: dict) -> list[str]:
                    if cached else ""))
 
     md: list[str] = []
-    if rec["by_pairs"] and "alignment_ops" in rec["by_pairs"][0]:
-        head, rule = head + " alignment ops |", rule + "---:|"
-        cells_timed = cells
-
-        def cells(r: dict) -> str:
-            return cells_timed(r) + (f" {r['alignment_ops']:,} |" if "alignment_ops" in r else f" {DASH} |")
-
     if rec["by_batch_size"]:
         md += ["| batch " + head, rule] + [f"| {r['batch_size']} " + cells(r) for r in rec["by_batch_size"]] + [""]
     if rec["by_pairs"]:
-        md += [f"| mapped pairs (batch {rec['batch_size']}) " + head, rule]
-        md += [f"| {r['pairs']} " + cells(r) for r in rec["by_pairs"]] + [""]
+        ops = "alignment_ops" in rec["by_pairs"][0]  # ATen ops per step, in records written since issue #28
+        md += [f"| mapped pairs (batch {rec['batch_size']}) " + head + (" alignment ops |" if ops else ""),
+               rule + ("---:|" if ops else "")]
+        md += [f"| {r['pairs']} " + cells(r) + (f" {r['alignment_ops']:,} |" if ops else "") for r in rec["by_pairs"]]
+        md += [""]
     return md
 
 

@@ -277,3 +277,27 @@ def test_gpu_check_runs_every_cpu_part_at_a_tiny_size(tmp_path):
                           check=False)
     late = json.loads((tmp_path / "late" / "gpu_check.json").read_text())
     assert proc.returncode == 0 and late["records"] == [] and "training" in late["skipped"]
+
+
+def test_ops_only_counts_ops_and_syncs_without_timing_and_the_report_shows_them(tmp_path, monkeypatch, capsys):
+    import json
+
+    from tiny_specs import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(COPY))
+    code, out, err = run_cli(["bench", "s.yaml", "--ops-only", "--batch-size", "16", "--pairs", "1,2",
+                              "-o", "ops.json"], capsys, monkeypatch)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "ops.json").read_text())
+    assert rec["kind"] == "ops" and "seconds" not in rec and [r["pairs"] for r in rec["by_pairs"]] == [1, 2]
+    ops = rec["ops"]
+    assert ops["alignment"]["ops"] == ops["guided"]["ops"] - ops["target"]["ops"] - ops["guide"]["ops"] > 0
+    assert ops["alignment"]["syncs"] == 0 and "ATen ops (host syncs) per step" in out
+    doc = tmp_path / "perf.md"
+    doc.write_text("<!-- bench:begin -->\n<!-- bench:end -->\n")
+    _report().main(str(tmp_path), str(doc))
+    assert f"| {ops['alignment']['ops']:,} (0) |" in doc.read_text() and "| mapped pairs | (c) guided step" in doc.read_text()
+    code, _, err = run_cli(["bench", "s.yaml", "--ops-only", "--compile"], capsys, monkeypatch)
+    assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "--ops-only counts the eager step at one batch size" in " ".join(err.split())

@@ -71,7 +71,9 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     time_variants(fns, dev, 0, 1, variants)  # first round: compiles when compile_modules
     first_round = time.perf_counter() - t0
     t = time_variants(fns, dev, steps, max(warmup - 1, 0), variants)
-    ops = count_variants(fns)  # after the timing: counting runs each step twice more, outside the timed rounds
+    # after the timing (counting runs each step twice more); not for compiled networks, which a dispatch mode
+    # would count as the eager ops they replace
+    ops = None if compile_modules else count_variants(fns)
     r = ratios(t)
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
