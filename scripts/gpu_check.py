@@ -133,7 +133,6 @@ def precision_check(pairs: dict, device: str, quick: bool) -> dict:
 
 def paper_throughput(device: str, precision: str, quick: bool) -> dict:
     from pairgraph.bench import throughput
-
     from pairgraph.config import load_spec
 
     tiny = quick and device == "cpu"
