@@ -52,7 +52,7 @@ def test_a_trained_arms_verdict_carries_its_guides_own_accuracy_and_n_a_where_no
     assert v.agreement("pretrained").endswith(" — its guide alone: n/a (not recorded)")
     assert "guide alone" not in v.agreement("untrained") and "guide alone" not in v.agreement("baseline")
     headline = "\n".join(headline_table(None, [v]))  # type: ignore[arg-type]
-    assert headline.count("its guide alone") == 2
+    assert headline.count("its guide alone") == 2 and "(lr 0.001 vs 0.001) — its guide alone: 51.00" in headline
     section = "\n".join(cell_section(SimpleNamespace(sweep_seed=0), v, None))  # type: ignore[arg-type]
     assert "The trained guides alone (one per seed of `trained`): test top1 (%) 51.00 ± 0.58 (n=3)" in section
     assert "guide − unguided target: Δ +10.00, 95% CI [" in section

@@ -205,13 +205,13 @@ class CellView:
             return ""
         return f"; vs {src}: " + delta_text(welch(ours, ref))
 
-    def agreement(self, arm: str) -> str:
+    def agreement(self, arm: str, lrs: str = "") -> str:
         """:meth:`verdict` over every finished seed, saying when it changed from the study's first seeds
         (``close_seeds`` added where the verdict was close), when a close verdict still lacks them, and for a
-        trained-guide arm the guide's own accuracy (:meth:`guide_text`)."""
+        trained-guide arm the guide's own accuracy (:meth:`guide_text`, after ``lrs``, the chosen lrs when given)."""
         text = self.verdict(arm)
         if arm == "baseline" or text.startswith("n/a"):
-            return text + self.guide_text(arm)
+            return text + lrs + self.guide_text(arm)
         n = min(len(self.values(arm)), len(self.values("baseline")))
         if n > len(self.base_seeds):
             before = self.verdict(arm, self.base_seeds)
@@ -219,7 +219,7 @@ class CellView:
                 text += f" — changed with {n} seeds: on {len(self.base_seeds)} it read \"{word(before)}\""
         elif self.more_seeds and self.close(arm):
             text += f" — close (|Δ| < {self.close_below:g} pooled s.d.): rests on {n} seeds, wants 5"
-        return text + self.guide_text(arm)
+        return text + lrs + self.guide_text(arm)
 
     def close(self, arm: str) -> bool:
         """|Δ| from the baseline over the study's first seeds under ``close_below`` pooled s.d."""

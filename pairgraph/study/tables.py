@@ -56,7 +56,7 @@ def headline_table(study: Study, views: list[CellView]) -> list[str]:
                 continue
             rows.append([v.label, f"{unit(v.metric)} {'↑' if v.higher else '↓'}", arm.name,
                          f"{st[2]}/{v.arms[arm.name].n_seeds}", pm(st[0], st[1]), paper_cell(v.cell.paper, arm.name),
-                         v.agreement(arm.name) + _chosen_lrs(v, arm.name), v.matched_text(arm.name),
+                         v.agreement(arm.name, _chosen_lrs(v, arm.name)), v.matched_text(arm.name),
                          _second(v, arm.name)])
     if not rows:
         return ["No arm has a finished seed yet.", ""]
