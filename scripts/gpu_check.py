@@ -9,9 +9,11 @@
    allocator: results/bench/<pair>-cuda.json and <pair>-cuda-bf16.json.
 4. Similarity precision: fp32 | tf32 | bf16 products (scripts/gram_precision.py) on both pairs:
    results/bench/gram_precision-cuda.json.
-5. Paper size: ResNet-18 → the paper's Deep FCN (50 × 2048) at 224 px (specs/paper/, synthetic data), 30
-   back-to-back steps of the target alone and guided, fp32 and bf16: images/s and peak memory,
-   results/bench/fcn_deep_paper_from_resnet18-cuda[-bf16]-throughput.json.
+5. Paper size: ResNet-18 → the Deep FCN of specs/paper/fcn_deep_from_resnet18.yaml, the authors' layout (zoo
+   `deep_fcn` preset `authors`: 2,048 then 47 × 1,024, dropout 0.1; the paper's text says 50 × 2,048, preset
+   `paper`) at 224 px (synthetic data), 30 back-to-back steps of the target alone and guided, fp32 and bf16:
+   images/s and peak memory, results/bench/fcn_deep_paper_from_resnet18-cuda[-bf16]-throughput.json (its
+   `target` field records the layout measured).
 6. Training: the default spec trained briefly, baseline and guided, fp32 and bf16.
 
 A part starts only while less than --budget seconds (default 420) have passed, so the whole check ends
@@ -43,7 +45,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER = ("specs/paper/fcn_deep_from_resnet18.yaml", [])
 #: --quick --device cpu: the same specs, shrunk until a 2-core CPU runs each part in seconds
 TINY = {"fcn": ["target.args.width=64", "target.args.num_blocks=2"],
-        "paper": ["task.image_size=[32,32]", "target.args.num_blocks=2", "target.args.width=32"]}
+        "paper": ["task.image_size=[32,32]", "target.args.num_blocks=2", "target.args.width=32",
+                  "target.args.first_width=32"]}
 TEST_FILES = ["tests/test_golden.py", "tests/test_runtime.py", "tests/test_cache.py", "tests/test_train.py",
               "tests/test_similarity.py", "tests/test_compile.py", "tests/test_precision.py", "tests/test_bench.py"]
 
@@ -130,10 +133,12 @@ def precision_check(pairs: dict, device: str, quick: bool) -> dict:
 
 def paper_throughput(device: str, precision: str, quick: bool) -> dict:
     from pairgraph.bench import throughput
+    from pairgraph.config import load_spec
 
     tiny = quick and device == "cpu"
-    return throughput(PAPER[0], 8 if tiny else 256, 2 if tiny else 30, 1 if tiny else 3, device,
-                      PAPER[1] + (TINY["paper"] if tiny else []), precision)
+    overrides = PAPER[1] + (TINY["paper"] if tiny else [])
+    rec = throughput(PAPER[0], 8 if tiny else 256, 2 if tiny else 30, 1 if tiny else 3, device, overrides, precision)
+    return {**rec, "target": load_spec(PAPER[0], overrides).resolved()["target"]}  # the layout measured
 
 
 def training(device: str, quick: bool) -> list[dict]:

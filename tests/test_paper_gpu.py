@@ -68,13 +68,14 @@ def test_every_cell_and_arm_trains_two_steps_at_a_tiny_size(data, tmp_path, monk
         run_dir, spec, _ = train_job(job)
         assert (run_dir / "summary.json").is_file(), job.title()
         trained.append(f"{p.cell.name}/{p.arm.name}")
-    assert len(trained) == sum(len(c.arms) for c in study.cells) == 21
+    assert len(trained) == sum(len(c.arms) for c in study.cells) == 22
+    assert {"fcn_deep/noise", "fcn_deep/noise_code"} <= set(trained)  # both noise-guide variants (appendix E)
 
 
 def test_the_dry_run_prints_the_runs_and_a_gpu_hour_estimate(monkeypatch):
     monkeypatch.chdir(ROOT)
     text = format_plan(plan_study(load_study(STUDY)))
-    assert "runs: 177 in all" in text
+    assert "runs: 182 in all" in text
     assert "estimated GPU time left:" in text and "GPU-hours" in text
     for cell in ("copy_paste", "parity", "lm", "fcn_deep_cifar", "fcn_deep_cifar_mse", "fcn_deep", "fcn_wide"):
         assert f"  {cell}: " in text  # each cell's hours with the measurement and the scale behind them

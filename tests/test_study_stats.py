@@ -82,7 +82,7 @@ def test_note_placeholders_are_filled_from_the_records():
     ("{{mean other/baseline}}", "no cell 'other'"),
     ("{{median baseline}}", "not a placeholder"),
     ("{{mean baseline x}}", "'x' is not a number of decimals"),
-    ("{{guide untrained}}", "only the trained arm trains guides"),
+    ("{{guide untrained}}", "does not guide with a trained guide"),
 ])
 def test_a_bad_placeholder_is_a_one_line_error_naming_the_note(text, words):
     from pairgraph.errors import PairgraphError

@@ -11,7 +11,8 @@ from tiny_specs import copy_paste_pair
 import pairgraph
 import pairgraph.tasks
 from pairgraph.compiler.build import build_root
-from pairgraph.core.loss import distill_loss
+from pairgraph.core.loss import Feed, distill_loss
+from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
 from pairgraph.training import resume_run
 
@@ -70,6 +71,43 @@ def test_noise_mode_feeds_the_guide_noise(tmp_path, batch):
     (gx,) = seen
     assert gx.shape == x.shape and not torch.equal(gx, x)
     assert torch.equal(gx == 0, x == 0)  # padding stays padding; the tokens are random
+
+
+def test_code_noise_is_the_authors_clamped_sum_of_two_draws():
+    draws = iter([torch.full((4, 3), 0.5), torch.full((4, 3), 2.0), torch.full((4, 3), -3.0), torch.full((4, 3), 0.0)])
+    feed = Feed("noise", "eval", lambda x: next(draws), None, "code")
+    x = torch.zeros(4, 3)
+    assert torch.equal(feed.guide_view(x), torch.full((4, 3), 0.7))  # 0.5 + 0.1 · 2.0
+    assert torch.equal(feed.guide_view(x), torch.zeros(4, 3))  # -3.0 + 0 clamped to 0
+    paper = Feed("noise", "eval", lambda x: torch.full((4, 3), -3.0), None, "paper")
+    assert torch.equal(paper.guide_view(x), torch.full((4, 3), -3.0))  # the paper's N(0, 1), unclamped
+
+
+def test_code_noise_on_an_image_pair_reaches_the_guide_in_0_1(tmp_path):
+    spec = {"name": "code_noise", "task": {"kind": "image_classification", "dataset": "mnist1d", "train_size": 80,
+                                           "val_size": 16, "test_size": 16},
+            "guide": {"model": "deep_fcn", "args": {"num_blocks": 2, "width": 32}},
+            "target": {"model": "deep_fcn", "args": {"num_blocks": 2, "width": 16}},
+            "guidance": {"guide_input": "noise", "noise": "code"},
+            "train": {"batch_size": 16, "steps": 2, "eval_every": 2, "lr": 1e-3, "seed": 0}}
+    pair = pairgraph.compile(spec, tmp_path, render=False).build()
+    seen = []
+    pair.guide.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    x0, _ = get_task(spec["task"]).datasets(0)["train"][0]
+    x = torch.randn(64, *x0.shape)
+    pair(x, torch.zeros(64, dtype=torch.long), 0)
+    (gx,) = seen
+    assert gx.shape == x.shape and gx.min() >= 0 and gx.max() <= 1
+    assert 0.35 < (gx == 0).float().mean() < 0.65 and 0.08 < (gx == 1).float().mean() < 0.25  # clamped at both ends
+
+
+def test_code_noise_refuses_token_inputs_and_a_guide_fed_the_batch(tmp_path, batch):
+    pair = pairgraph.compile(tiny(), tmp_path, overrides=["guidance.guide_input=noise", "guidance.noise=code"],
+                             render=False).build()
+    with pytest.raises(PairgraphError, match="real-valued inputs"):
+        pair(*batch, 0)
+    with pytest.raises(PairgraphError, match="guidance.noise code applies only to a noise-fed guide"):
+        pairgraph.compile(tiny(), tmp_path / "b", overrides=["guidance.noise=code"], render=False)
 
 
 def test_distill_mode_uses_guide_logits(tmp_path, batch):

@@ -247,6 +247,12 @@ class GuidanceSpec(_Strict):
         "blocks.15.linear.weight); default: the weight of the last mapped target tap's module.",
     )
     guide_input: Literal["same", "noise"] = Field(default="same", description="Feed the guide the batch or noise (paper appendix E).")
+    noise: Literal["paper", "code"] = Field(
+        default="paper",
+        description="With guide_input: noise, which noise: paper — N(0, 1), appendix E's text; code — clamp(N(0, 1) "
+        "+ 0.1·N(0, 1), 0, 1), what the authors' code feeds (two independent draws). Real-valued inputs only. "
+        "Example: noise: code.",
+    )
     temperature: float = Field(default=4.0, gt=0, description="Distillation temperature (mode: distill).")
     guide_bn: Literal["eval", "batch"] = Field(
         default="eval", description="Guide normalisation: eval (running stats) or batch statistics (never updated)."
@@ -261,6 +267,13 @@ class GuidanceSpec(_Strict):
         "cache_guide: false.",
     )
     cache_max_gb: float = Field(default=4.0, gt=0, description="Refuse a guide cache larger than this (GiB).")
+
+    @model_validator(mode="after")
+    def _noise_is_fed(self) -> GuidanceSpec:
+        if self.noise != "paper" and self.guide_input != "noise":
+            raise SpecError(f"guidance.noise {self.noise} applies only to a noise-fed guide",
+                            "add guidance.guide_input: noise, or drop guidance.noise")
+        return self
 
     @model_validator(mode="after")
     def _schedule_has_an_end(self) -> GuidanceSpec:

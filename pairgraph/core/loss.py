@@ -205,25 +205,33 @@ class Balance:
 
 @dataclass(frozen=True)
 class Feed:
-    """How a batch reaches the guide and the alignment: the guide's input (``same`` or ``noise``: ``noise_fn(x)``),
-    its normalisation (``guide_bn``: ``eval`` running statistics or ``batch``) and the padding mask (``mask_fn``)."""
+    """How a batch reaches the guide and the alignment: the guide's input (``same`` or ``noise``: ``noise_fn(x)``,
+    the task's N(0, 1); with ``noise`` ``code``, clamp(n₁ + 0.1·n₂, 0, 1) of two such draws, as the authors' code
+    feeds it), its normalisation (``guide_bn``: ``eval`` running statistics or ``batch``) and the padding mask
+    (``mask_fn``)."""
 
     guide_input: str
     guide_bn: str
     noise_fn: Callable[[Tensor], Tensor] | None
     mask_fn: Callable[[Tensor], Tensor | None] | None
+    noise: str = "paper"
 
     @classmethod
     def from_spec(cls, spec: PairSpec, task: Any) -> Feed:
         return cls(spec.guidance.guide_input, spec.guidance.guide_bn, task.noise_input,
-                   task.valid_mask if spec.similarity.mask_padding else None)
+                   task.valid_mask if spec.similarity.mask_padding else None, spec.guidance.noise)
 
     def guide_view(self, x: Tensor) -> Tensor:
         if self.guide_input != "noise":
             return x
         if self.noise_fn is None:
             raise PairgraphError("guide_input 'noise' needs a task noise function", "build the pair from a spec")
-        return self.noise_fn(x)
+        if self.noise == "paper":
+            return self.noise_fn(x)
+        if not x.is_floating_point():
+            raise PairgraphError("guidance.noise code (clamped Gaussian noise) needs real-valued inputs; this task's "
+                                 "are token ids", "use guidance.noise: paper (random tokens) for a sequence task")
+        return torch.clamp(self.noise_fn(x) + 0.1 * self.noise_fn(x), 0.0, 1.0)
 
 
 class GuidedPair(nn.Module):

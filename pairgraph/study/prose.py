@@ -4,7 +4,8 @@ placeholders, filled from the run records whenever the report is written.
 ``{{mean ARM}}`` the arm's test metric, mean over its finished seeds; ``{{delta ARM}}`` its Δ from the
 cell's baseline (``{{delta ARM-REF}}``: from arm REF); ``{{ci ARM}}`` / ``{{ci ARM-REF}}`` that Δ's Welch
 95 % interval as ``95% CI [lo, hi]``; ``{{n ARM}}`` its finished seeds; ``{{lr ARM}}`` its chosen lr;
-``{{guide ARM}}`` the mean test metric of the guides ARM trained. ARM may be ``cell/arm`` to quote another
+``{{guide ARM}}`` the mean test metric of the guides ARM trained (an arm with a trained guide);
+``{{guideci ARM}}`` those guides' Δ from the cell's baseline with its Welch 95 % interval. ARM may be ``cell/arm`` to quote another
 cell. A last token of digits sets the decimals (default 1): ``{{mean baseline 2}}``. Study-wide:
 ``{{cells}}``, ``{{arms}}``, ``{{runs}}`` (finished runs). A missing number prints as —; an unknown
 name is a one-line error.
@@ -16,13 +17,13 @@ import re
 from collections.abc import Callable
 
 from pairgraph.errors import PairgraphError
-from pairgraph.study.formatting import num, signed
+from pairgraph.study.formatting import mean_se, num, signed
 from pairgraph.study.results import CellView
 from pairgraph.study.schema import lr_tag
 from pairgraph.study.stats import LEVEL, welch
 
 PLACEHOLDER = re.compile(r"\{\{([^{}]*)\}\}")
-KINDS = ("mean", "delta", "ci", "n", "lr", "guide")
+KINDS = ("mean", "delta", "ci", "n", "lr", "guide", "guideci")
 HINT = "see the placeholders in the docstring of pairgraph/study/prose.py"
 
 
@@ -60,7 +61,8 @@ def _value(tokens: list[str], by_name: dict[str, CellView], cell: CellView | Non
         "mean": lambda: _mean(view.stat(arm_name), digits),
         "n": lambda: str(len(view.values(arm_name))),
         "lr": lambda: lr_tag(c) if (c := view.arms[arm_name].chosen) is not None else "—",
-        "guide": lambda: _mean(view.stat("guide"), digits) if arm_name == "trained" else _no_guide(at),
+        "guide": lambda: _guide(view, arm_name, digits, at),
+        "guideci": lambda: _guide_ci(view, arm_name, digits, at),
         "delta": lambda: _delta(view, arm_name, other_name, digits, interval=False),
         "ci": lambda: _delta(view, arm_name, other_name, digits, interval=True),
     }
@@ -83,8 +85,28 @@ def _mean(stat: tuple[float, float | None, int] | None, digits: int) -> str:
     return "—" if stat is None else num(stat[0], digits)
 
 
-def _no_guide(at: str) -> str:
-    raise PairgraphError(f"{at}: only the trained arm trains guides", "write {{guide trained}}")
+def _guide(view: CellView, arm: str, digits: int, at: str) -> str:
+    """The mean test metric of the guides ``arm`` trained; — where none recorded it."""
+    vals = _guide_values(view, arm, at)
+    return "—" if not vals else num(sum(vals) / len(vals), digits)
+
+
+def _guide_ci(view: CellView, arm: str, digits: int, at: str) -> str:
+    """``Δ d, 95% CI [lo, hi]`` of (the guides ``arm`` trained − the cell's baseline); — where either is missing."""
+    vals, base = _guide_values(view, arm, at), view.stat("baseline")
+    if not vals or base is None:
+        return "—"
+    dl = welch((*mean_se(vals), len(vals)), base)
+    if dl.lo is None or dl.hi is None:
+        return f"Δ {signed(dl.d, digits)}, no interval (one seed)"
+    return f"Δ {signed(dl.d, digits)}, {LEVEL:.0%} CI [{signed(dl.lo, digits)}, {signed(dl.hi, digits)}]"
+
+
+def _guide_values(view: CellView, arm: str, at: str) -> list[float]:
+    if arm != "trained" and not view.trains_guide(arm):
+        raise PairgraphError(f"{at}: arm {arm!r} does not guide with a trained guide",
+                             "write {{guide trained}} or name an arm whose guide.weights is train")
+    return view.guide_values(arm)
 
 
 def _delta(view: CellView, arm: str, ref: str, digits: int, interval: bool) -> str:

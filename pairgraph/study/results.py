@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pairgraph.config import load_spec
+from pairgraph.config import UNTRAINED, load_spec
+from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
-from pairgraph.study.formatting import higher_is_better, mean_se, num, scale, signed
+from pairgraph.study.formatting import higher_is_better, mean_se, num, pm, scale, signed
 from pairgraph.study.plan import ArmState, chosen_lr, grid_score, judged
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import RUN_FOLDER, Arm, Cell, Study, lr_tag
@@ -138,40 +139,63 @@ class CellView:
     def target_label(self) -> str:
         return self.cell.target_label or str((self.base_spec.get("target") or {}).get("model", "target"))
 
-    def values(self, arm: str, seeds: tuple[int, ...] | None = None) -> list[float]:
-        """The arm's test metric over its finished seeds (only ``seeds`` when given)."""
+    def values(self, arm: str, seeds: tuple[int, ...] | None = None, metric: str | None = None) -> list[float]:
+        """The arm's test metric (``metric`` when given) over its finished seeds (only ``seeds`` when given)."""
         ar = self.arms.get(arm)
         if ar is None:
             return []
-        out = []
-        for r in ar.seeds:
-            if seeds is not None and r.seed not in seeds:
-                continue
-            v = ((r.summary or {}).get("test") or {}).get(self.metric)
-            if isinstance(v, int | float):
-                out.append(scale(self.metric, float(v)))
-        return out
+        return _metric_values([(r.summary or {}) for r in ar.seeds if seeds is None or r.seed in seeds],
+                              metric or self.metric)
 
-    def guide_values(self) -> list[float]:
-        """The trained guide's own test metric (from guide/ of the trained arm's seed runs)."""
-        ar = self.arms.get("trained")
+    def trains_guide(self, arm: str) -> bool:
+        """Whether the arm guides with trained (not seeded-init) weights, as its finished runs record it."""
+        ar = self.arms.get(arm)
+        return ar is not None and any(_trained_guide(r.summary or {}) for r in ar.seeds)
+
+    def guide_values(self, arm: str = "trained", metric: str | None = None) -> list[float]:
+        """The arm's trained guides' own test metric, one per seed run whose guide/summary.json recorded it
+        (a guide trained by the run itself; a pretrained or cached-elsewhere guide records nothing)."""
+        ar = self.arms.get(arm)
         if ar is None:
             return []
-        out = []
-        for r in ar.seeds:
-            s = read_json(r.path / "guide" / "summary.json")
-            v = ((s or {}).get("test") or {}).get(self.metric)
-            if isinstance(v, int | float):
-                out.append(scale(self.metric, float(v)))
-        return out
+        return _metric_values([read_json(r.path / "guide" / "summary.json") or {} for r in ar.seeds],
+                              metric or self.metric)
 
-    def stat(self, key: str, seeds: tuple[int, ...] | None = None) -> tuple[float, float | None, int] | None:
-        vals = (self.guide_values() if key == "guide" else [] if key == "untrained_guide"
-                else self.values(key, seeds))
+    def guide_text(self, arm: str) -> str:
+        """`` — its guide alone: mean ± s.e. (n=k)`` beside a trained-guide arm's verdict; n/a when no run of it
+        recorded its guide's training; empty for an arm whose guide is not trained."""
+        if not self.trains_guide(arm):
+            return ""
+        vals = self.guide_values(arm)
+        if not vals:
+            return " — its guide alone: n/a (not recorded)"
+        return f" — its guide alone: {pm(*mean_se(vals))} (n={len(vals)})"
+
+    @property
+    def second_metric(self) -> str | None:
+        """top-5 beside top-1 (or top-1 beside top-5) where the finished runs record it; else None."""
+        other = {"top1": "top5", "top5": "top1"}.get(self.metric)
+        has = other is not None and any(self.values(a, metric=other) for a in self.arms)
+        return other if has else None
+
+    def stat(self, key: str, seeds: tuple[int, ...] | None = None,
+             metric: str | None = None) -> tuple[float, float | None, int] | None:
+        vals = (self.guide_values(metric=metric) if key == "guide" else [] if key == "untrained_guide"
+                else self.values(key, seeds, metric))
         if not vals:
             return None
         m, se = mean_se(vals)
         return m, se, len(vals)
+
+    def second_text(self, arm: str) -> str:
+        """The arm on :attr:`second_metric`: ``mean ± s.e.``, and its Δ from the baseline with the Welch interval
+        (no verdict: the verdicts stay on the cell's metric); — where the cell has none."""
+        second = self.second_metric
+        st = self.stat(arm, metric=second) if second else None
+        if st is None:
+            return "—"
+        base = self.stat("baseline", metric=second) if arm != "baseline" else None
+        return pm(st[0], st[1]) + (f"; {delta_text(welch(st, base))}" if base is not None else "")
 
     def _versus_source(self, arm: str) -> str:
         """``; vs <source>: Δ …`` for an arm that varies another (``lr_from``), when both have results."""
@@ -181,12 +205,13 @@ class CellView:
             return ""
         return f"; vs {src}: " + delta_text(welch(ours, ref))
 
-    def agreement(self, arm: str) -> str:
+    def agreement(self, arm: str, lrs: str = "") -> str:
         """:meth:`verdict` over every finished seed, saying when it changed from the study's first seeds
-        (``close_seeds`` added where the verdict was close) and when a close verdict still lacks them."""
+        (``close_seeds`` added where the verdict was close), when a close verdict still lacks them, and for a
+        trained-guide arm the guide's own accuracy (:meth:`guide_text`, after ``lrs``, the chosen lrs when given)."""
         text = self.verdict(arm)
         if arm == "baseline" or text.startswith("n/a"):
-            return text
+            return text + lrs + self.guide_text(arm)
         n = min(len(self.values(arm)), len(self.values("baseline")))
         if n > len(self.base_seeds):
             before = self.verdict(arm, self.base_seeds)
@@ -194,7 +219,7 @@ class CellView:
                 text += f" — changed with {n} seeds: on {len(self.base_seeds)} it read \"{word(before)}\""
         elif self.more_seeds and self.close(arm):
             text += f" — close (|Δ| < {self.close_below:g} pooled s.d.): rests on {n} seeds, wants 5"
-        return text
+        return text + lrs + self.guide_text(arm)
 
     def close(self, arm: str) -> bool:
         """|Δ| from the baseline over the study's first seeds under ``close_below`` pooled s.d."""
@@ -258,6 +283,23 @@ class CellView:
         rows = self.matched(arm) if arm != "baseline" and "baseline" in self.arms else []
         return "; ".join(f"{t}: {signed(dl.d)}" + (f" [{signed(dl.lo)}, {signed(dl.hi)}]" if dl.lo is not None else "")
                          + f" ({na}/{nb})" for t, dl, na, nb in rows) or "—"
+
+
+def _metric_values(summaries: list[dict[str, Any]], metric: str) -> list[float]:
+    """``metric`` of each summary's test section, in the report's units (those that record it)."""
+    vals = [(s.get("test") or {}).get(metric) for s in summaries]
+    return [scale(metric, float(v)) for v in vals if isinstance(v, int | float)]
+
+
+def _trained_guide(summary: dict[str, Any]) -> bool:
+    """A run whose objective calls a guide with weights other than the seeded init."""
+    weights = summary.get("guide_weights")
+    if weights is None or weights == UNTRAINED:
+        return False
+    try:
+        return objective_class(str(summary.get("mode", "guidance"))).calls_guide
+    except PairgraphError:  # a record of a mode this version does not know: no claim about its guide
+        return False
 
 
 #: the verdict when our Δ's interval includes 0

@@ -8,8 +8,9 @@ from typing import Any
 
 from pairgraph.study.formatting import fmt_seconds, mean_se, num, pm, table, unit
 from pairgraph.study.records import best_val
-from pairgraph.study.results import ArmResult, CellView, StoredRun
+from pairgraph.study.results import ArmResult, CellView, StoredRun, delta_text
 from pairgraph.study.schema import Cell, PaperNumbers, Study, lr_tag
+from pairgraph.study.stats import welch
 from pairgraph.zoo import resolve
 
 
@@ -55,12 +56,20 @@ def headline_table(study: Study, views: list[CellView]) -> list[str]:
                 continue
             rows.append([v.label, f"{unit(v.metric)} {'↑' if v.higher else '↓'}", arm.name,
                          f"{st[2]}/{v.arms[arm.name].n_seeds}", pm(st[0], st[1]), paper_cell(v.cell.paper, arm.name),
-                         v.agreement(arm.name) + _chosen_lrs(v, arm.name), v.matched_text(arm.name)])
+                         v.agreement(arm.name, _chosen_lrs(v, arm.name)), v.matched_text(arm.name),
+                         _second(v, arm.name)])
     if not rows:
         return ["No arm has a finished seed yet.", ""]
     return table(["cell", "test metric", "arm", "seeds", "ours: mean ± s.e.", "paper",
-                   "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)"],
-                 rows, "lllrrrll") + [""]
+                   "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)",
+                   "top-5 beside top-1: mean ± s.e.; Δ vs baseline (no verdict)"],
+                 rows, "lllrrrlll") + [""]
+
+
+def _second(v: CellView, arm: str) -> str:
+    """The arm on the cell's second metric (top-5 beside top-1), named; — where the records have none."""
+    text = v.second_text(arm)
+    return f"{unit(v.second_metric)}: {text}" if v.second_metric and text != "—" else text
 
 
 def _chosen_lrs(v: CellView, arm: str) -> str:
@@ -91,14 +100,14 @@ def _row_order(label: str) -> tuple[int, str, int]:
     return ("→" in label, base, untrained)  # type: ignore[return-value]
 
 
-def _ours(view: CellView, key: str) -> str:
+def _ours(view: CellView, key: str, metric: str | None = None) -> str:
     if key == "untrained_guide":
         return "not measured"
     if key != "guide" and key not in view.arms:
         return "not in study"
-    st = view.stat(key)
+    st = view.stat(key, metric=metric)
     if st is None:
-        return "not run"
+        return "not run" if metric is None else "not recorded"
     return pm(st[0], st[1])
 
 
@@ -118,9 +127,12 @@ def image_table(views: list[CellView]) -> list[str]:
         keys = [k for k in _PAPER_ROWS if k in v.arms or (v.cell.paper and v.cell.paper.get(k) is not None)
                 or (k == "guide" and "trained" in v.arms)]
         for k in keys:  # the paper's order: guide, untrained guide, target, trained → target, untrained → target
+            second = v.second_metric
             rows.append([_row_label(v, k), v.label, f"{_ours(v, k)}", paper_cell(v.cell.paper, k),
-                         unit(v.metric) + (" ↑" if v.higher else " ↓")])
-    md += table(["experiment", "cell", "ours", "paper", "our metric"], rows, "llrrl") + [""]
+                         unit(v.metric) + (" ↑" if v.higher else " ↓"),
+                         f"{unit(second)}: {_ours(v, k, second)}" if second else "—"])
+    md += table(["experiment", "cell", "ours", "paper", "our metric", "ours, top-5 beside top-1"], rows,
+                "llrrll") + [""]
     return md
 
 
@@ -156,7 +168,7 @@ def cell_section(study: Study, v: CellView, notes: str | None) -> list[str]:
         ar = v.arms[arm.name]
         if not ar.seeds:
             rows.append([arm.name, lr_tag(ar.chosen) if ar.chosen is not None else "—", "0",
-                         ar.status, paper_cell(paper, arm.name), "n/a (not run)", v.matched_text(arm.name)])
+                         ar.status, paper_cell(paper, arm.name), "n/a (not run)", v.matched_text(arm.name), "—"])
             continue
         m, se = mean_se(v.values(arm.name)) if v.values(arm.name) else (math.nan, None)
         n_txt = f"{len(ar.seeds)}/{ar.n_seeds}" + (f", {len(ar.diverged_seeds)} diverged" if ar.diverged_seeds
@@ -166,17 +178,30 @@ def cell_section(study: Study, v: CellView, notes: str | None) -> list[str]:
         if arm.swept and ar.chosen is not None and len(swept) > 1 and ar.chosen in (min(swept), max(swept)):
             pinned = " (sweep's edge)"
         rows.append([arm.name, lr_tag(ar.chosen) + pinned, n_txt, pm(m, se), paper_cell(paper, arm.name),
-                     v.agreement(arm.name), v.matched_text(arm.name)])
+                     v.agreement(arm.name), v.matched_text(arm.name), v.second_text(arm.name)])
+    second = f"test {unit(v.second_metric)}" if v.second_metric else "second metric"
     md += table(["arm", "lr (chosen)", "n seeds", f"test {unit(v.metric)} mean ± s.e.", "paper",
-                  "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)"],
-                 rows, "lrrrrll") + [""]
+                  "vs baseline, each at its chosen lr: the paper's direction?", "matched-lr Δ (seeds arm/baseline)",
+                  f"{second} mean ± s.e.; Δ vs baseline (no verdict)"],
+                 rows, "lrrrrlll") + [""]
     if notes:
         md += ["**Notes.** " + " ".join(notes.split()), ""]
-    if "trained" in v.arms and v.guide_values():
-        m, se = mean_se(v.guide_values())
-        md += [f"The trained guides alone (one per seed of `trained`): {pm(m, se)} (n={len(v.guide_values())})"
-               + (f"; paper {paper_cell(paper, 'guide')}" if paper and paper.get("guide") else "") + ".", ""]
+    for arm in (a.name for a in c.arms if v.guide_values(a.name)):
+        md += [_guides_alone(v, arm), ""]
     return md + _sweep_table(study, v)
+
+
+def _guides_alone(v: CellView, arm: str) -> str:
+    """The guides ``arm`` trained, alone: their test metric(s), and their Δ from the unguided target with its Welch
+    interval (is the guide stronger than what it guides?)."""
+    vals = v.guide_values(arm)
+    second = v.guide_values(arm, v.second_metric) if v.second_metric else []
+    st, base = (*mean_se(vals), len(vals)), v.stat("baseline")
+    paper = v.cell.paper
+    return (f"The trained guides alone (one per seed of `{arm}`): test {unit(v.metric)} {pm(*mean_se(vals))} "
+            f"(n={len(vals)})" + (f", test {unit(v.second_metric)} {pm(*mean_se(second))}" if second else "")
+            + (f"; guide − unguided {v.target_label()}: {delta_text(welch(st, base))}" if base is not None else "")
+            + (f"; paper {paper_cell(paper, 'guide')}" if paper and paper.get("guide") else "") + ".")
 
 
 def _sweep_table(study: Study, v: CellView) -> list[str]:
