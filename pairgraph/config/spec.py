@@ -247,12 +247,9 @@ class GuidanceSpec(_Strict):
         "blocks.15.linear.weight); default: the weight of the last mapped target tap's module.",
     )
     guide_input: Literal["same", "noise"] = Field(default="same", description="Feed the guide the batch or noise (paper appendix E).")
-    noise: Literal["paper", "code"] = Field(
-        default="paper",
-        description="With guide_input: noise, which noise: paper — N(0, 1), appendix E's text; code — clamp(N(0, 1) "
-        "+ 0.1·N(0, 1), 0, 1), what the authors' code feeds (two independent draws). Real-valued inputs only. "
-        "Example: noise: code.",
-    )
+    noise: Literal["paper", "code"] = Field(default="paper", description="With guide_input: noise, which noise: "
+        "paper — N(0, 1), appendix E's text; code — clamp(N(0, 1) + 0.1·N(0, 1), 0, 1), what the authors' code feeds "
+        "(two independent draws). Real-valued inputs only. Example: noise: code.")
     temperature: float = Field(default=4.0, gt=0, description="Distillation temperature (mode: distill).")
     guide_bn: Literal["eval", "batch"] = Field(
         default="eval", description="Guide normalisation: eval (running stats) or batch statistics (never updated)."
