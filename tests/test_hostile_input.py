@@ -115,6 +115,13 @@ def test_a_spec_over_the_size_cap_is_refused_in_one_line(tmp_path):
     assert time.perf_counter() - t0 < 1.0
 
 
+def test_an_endless_file_is_read_only_up_to_the_cap():
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="/dev/zero is over the 64 KiB"):
+        load_spec("/dev/zero")  # no size to check first: the read itself is bounded
+    assert time.perf_counter() - t0 < 1.0
+
+
 @pytest.mark.parametrize("seed", [-1, 10**20])
 def test_a_seed_out_of_range_is_refused_at_validation(seed):
     with pytest.raises(SpecError, match="train.seed"):
