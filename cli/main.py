@@ -305,8 +305,14 @@ def bench(
                     cache_pool, compile_, channels_last, precision)
     _print_bench(rec, spec)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(rec, indent=2) + "\n")
+        from pairgraph.errors import io_error
+        from pairgraph.paths import atomic_write
+
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise io_error(e, output.parent, "create") from None
+        atomic_write(output, json.dumps(rec, indent=2) + "\n")
         console.print(f"wrote {output}")
 
 

@@ -321,3 +321,11 @@ def test_wrong_argument_types_in_the_python_api_are_one_line(call, words):
     with pytest.raises(PairgraphError) as e:
         call()
     assert words in str(e.value)
+
+
+def test_bench_output_onto_a_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny()))
+    code, _, err = run_cli(["bench", str(spec), "--batch-size", "8", "--steps", "1", "--warmup", "0", "--no-memory",
+                            "-o", str(tmp_path)], capsys, monkeypatch)
+    assert f"cannot write {tmp_path}" in _one_line_error(code, err)
