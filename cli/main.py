@@ -301,6 +301,10 @@ def bench(
         except ValueError:
             raise PairgraphError(f"not a comma-separated list of integers: {text!r}", "write e.g. 64,256,1024") from None
 
+    if output:
+        from pairgraph.paths import refuse_replacing
+
+        refuse_replacing(output, b"", [spec], "-o")  # the record is never the spec it measured
     rec = run_bench(str(spec), batch_size, steps, warmup, device, set_, memory, ints(batch_sizes), ints(pairs),
                     cache_pool, compile_, channels_last, precision)
     _print_bench(rec, spec)
@@ -387,8 +391,10 @@ def report_cmd(
                                                         "with the headline table (e.g. README.md).")] = None,
 ) -> None:
     """Write the study's markdown report and figures from its results folder only (no training, no data)."""
+    from pairgraph.paths import refuse_replacing
     from pairgraph.study import report
 
+    refuse_replacing(output, b"", [study_file], "-o")  # a report is never its own study file
     report(study_file, output, figures, echo=lambda m: console.print(m, highlight=False, soft_wrap=True),
            readme=readme)
 

@@ -329,3 +329,14 @@ def test_bench_output_onto_a_folder_is_one_line(tmp_path, capsys, monkeypatch):
     code, _, err = run_cli(["bench", str(spec), "--batch-size", "8", "--steps", "1", "--warmup", "0", "--no-memory",
                             "-o", str(tmp_path)], capsys, monkeypatch)
     assert f"cannot write {tmp_path}" in _one_line_error(code, err)
+
+
+def test_bench_and_report_outputs_never_replace_their_input(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny()))
+    study = write(tmp_path / "s.yaml", tiny_study())
+    before = spec.read_bytes(), study.read_bytes()
+    for args in (["bench", str(spec), "-o", str(spec)], ["report", str(study), "-o", str(study)]):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert "would replace the input file" in _one_line_error(code, err)
+    assert (spec.read_bytes(), study.read_bytes()) == before
