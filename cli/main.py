@@ -242,6 +242,10 @@ def bench(
     if ops_only and (compile_ or channels_last or batch_sizes):
         raise PairgraphError("--ops-only counts the eager step at one batch size",
                              "drop --compile, --channels-last and --batch-sizes (or --ops-only)")
+    if output:
+        from pairgraph.paths import refuse_replacing
+
+        refuse_replacing(output, b"", [spec], "-o")  # the record is never the spec it measured
     if ops_only:
         rec = ops_record(str(spec), batch_size, device, set_, ints(pairs), cache_pool, precision)
         _print_ops(rec, spec)
@@ -250,8 +254,14 @@ def bench(
                         cache_pool, compile_, channels_last, precision)
         _print_bench(rec, spec)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(rec, indent=2) + "\n")
+        from pairgraph.errors import io_error
+        from pairgraph.paths import atomic_write
+
+        try:
+            output.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise io_error(e, output.parent, "create") from None
+        atomic_write(output, json.dumps(rec, indent=2) + "\n")
         console.print(f"wrote {output}")
 
 
@@ -342,8 +352,10 @@ def report_cmd(
                                                         "with the headline table (e.g. README.md).")] = None,
 ) -> None:
     """Write the study's markdown report and figures from its results folder only (no training, no data)."""
+    from pairgraph.paths import refuse_replacing
     from pairgraph.study import report
 
+    refuse_replacing(output, b"", [study_file], "-o")  # a report is never its own study file
     report(study_file, output, figures, echo=lambda m: console.print(m, highlight=False, soft_wrap=True),
            readme=readme)
 

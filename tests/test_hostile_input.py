@@ -115,6 +115,13 @@ def test_a_spec_over_the_size_cap_is_refused_in_one_line(tmp_path):
     assert time.perf_counter() - t0 < 1.0
 
 
+def test_an_endless_file_is_read_only_up_to_the_cap():
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError, match="/dev/zero is over the 64 KiB"):
+        load_spec("/dev/zero")  # no size to check first: the read itself is bounded
+    assert time.perf_counter() - t0 < 1.0
+
+
 @pytest.mark.parametrize("seed", [-1, 10**20])
 def test_a_seed_out_of_range_is_refused_at_validation(seed):
     with pytest.raises(SpecError, match="train.seed"):
@@ -314,3 +321,22 @@ def test_wrong_argument_types_in_the_python_api_are_one_line(call, words):
     with pytest.raises(PairgraphError) as e:
         call()
     assert words in str(e.value)
+
+
+def test_bench_output_onto_a_folder_is_one_line(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny()))
+    code, _, err = run_cli(["bench", str(spec), "--batch-size", "8", "--steps", "1", "--warmup", "0", "--no-memory",
+                            "-o", str(tmp_path)], capsys, monkeypatch)
+    assert f"cannot write {tmp_path}" in _one_line_error(code, err)
+
+
+def test_bench_and_report_outputs_never_replace_their_input(tmp_path, capsys, monkeypatch):
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny()))
+    study = write(tmp_path / "s.yaml", tiny_study())
+    before = spec.read_bytes(), study.read_bytes()
+    for args in (["bench", str(spec), "-o", str(spec)], ["report", str(study), "-o", str(study)]):
+        code, _, err = run_cli(args, capsys, monkeypatch)
+        assert "would replace the input file" in _one_line_error(code, err)
+    assert (spec.read_bytes(), study.read_bytes()) == before

@@ -107,10 +107,12 @@ def read_yaml(path: str | Path, what: str = "spec", example: str = "specs/rnn_fr
     if p.is_dir():
         raise SpecError(f"{p} is a directory, not a {what} file", f"pass a .yaml file such as {example}")
     try:
-        if p.stat().st_size > MAX_YAML_BYTES:
-            raise SpecError(f"{p} is {p.stat().st_size:,} bytes, over the {MAX_YAML_BYTES // 1024} KiB a {what} may have",
+        with open(p, "rb") as f:  # bounded: a device or pipe (/dev/zero) has no size to check first
+            raw = f.read(MAX_YAML_BYTES + 1)
+        if len(raw) > MAX_YAML_BYTES:
+            raise SpecError(f"{p} is over the {MAX_YAML_BYTES // 1024} KiB a {what} may have",
                             f"a {what} is a few KB of YAML: check that this is the file you meant")
-        text = p.read_text(encoding="utf-8")
+        text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
         raise SpecError(f"{p}: not UTF-8 text (byte {e.start})", f"save the {what} as UTF-8 YAML") from None
     except OSError as e:

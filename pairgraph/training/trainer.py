@@ -258,7 +258,8 @@ class Trainer:
         except OSError as e:
             raise io_error(e, e.filename or self.run_dir) from None
         except KeyboardInterrupt as e:  # before the loop: nothing was trained
-            raise interrupted(e, "interrupted before training started", "start the run again") from None
+            raise interrupted(e, "interrupted before training started", f"resume with: pairgraph train --resume "
+                              f"{self.run_dir}" if self.resume else "start the run again") from None
         finally:
             if self.created and sys.exc_info()[0] is not None:
                 abandon(self.run_dir)
