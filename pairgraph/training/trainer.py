@@ -281,8 +281,7 @@ class Trainer:
 
     @contextlib.contextmanager
     def _held(self) -> Iterator[None]:
-        """A failed read or write (disk full, permissions) becomes one line, SIGTERM is handled as Ctrl-C is,
-        and the run folder is held (locked) until the run returns."""
+        """A failed read or write becomes one line, SIGTERM is handled as Ctrl-C is, the run folder is held (locked)."""
         try:
             with sigterm_handled() as self.sigterm:
                 yield
@@ -328,6 +327,7 @@ class Trainer:
                     log.stop() if log is loop.progress else log.close()
 
     def _save_last(self, loop: Loop) -> None:
+        self._flush(loop)  # the rows of the steps train.log_every kept on the device go with their checkpoint
         if self.dist.is_main and self.checkpoints.last_saved != loop.step:
             loop.metrics.flush()
             self.checkpoints.save("last", self.model, loop.step, self._resume_state(loop))
