@@ -127,7 +127,7 @@ def train(
     import os
 
     from pairgraph.compiler.pipeline import compile as compile_pair
-    from pairgraph.training import resume_run, train
+    from pairgraph.training import Trainer, resume_run
 
     if nproc < 1:
         raise PairgraphError(f"--nproc {nproc} is not a number of processes", "pass --nproc 1 or more")
@@ -146,7 +146,7 @@ def train(
             spec = spec / "spec.yaml"
         compiled = compile_pair(spec, None, set_, render=False,
                                      notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
-        summary = train(compiled, runs_dir=runs_dir, run_id=run_id, progress=progress)
+        summary = Trainer(compiled, runs_dir, run_id, progress=progress).run()
     _print_summary(summary)
 
 

@@ -225,3 +225,27 @@ def test_sigterm_checkpoints_exits_143_and_names_the_resume_command(tmp_path):
     resumed = subprocess.run([str(SCRIPT), "train", "--resume", str(run), "--no-progress", "--set", "train.steps=40"],
                              cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300, check=False)
     assert resumed.returncode == 0 and _steps(run) == list(range(1, 41)), resumed.stderr[-2000:]
+
+
+def test_a_sigterm_on_a_step_not_yet_logged_writes_its_rows_with_its_checkpoint(tmp_path, monkeypatch):
+    """SIGTERM after step 3, which train.log_every 10 has not read off the device yet: the checkpoint of step 3
+    comes with metrics rows 1-3, so the resumed run logs every step once, with no gap."""
+    from pairgraph.errors import Interrupted
+    from pairgraph.training.trainer import Trainer
+
+    evaluate_and_save = Trainer._evaluate_and_save
+
+    def then_sigterm(self, loop):
+        evaluate_and_save(self, loop)
+        if loop.step == 3:
+            self.sigterm.requested = True  # what SIGTERM's handler records inside the loop
+
+    monkeypatch.setattr(Trainer, "_evaluate_and_save", then_sigterm)
+    cp = pairgraph.compile(tiny(log_every=10, checkpoint_every=2), tmp_path / "b", render=False, notify=None)
+    with pytest.raises(Interrupted, match="at step 3; the last good checkpoint \\(step 3\\)"):
+        Trainer(cp, tmp_path / "runs", "t", progress=False).run()
+    run = tmp_path / "runs" / cp.spec.name / "t"
+    assert _steps(run) == [1, 2, 3]
+    monkeypatch.undo()
+    resume_run(run, progress=False)
+    assert _steps(run) == list(range(1, 9))

@@ -13,6 +13,7 @@ from tiny_specs import copy_paste_pair
 import pairgraph
 from pairgraph.bench.ops import SYNC_OP, OpCounter, count_variants
 from pairgraph.bench.variants import build_variants
+from pairgraph.core.loss import GuidedPair
 from pairgraph.training.trainer import Trainer
 
 
@@ -30,8 +31,8 @@ def test_a_guided_step_syncs_no_more_than_the_target_step(tmp_path):
 
 def _train_counting(tmp_path, monkeypatch, log_every: int) -> tuple[list[dict], dict[str, int]]:
     """Train 8 steps; count host syncs in the steps (beyond the optimizer's) and in logging, and the reads."""
-    counts = {"step": 0, "optimizer": 0, "log": 0, "reads": 0}
-    step, log, flush, opt_step = Trainer._step, Trainer._log_step, Trainer._flush, torch.optim.AdamW.step
+    counts = {"forward": 0, "check": 0, "backward": 0, "update": 0, "optimizer": 0, "log": 0, "reads": 0}
+    log, flush, opt_step = Trainer._log_step, Trainer._flush, torch.optim.AdamW.step
 
     def counted(key, fn):
         def wrapper(*args, **kwargs):
@@ -45,7 +46,10 @@ def _train_counting(tmp_path, monkeypatch, log_every: int) -> tuple[list[dict], 
         counts["reads"] += 1
         return flush(self, loop)
 
-    monkeypatch.setattr(Trainer, "_step", counted("step", step))
+    monkeypatch.setattr(GuidedPair, "forward", counted("forward", GuidedPair.forward))
+    monkeypatch.setattr(Trainer, "_check_finite", counted("check", Trainer._check_finite))
+    monkeypatch.setattr(torch.Tensor, "backward", counted("backward", torch.Tensor.backward))
+    monkeypatch.setattr(Trainer, "_update", counted("update", Trainer._update))
     monkeypatch.setattr(Trainer, "_log_step", counted("log", log))
     monkeypatch.setattr(Trainer, "_flush", reading)
     monkeypatch.setattr(torch.optim.AdamW, "step", counted("optimizer", opt_step))
@@ -58,7 +62,8 @@ def _train_counting(tmp_path, monkeypatch, log_every: int) -> tuple[list[dict], 
 
 def test_the_trainer_reads_the_losses_once_per_log_interval_and_logs_every_step(tmp_path, monkeypatch):
     rows, counts = _train_counting(tmp_path, monkeypatch, 4)
-    assert counts["step"] == counts["optimizer"]  # forward, NaN check, backward: no sync of their own
+    assert counts["forward"] == counts["check"] == counts["backward"] == 0, counts  # no sync of their own
+    assert counts["update"] == counts["optimizer"]  # the clip adds none to the optimizer's own, if any
     assert counts["log"] == 0 and counts["reads"] == 2  # steps 4 and 8
     every, _ = _train_counting(tmp_path, monkeypatch, 1)
     assert [r["step"] for r in rows] == list(range(1, 9))

@@ -25,6 +25,7 @@ from pairgraph.core.distributed import pick_device
 from pairgraph.core.layer_graph import LayerGraph
 from pairgraph.core.loss import Balance, Feed, GuidedPair, WeightSchedule
 from pairgraph.core.objectives import Baseline
+from pairgraph.core.step import apply_gradients
 from pairgraph.core.taps import tap_network
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
@@ -134,9 +135,7 @@ class CompileContext:
                     loss = pair(x, y).loss  # the pair's forward, as in a training step: the task loss alone
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
-                    if spec.train.grad_clip:
-                        nn.utils.clip_grad_norm_(pair.target.parameters(), spec.train.grad_clip)
-                    opt.step()
+                    apply_gradients(opt, pair.trained_parameters(), spec.train.grad_clip)  # the trainer's step
                 del opt
             pair.train()  # the target as the loss sees it (BatchNorm on batch statistics); the guide frozen
             _quiet_dropout(pair.target)

@@ -12,6 +12,7 @@ report test metrics of the checkpoint with the lowest validation loss.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -32,6 +33,7 @@ from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
 from pairgraph.core.loss import GuidedPair, PairOutput
 from pairgraph.core.shared_taps import describe
+from pairgraph.core.step import apply_gradients
 from pairgraph.errors import Interrupted, PairgraphError, io_error
 from pairgraph.paths import atomic_write
 from pairgraph.tasks import get_task
@@ -96,6 +98,13 @@ class Loop:
     # (step, [loss, task, guidance]) for the NaN check, and each step's record with its output
     unchecked: list[tuple[int, Tensor]] = field(default_factory=list)
     unread: list[tuple[dict[str, Any], PairOutput]] = field(default_factory=list)
+
+
+def _detached(out: PairOutput, keep_output: bool) -> PairOutput:
+    """A micro-batch's losses for logging, off the graph (its logits kept only when ``keep_output``)."""
+    last = out.output.detach() if keep_output else out.output.new_empty(0)
+    return PairOutput(out.loss.detach(), out.task_loss.detach(), out.guidance_loss.detach(), last,
+                      {k: v.detach() for k, v in out.terms.items()}, out.guided)
 
 
 class Trainer:
@@ -190,11 +199,10 @@ class Trainer:
         per_epoch = len(data["train"]) // (self.cfg.batch_size * self.cfg.accumulate)
         return self.cfg.steps or (self.cfg.epochs or 1) * max(per_epoch, 1)
 
-    def _setup(self, data: dict[str, Any], resuming: bool, total: int) -> Loop:
-        """Build the pair, optimizer and scaler; restore them when resuming, else start the run folder."""
+    def _setup(self, pair: GuidedPair, guide_weights: str | None, data: dict[str, Any], resuming: bool,
+               total: int) -> Loop:
+        """The optimizer and scaler of the built pair; restore them when resuming, else start the run folder."""
         cfg = self.cfg
-        guide_weights = self._guide_weights()
-        pair = self.compiled.module.build(self.device, guide_weights=guide_weights)  # the generated guided_pair.py
         if pair.guide_aliases and self.progress and self.dist.is_main:
             print(f"guide taps computed once: {describe(pair.guide_aliases)} — each a BatchNorm that rescales its "
                   "input uniformly, so its CKA is its input's", flush=True)
@@ -233,28 +241,50 @@ class Trainer:
         return torch.utils.data.DataLoader(Indexed(train) if cached else train, batch_sampler=batches,
                                            num_workers=self.cfg.num_workers, generator=torch.Generator())
 
-    def _open_logs(self, loop: Loop, resuming: bool) -> None:
-        if self.dist.is_main:
-            loop.writer = Scalars.open(self.cfg.log, self.run_dir, self.spec, loop.step, resuming)
-        loop.metrics = open(self.run_dir / "metrics.jsonl" if self.dist.is_main else os.devnull, "a")  # noqa: SIM115
-        loop.progress, loop.task_id = progress_bar(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}", loop.total,
-                                                   loop.step, self.progress)
-
-    def _close_logs(self, loop: Loop) -> None:
-        if loop.metrics is not None:
-            loop.metrics.close()
-        if loop.writer is not None:
-            loop.writer.close()
-        if loop.progress is not None:
-            loop.progress.stop()
-
     # -- the loop ---------------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
-        """Train (or resume); a failed read or write (disk full, permissions) becomes one line, SIGTERM is
-        handled as Ctrl-C is, and the run folder is held (locked) until this returns."""
+        """Train (or resume); returns the summary. The pair is built by the generated module
+        (``build/<name>/guided_pair.py``); each step is ``train.accumulate`` micro-batches of the pair's forward
+        (the task loss + weight × alignment) and ``backward()``, then one optimizer step (:meth:`_update`)."""
+        with self._held():
+            data, resuming, total = self._prepare()
+            guide_weights = self._guide_weights()
+            pair = self.compiled.module.build(self.device, guide_weights=guide_weights)
+            loop = self._setup(pair, guide_weights, data, resuming, total)
+            cached = build_cache(self.spec, pair, data["train"], total, self.dist.enabled,
+                                 self.progress and self.dist.is_main)
+            batches, n, t0 = iter(self._loader(loop, cached)), self.cfg.accumulate, time.time()
+            with self._stepping(loop, resuming):
+                while loop.step < loop.total:
+                    loop.opt.zero_grad(set_to_none=True)
+                    outs = []
+                    for i in range(n):  # (x, y[, example numbers for the guide cache])
+                        x, y, *index = to_device(next(batches), self.device)
+                        with distributed.no_sync(pair.target, i < n - 1), self._autocast():
+                            out = pair(x, y, loop.step, index=index[0]) if index else pair(x, y, loop.step)
+                        self._check_finite(loop, out)
+                        loss = out.loss / n  # the step's gradient: the mean over its micro-batches
+                        (loop.scaler.scale(loss) if loop.scaler is not None else loss).backward()
+                        outs.append(_detached(out, keep_output=i == n - 1))
+                    self._update(loop)
+                    self._log_step(loop, outs[0] if n == 1 else PairOutput.mean(outs))
+                    self._evaluate_and_save(loop)
+                    if self.sigterm.requested:
+                        self._save_last(loop)
+                        raise Terminated
+                    if self.stop_after is not None and loop.step >= self.stop_after:
+                        return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
+            summary = (self._finish(loop, time.time() - t0) if self.dist.is_main
+                       else {"rank": self.dist.rank, "run_dir": str(self.run_dir)})
+            distributed.shutdown()
+            return summary
+
+    @contextlib.contextmanager
+    def _held(self) -> Iterator[None]:
+        """A failed read or write becomes one line, SIGTERM is handled as Ctrl-C is, the run folder is held (locked)."""
         try:
             with sigterm_handled() as self.sigterm:
-                return self._run()
+                yield
         except OSError as e:
             raise io_error(e, e.filename or self.run_dir) from None
         except KeyboardInterrupt as e:  # before the loop: nothing was trained
@@ -266,7 +296,8 @@ class Trainer:
             if self.lock is not None:
                 self.lock.release()
 
-    def _run(self) -> dict[str, Any]:
+    def _prepare(self) -> tuple[dict[str, Any], bool, int]:
+        """Claim the run folder, seed, load the data; returns the data, whether resuming, and the step count."""
         self._claim()
         resuming = self._check_can_start()
         torch.manual_seed(self.cfg.seed + self.dist.rank)
@@ -274,36 +305,30 @@ class Trainer:
         data = self._datasets()  # before the run folder exists: missing data leaves no empty run behind
         total = self._total(data)
         check_schedule(self.cfg, total)
-        loop = self._setup(data, resuming, total)
-        cached = build_cache(self.spec, loop.pair, data["train"], loop.total, self.dist.enabled,
-                             self.progress and self.dist.is_main)
-        batches = iter(self._loader(loop, cached))
-        t0 = time.time()
-        self._open_logs(loop, resuming)
-        self.sigterm.deferred = True  # SIGTERM now stops at the end of a step, with a checkpoint of it
+        return data, resuming, total
+
+    @contextlib.contextmanager
+    def _stepping(self, loop: Loop, resuming: bool) -> Iterator[None]:
+        """The logs are open (metrics.jsonl, TensorBoard / W&B, the progress bar), SIGTERM stops at the end of a
+        step (with a checkpoint of it), and Ctrl-C says which checkpoint is kept."""
+        if self.dist.is_main:
+            loop.writer = Scalars.open(self.cfg.log, self.run_dir, self.spec, loop.step, resuming)
+        loop.metrics = open(self.run_dir / "metrics.jsonl" if self.dist.is_main else os.devnull, "a")  # noqa: SIM115
+        loop.progress, loop.task_id = progress_bar(f"[bold]{self.spec.name}[/bold] {self.spec.guidance.mode}", loop.total,
+                                                   loop.step, self.progress)
+        self.sigterm.deferred = True
         try:
-            while loop.step < loop.total:
-                out = self._step(loop, batches)
-                self._log_step(loop, out)
-                self._evaluate_and_save(loop)
-                if self.sigterm.requested:
-                    self._save_last(loop)
-                    raise Terminated
-                if self.stop_after is not None and loop.step >= self.stop_after:
-                    return {"stopped_at": loop.step, "run_dir": str(self.run_dir)}
+            yield
         except KeyboardInterrupt as e:
             raise self._interrupted(loop.step, e) from None
         finally:
             self.sigterm.deferred = False
-            self._close_logs(loop)
-        if not self.dist.is_main:
-            distributed.shutdown()
-            return {"rank": self.dist.rank, "run_dir": str(self.run_dir)}
-        summary = self._finish(loop, time.time() - t0)
-        distributed.shutdown()
-        return summary
+            for log in (loop.metrics, loop.writer, loop.progress):
+                if log is not None:
+                    log.stop() if log is loop.progress else log.close()
 
     def _save_last(self, loop: Loop) -> None:
+        self._flush(loop)  # the rows of the steps train.log_every kept on the device go with their checkpoint
         if self.dist.is_main and self.checkpoints.last_saved != loop.step:
             loop.metrics.flush()
             self.checkpoints.save("last", self.model, loop.step, self._resume_state(loop))
@@ -315,35 +340,12 @@ class Trainer:
         return interrupted(exc, f"interrupted at step {step}; {self.checkpoints.kept()}",
                            f"resume with: pairgraph train --resume {self.run_dir}")
 
-    def _step(self, loop: Loop, batches: Iterator[list[Tensor]]) -> PairOutput:
-        """One optimizer step over ``train.accumulate`` micro-batches (x, y[, example numbers for the guide
-        cache]), each loss divided by their number; returns their mean loss and parts (detached)."""
-        pair, opt, scaler, cfg, n = loop.pair, loop.opt, loop.scaler, self.cfg, self.cfg.accumulate
-        opt.zero_grad(set_to_none=True)
-        outs = []
-        for i in range(n):
-            x, y, *index = to_device(next(batches), self.device)
-            with distributed.no_sync(pair.target, i < n - 1), self._autocast():
-                out = pair(x, y, loop.step, index=index[0]) if index else pair(x, y, loop.step)
-            self._check_finite(loop, out)
-            loss = out.loss / n
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            last = out.output.detach() if i == n - 1 else out.output.new_empty(0)  # keep one micro-batch's logits
-            outs.append(PairOutput(out.loss.detach(), out.task_loss.detach(), out.guidance_loss.detach(), last,
-                                   {k: v.detach() for k, v in out.terms.items()}, out.guided))
-        if scaler is not None:
-            scaler.unscale_(opt)
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(pair.trained_parameters(), cfg.grad_clip)
-        loop.lr = opt.param_groups[0]["lr"]
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
+    def _update(self, loop: Loop) -> None:
+        """The optimizer step after the micro-batches' ``backward()`` (:mod:`pairgraph.core.step`), the lr schedule's."""
+        loop.lr = loop.opt.param_groups[0]["lr"]
+        apply_gradients(loop.opt, loop.pair.trained_parameters(), self.cfg.grad_clip, loop.scaler)
         loop.sched.step()
         loop.step += 1
-        return outs[0] if n == 1 else PairOutput.mean(outs)
 
     def _check_finite(self, loop: Loop, out: PairOutput) -> None:
         """The NaN check, without a host sync: the micro-batch's losses stay on the device until the next read
