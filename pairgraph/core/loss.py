@@ -92,6 +92,12 @@ class PairOutput:
     terms: dict[str, Tensor] = field(default_factory=dict)
     guided: bool = False
 
+    def detached(self, keep_output: bool) -> PairOutput:
+        """The losses for logging, off the graph (the logits kept only when ``keep_output``)."""
+        last = self.output.detach() if keep_output else self.output.new_empty(0)
+        return PairOutput(self.loss.detach(), self.task_loss.detach(), self.guidance_loss.detach(), last,
+                          {k: v.detach() for k, v in self.terms.items()}, self.guided)
+
     @staticmethod
     def mean(outs: list[PairOutput]) -> PairOutput:
         """An optimizer step's losses: the mean over its micro-batches (each entered the gradient as loss / N)."""

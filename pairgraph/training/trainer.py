@@ -100,13 +100,6 @@ class Loop:
     unread: list[tuple[dict[str, Any], PairOutput]] = field(default_factory=list)
 
 
-def _detached(out: PairOutput, keep_output: bool) -> PairOutput:
-    """A micro-batch's losses for logging, off the graph (its logits kept only when ``keep_output``)."""
-    last = out.output.detach() if keep_output else out.output.new_empty(0)
-    return PairOutput(out.loss.detach(), out.task_loss.detach(), out.guidance_loss.detach(), last,
-                      {k: v.detach() for k, v in out.terms.items()}, out.guided)
-
-
 class Trainer:
     """Trains a compiled pair; ``run()`` returns the summary dict also written to summary.json.
 
@@ -265,7 +258,7 @@ class Trainer:
                         self._check_finite(loop, out)
                         loss = out.loss / n  # the step's gradient: the mean over its micro-batches
                         (loop.scaler.scale(loss) if loop.scaler is not None else loss).backward()
-                        outs.append(_detached(out, keep_output=i == n - 1))
+                        outs.append(out.detached(keep_output=i == n - 1))
                     self._update(loop)
                     self._log_step(loop, outs[0] if n == 1 else PairOutput.mean(outs))
                     self._evaluate_and_save(loop)
