@@ -158,7 +158,7 @@ class Objective(nn.Module):
         """The alignment loss: Σ w·term over the pairs, as one weighted reduction (a few ops for any number of
         pairs, where a Python sum dispatches three per pair)."""
         stacked = torch.stack([terms[tap_key(g, t)] for g, t, _ in pairs])
-        return stacked @ stacked.new_tensor([w for _, _, w in pairs])
+        return (stacked * stacked.new_tensor([w for _, _, w in pairs])).sum()  # not a matmul: autocast keeps fp32
 
     @classmethod
     def describe(cls, spec: PairSpec) -> str:
