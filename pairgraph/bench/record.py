@@ -55,7 +55,8 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     """Benchmark one spec; returns a JSON-able record (also printed by the CLI).
 
     ``cache_pool`` > 0 adds the ``cached`` variant (guide cached over a pool of that many examples);
-    ``compile_modules`` runs every variant with ``torch.compile``d networks (floor included), and
+    ``compile_modules`` runs every variant with ``torch.compile``d networks (floor included) and the
+    alignment of (c), (e) and (g) compiled as ``train.compile`` compiles it, and
     records the one-off compile time of the first round; ``channels_last`` runs every variant in the
     channels-last memory format; ``precision`` bf16 runs every variant's networks under bf16 autocast
     (the similarity's own precision is the spec's ``similarity.precision``).
