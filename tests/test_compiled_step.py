@@ -64,6 +64,20 @@ def test_the_compiled_alignment_equals_the_eager_step_within_1e_5(tmp_path, caps
     _assert_same_step(eager, again)
 
 
+@pytest.mark.gpu
+def test_cuda_graphs_equal_the_eager_step_and_keep_every_steps_terms(tmp_path):
+    pair, x, y = _pair(tmp_path)
+    dev = torch.device("cuda")
+    pair.to(dev)
+    x, y = x.to(dev), y.to(dev)
+    eager = _step(pair, x, y)
+    compiled = pair.compile_alignment(dev)
+    steps = [_step(pair, x, y) for _ in range(4)]  # warm-up, recording, replays: each kept, as a log interval keeps them
+    assert compiled.mode == "reduce-overhead" and compiled.fallback is None
+    for s in steps:
+        _assert_same_step(eager, s)
+
+
 class _NoCompiler(RuntimeError):
     pass
 

@@ -79,6 +79,7 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "pairs": len(pair.pairs), "seconds": t, "compiled": compile_modules,
+        "compiled_alignment": compile_modules,
         "channels_last": channels_last, "precision": precision, "similarity_precision": pair.precision,
         "first_round_seconds": first_round, "overhead": r["overhead"], "overhead_gram": r.get("overhead_gram"),
         "speedup": t["naive"] / t["guided"] if "naive" in t else None, "machine": machine(dev), "ops": ops,
