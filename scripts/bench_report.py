@@ -57,7 +57,8 @@ def _section(rec: dict, source: str) -> list[str]:
           (f"{rec['device']} ({_where(rec)}), torch {m['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
            f"median of {rec['steps']} interleaved steps after {rec['warmup']} warm-up"
            + (f"; similarity products in {rec['similarity_precision']}" if "similarity_precision" in rec else "")
-           + (f"; every variant's networks compiled (first round, compiling included: "
+           + (f"; every variant's networks compiled{' and the alignment' if rec.get('compiled_alignment') else ''}"
+              f" (first round, compiling included: "
               f"{rec['first_round_seconds']:.0f} s)" if compiled else "") + f"; record `{source}`."), "",
           ("| (a) target step | (b) guide forward | (g) grams alone | (c) guided step | (d) naive step "
            "| overhead c/(a+b) | c/(a+b+g) | speedup d/c | peak memory c/(a+b) |"),

@@ -125,6 +125,9 @@ def test_report_renders_a_compiled_record_without_the_naive_step():
            "machine": {"processor": "x86_64", "threads": 2, "cpu_count": 2, "torch": "2"}}
     text = "\n".join(mod._section(rec, "r.json"))
     assert "`torch.compile`" in text and "first round, compiling included: 12 s" in text
+    assert "networks compiled (first" in text  # a record from before the alignment was compiled too
+    assert "networks compiled and the alignment (first" in "\n".join(mod._section({**rec, "compiled_alignment": True},
+                                                                                  "r.json"))
     assert "| 300.0 ms | — | 1.50 (misses ≤ 1.10) | — | — (naive step not timed) |" in text  # (d), c/(a+b+g): —
     assert "| 100.0 ms | 100.0 ms | — | 300.0 ms |" in text  # an old record has no (g)
 

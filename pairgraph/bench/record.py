@@ -55,7 +55,8 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     """Benchmark one spec; returns a JSON-able record (also printed by the CLI).
 
     ``cache_pool`` > 0 adds the ``cached`` variant (guide cached over a pool of that many examples);
-    ``compile_modules`` runs every variant with ``torch.compile``d networks (floor included), and
+    ``compile_modules`` runs every variant with ``torch.compile``d networks (floor included) and the
+    alignment of (c), (e) and (g) compiled as ``train.compile`` compiles it, and
     records the one-off compile time of the first round; ``channels_last`` runs every variant in the
     channels-last memory format; ``precision`` bf16 runs every variant's networks under bf16 autocast
     (the similarity's own precision is the spec's ``similarity.precision``).
@@ -78,6 +79,7 @@ def bench(spec: str, batch_size: int = 256, steps: int = 10, warmup: int = 3, de
     record: dict[str, Any] = {
         "spec": spec, "overrides": overrides, "device": str(dev), "batch_size": batch_size, "steps": steps,
         "warmup": warmup, "pairs": len(pair.pairs), "seconds": t, "compiled": compile_modules,
+        "compiled_alignment": compile_modules,
         "channels_last": channels_last, "precision": precision, "similarity_precision": pair.precision,
         "first_round_seconds": first_round, "overhead": r["overhead"], "overhead_gram": r.get("overhead_gram"),
         "speedup": t["naive"] / t["guided"] if "naive" in t else None, "machine": machine(dev), "ops": ops,

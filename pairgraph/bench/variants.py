@@ -28,7 +28,7 @@ from torch import Tensor
 
 from pairgraph.bench.naive import NaiveStep
 from pairgraph.compiler.pipeline import CompiledPair
-from pairgraph.core.loss import alignment_terms, tap_key
+from pairgraph.core.loss import Activations, alignment_terms, tap_key
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
 
@@ -64,7 +64,8 @@ def build_variants(compiled: CompiledPair, batch_size: int, device: torch.device
     With ``cache_pool`` > 0 the batch is drawn from a pool of that many random examples, the
     guide is cached over the pool (:meth:`GuidedPair.cache_guide`, timed into ``pair.cache_seconds``)
     and a further variant, ``cached``, is the guided step reading the guide from the cache.
-    ``compile_modules`` wraps the generated target and guide networks in ``torch.compile``; the
+    ``compile_modules`` wraps the generated target and guide networks in ``torch.compile`` and compiles the
+    alignment of (c), (e) and (g) as ``train.compile`` does (:meth:`GuidedPair.compile_alignment`); the
     naive step (d) is then left out, since registering hooks afresh on every call (what it
     reproduces) would recompile the networks on every step. ``channels_last`` puts both networks
     and 4-d inputs in the channels-last memory format (every variant, the floor included).
@@ -88,6 +89,7 @@ def build_variants(compiled: CompiledPair, batch_size: int, device: torch.device
     if compile_modules:
         pair.target = torch.compile(pair.target)
         pair.guide = torch.compile(pair.guide)
+        pair.compile_alignment(device)  # as train.compile runs it; (g) too
     pair.cache_seconds = None
     if cache_pool and "cached" in only:
         t0 = time.perf_counter()
@@ -139,9 +141,13 @@ def gram_step(pair: Any, taps: MappedTaps, precision: str) -> Callable[[], None]
     guide_taps, target_taps, mask = taps
     pairs = list(pair.pairs)
 
+    acts = Activations(None, guide_taps, None, target_taps, mask)  # type: ignore[arg-type]  # taps only, no outputs
+
     def step() -> None:
-        terms = alignment_terms(guide_taps, target_taps, pairs, pair.measure, mask, pair.sequence,
-                                aliases=pair.guide_aliases, precision=precision)
+        compiled = pair.compiled_terms if precision == pair.precision else None  # --compile: as (c) runs it
+        terms = compiled(pairs, acts) if compiled is not None else alignment_terms(
+            guide_taps, target_taps, pairs, pair.measure, mask, pair.sequence, aliases=pair.guide_aliases,
+            precision=precision)
         loss = sum(w * terms[tap_key(g, t)] for g, t, w in pairs)
         for t in target_taps.values():
             t.grad = None

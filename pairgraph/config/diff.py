@@ -7,9 +7,9 @@ from typing import Any
 import yaml
 
 #: fields that change how a run executes but not what it computes (the guide cache is exact; train.log
-#: says only where the scalars also go)
+#: says only where the scalars also go; train.compile, like train.device, changes float rounding only)
 RUNTIME_FIELDS = frozenset({"train.device", "train.num_workers", "guidance.cache_guide", "guidance.cache_max_gb",
-                            "train.log"})
+                            "train.log", "train.compile"})
 #: fields a run may be continued with a new value of: it runs longer or checkpoints more often
 EXTENDABLE_FIELDS = frozenset({"train.steps", "train.epochs", "train.checkpoint_every"})
 

@@ -339,8 +339,7 @@ class TrainSpec(_Strict):
     epochs: int | None = Field(default=None, ge=1, description="Epochs to train (ignored when steps is set).")
     steps: int | None = Field(default=None, ge=1, description="Optimizer steps to train; default 1 epoch when neither is set.")
     eval_every: int = Field(default=100, ge=1, description="Evaluate on the validation split every N optimizer steps.")
-    eval_batches: int | None = Field(
-        default=None, ge=1,
+    eval_batches: int | None = Field(default=None, ge=1,
         description="Validate on N batches of a fixed random subset of the validation split (None = all of it); "
         "the test split is always evaluated whole.")
     checkpoint_every: int | None = Field(default=None, ge=1, description="Checkpoint every N optimizer steps (default: each evaluation).")
@@ -348,17 +347,17 @@ class TrainSpec(_Strict):
     device: str = Field(default="auto", description="auto | cpu | cuda | cuda:N")
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     num_workers: int = Field(default=0, ge=0)
-    log: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=lambda: ["tensorboard"], examples=[["tensorboard", "wandb"]],
+    log: list[Literal["tensorboard", "wandb"]] = Field(default_factory=lambda: ["tensorboard"], examples=[["tensorboard", "wandb"]],
         description="Where the scalars of metrics.jsonl also go (metrics.jsonl is always written): tensorboard "
         "(runs/<name>/<id>/tb) and/or wandb (Weights & Biases, pip install 'pairgraph[wandb]'; project from "
         "$WANDB_PROJECT, default 'pairgraph'). Does not change what a run computes.")
-    log_every: int = Field(
-        default=10, ge=1,
+    log_every: int = Field(default=10, ge=1,
         description="Read the steps' losses off the device every N optimizer steps (and at every evaluation, "
         "checkpoint and the last step): metrics.jsonl still gets one row per step, the NaN check still names the "
         "first non-finite step, but on a GPU the host waits for the device once per N steps, not every step. 1 = "
         "every step. Does not change what a run computes.")
+    compile: bool = Field(default=False, description="Run the alignment under torch.compile (docs/performance.md): CUDA graphs "
+                          "on a GPU; eager, with one line, where it cannot compile. Same losses within 1e-5.")
 
     @field_validator("log", mode="before")
     @classmethod

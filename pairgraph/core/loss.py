@@ -22,6 +22,7 @@ from torch import Tensor, nn
 from pairgraph.config import PairSpec
 from pairgraph.core.alignment import keyed, prepare_taps, score_pairs
 from pairgraph.core.cache import GuideCache
+from pairgraph.core.compiled import CompiledTerms, compile_mode
 from pairgraph.core.distributed import gather_batch
 from pairgraph.core.projection import Projectors
 from pairgraph.core.similarity import get_measure
@@ -267,6 +268,7 @@ class GuidedPair(nn.Module):
         self.guide_calls = 0
         self.guide_cache: GuideCache | None = None  # set by cache_guide()
         self.global_batch = False  # set by the trainer under torchrun (see pairgraph.core.distributed)
+        self.compiled_terms: CompiledTerms | None = None  # set by compile_alignment()
         self.train()
 
     # what the objective holds, for its readers (checkpoints, the guide cache, the benchmark)
@@ -369,6 +371,18 @@ class GuidedPair(nn.Module):
                                  f"did you mean {close[0]!r}?" if close else "name a state-dict entry of the target")
         return params[name]
 
+    def compile_alignment(self, device: torch.device, mode: str | None = None) -> CompiledTerms:
+        """Run the objective's terms (the alignment) under ``torch.compile`` from the next step on, in ``mode``
+        (default :func:`pairgraph.core.compiled.compile_mode` of ``device``); eager, with one line, where
+        ``torch.compile`` fails. The networks stay as they are (the benchmark compiles them apart)."""
+        self.compiled_terms = CompiledTerms(self.objective.terms, mode or compile_mode(device))
+        return self.compiled_terms
+
+    @property
+    def compile_seconds(self) -> float | None:
+        """The first compiled step's compile time (None: not compiled, or fell back to eager)."""
+        return self.compiled_terms.seconds if self.compiled_terms is not None else None
+
     def cache_guide(self, inputs: Callable[[Tensor], Tensor], n: int, *, max_bytes: float = 4 * 2**30,
                     chunk: int = 256, progress: Callable[[int], None] | None = None) -> Any:
         """Run the guide once over examples ``0..n-1`` (``inputs(index)`` → batch) and keep its taps.
@@ -410,7 +424,7 @@ class GuidedPair(nn.Module):
             target_taps = {t: gather_batch(target_taps[t]) for t in dict.fromkeys(p[1] for p in self.pairs)}
             mask = gather_batch(mask) if mask is not None else None
         states = self.guide_cache.states(index, self.precision) if cached else None
-        terms = self.objective.terms(self.pairs, Activations(g_out, guide_taps, out, target_taps, mask, states))
+        terms = (self.compiled_terms or self.objective.terms)(self.pairs, Activations(g_out, guide_taps, out, target_taps, mask, states))
         align = self.objective.align(self.pairs, terms)
         balanced = self.balancing.kind == "grad_norm" and self.objective.balanced
         weight = self.weight_at(step) * (self.balance_scale(task, align) if balanced else 1.0)

@@ -39,7 +39,7 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
 
     ``overrides`` (``--set``) or a ``spec`` file may change only what does not change what the run
     computes — train.steps, train.epochs, train.checkpoint_every (to run longer; not the length under a
-    cosine schedule, which spans the run) and the runtime fields (device, workers, guide cache, log);
+    cosine schedule, which spans the run) and the runtime fields (device, workers, guide cache, log, compile);
     anything else is refused with one line.
     """
     run = Path(run_dir)
@@ -57,7 +57,7 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
         raise PairgraphError(f"cannot resume {run} with {k}: {value!r} (it was started with {old!r})"
                              + (f" and {len(refused) - 1} more change(s)" if len(refused) > 1 else ""),
                              "a resumed run keeps what it computes; only train.steps, train.epochs (not under a "
-                             "cosine schedule), train.checkpoint_every and device/workers/log may change — start a "
+                             "cosine schedule), train.checkpoint_every and device/workers/log/compile may change — start a "
                              "new run instead")
     if changes and notify is not None:
         notify("resuming with " + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))

@@ -196,6 +196,8 @@ class Trainer:
                total: int) -> Loop:
         """The optimizer and scaler of the built pair; restore them when resuming, else start the run folder."""
         cfg = self.cfg
+        if cfg.compile:  # the alignment under torch.compile (pairgraph.core.compiled); compiled on the first step
+            pair.compile_alignment(self.device)
         if pair.guide_aliases and self.progress and self.dist.is_main:
             print(f"guide taps computed once: {describe(pair.guide_aliases)} — each a BatchNorm that rescales its "
                   "input uniformly, so its CKA is its input's", flush=True)
@@ -438,7 +440,7 @@ class Trainer:
             "best_step": state["best_step"], "best_val_loss": state["best_val_loss"], "val": state["best_val"],
             "test": test, "primary_metric": self.task.primary_metric, "guide_calls": loop.pair.guide_calls,
             "wall_seconds_this_session": round(wall, 2), "device": str(self.device),
-            "processes": self.dist.world, **loop.pair.parameter_counts(),
+            "processes": self.dist.world, "compile_seconds": loop.pair.compile_seconds, **loop.pair.parameter_counts(),
         }
         write_json(self.run_dir / "summary.json", summary)
         return summary
