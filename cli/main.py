@@ -120,7 +120,7 @@ def train(
     resume: Annotated[Optional[Path], typer.Option(help="Continue a killed run: runs/<name>/<id>.")] = None,  # noqa: UP045
     runs_dir: Annotated[Path, typer.Option(help="Where runs are written.")] = Path("runs"),
     run_id: Annotated[Optional[str], typer.Option(help="Run folder name (default: time-mode-seed).")] = None,  # noqa: UP045
-    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar (evaluation lines and notices are printed either way).")] = True,
     nproc: Annotated[int, typer.Option(help="Processes on this machine (torchrun + DDP; gloo on CPU, NCCL on GPU).")] = 1,
 ) -> None:
     """Train a pair (compiling the spec on the fly) and print the run's summary."""
@@ -137,7 +137,7 @@ def train(
         return
 
     if resume is not None:
-        summary = resume_run(resume, progress=progress, overrides=set_, spec=spec,
+        summary = resume_run(resume, progress=progress, overrides=set_, spec=spec, verbose=True,
                              notify=lambda m: err_console.print(m, highlight=False))
     else:
         if spec is None:
@@ -146,7 +146,7 @@ def train(
             spec = spec / "spec.yaml"
         compiled = compile_pair(spec, None, set_, render=False,
                                      notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
-        summary = Trainer(compiled, runs_dir, run_id, progress=progress).run()
+        summary = Trainer(compiled, runs_dir, run_id, progress=progress, verbose=True).run()
     _print_summary(summary)
 
 

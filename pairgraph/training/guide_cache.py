@@ -56,9 +56,10 @@ def not_worth_it(spec: PairSpec, examples: int, steps: int) -> str | None:
 
 
 def build_cache(spec: PairSpec, pair: GuidedPair, train: Any, steps: int, distributed: bool,
-                progress: bool) -> bool:
+                progress: bool, verbose: bool = True) -> bool:
     """Cache the guide over the training set when ``guidance.cache_guide`` asks or (null) when it is exact
-    and saves guide forwards; prints one line saying what happened. True when the run uses the cache."""
+    and saves guide forwards; with ``verbose``, prints one line saying what happened (``progress``: a bar on a
+    terminal while it builds). True when the run uses the cache."""
     g = spec.guidance
     if g.cache_guide is False or not objective_class(g.mode).compares_similarity:  # other modes ignore it (a study cell sets it for all arms)
         return False
@@ -80,10 +81,10 @@ def build_cache(spec: PairSpec, pair: GuidedPair, train: Any, steps: int, distri
     except CacheTooLarge as e:
         if g.cache_guide:
             raise
-        if progress:
+        if verbose:
             print(f"guide cache off: {e.message}", flush=True)
         return False
-    if progress:
+    if verbose:
         how = "asked for" if g.cache_guide else "on by default: exact here"
         off = "" if g.cache_guide else f" ({OFF_HINT} to turn it off)"
         print(f"guide cache ({how}): {len(train):,} examples, {cache.nbytes / 2**20:.0f} MiB, built in "

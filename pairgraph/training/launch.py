@@ -34,7 +34,8 @@ def compile(spec: PairSpec | str | Path | dict[str, Any], out_dir: str | Path | 
 
 
 def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] | None = None,
-               spec: str | Path | None = None, notify: Callable[[str], None] | None = None) -> dict[str, Any]:
+               spec: str | Path | None = None, notify: Callable[[str], None] | None = None,
+               verbose: bool | None = None) -> dict[str, Any]:
     """Continue a run from its last checkpoint, with the spec it was started with.
 
     ``overrides`` (``--set``) or a ``spec`` file may change only what does not change what the run
@@ -62,4 +63,4 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
     if changes and notify is not None:
         notify("resuming with " + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
     compiled = pipeline.compile(new, out_dir=run / "build", render=False, notify=None)
-    return Trainer(compiled, resume=run, progress=progress).run()
+    return Trainer(compiled, resume=run, progress=progress, verbose=verbose).run()

@@ -108,7 +108,8 @@ class Trainer:
     """
 
     def __init__(self, compiled: CompiledPair, runs_dir: str | Path = "runs", run_id: str | None = None,
-                 resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None):
+                 resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
+                 verbose: bool | None = None):
         self.compiled = compiled
         self.spec: PairSpec = compiled.spec
         self.cfg = self.spec.train
@@ -121,7 +122,7 @@ class Trainer:
             raise PairgraphError(f"train.batch_size {self.cfg.batch_size} does not divide over {self.dist.world} processes",
                                  "make the (global) batch size a multiple of the number of processes")
         self.task = get_task(self.spec.task)
-        self.progress = progress
+        self.progress, self.verbose = progress, progress if verbose is None else verbose  # bar; lines and notices
         self.stop_after = stop_after
         distributed.init(self.dist, self.device)
         self.resume, self.run_id = resume is not None, run_id
@@ -139,7 +140,7 @@ class Trainer:
         if guide_to_train(self.spec):
             key, cache = guide_key(self.spec), guide_checkpoint_path(self.spec).parent
             compiled = compile(guide_training_spec(self.spec), out_dir=cache / f"build-{key}", render=False, notify=None)
-            cache_trained_guide(self.spec, Trainer(compiled, cache / "runs", key, progress=self.progress).run())
+            cache_trained_guide(self.spec, Trainer(compiled, cache / "runs", key, progress=self.progress, verbose=self.verbose).run())
         return resolve_guide_weights(self.spec)
 
     def _datasets(self) -> dict[str, Any]:
@@ -198,7 +199,7 @@ class Trainer:
         cfg = self.cfg
         if cfg.compile:  # the alignment under torch.compile (pairgraph.core.compiled); compiled on the first step
             pair.compile_alignment(self.device)
-        if pair.guide_aliases and self.progress and self.dist.is_main:
+        if pair.guide_aliases and self.verbose and self.dist.is_main:
             print(f"guide taps computed once: {describe(pair.guide_aliases)} — each a BatchNorm that rescales its "
                   "input uniformly, so its CKA is its input's", flush=True)
         self.model = pair.target
@@ -247,7 +248,7 @@ class Trainer:
             pair = self.compiled.module.build(self.device, guide_weights=guide_weights)
             loop = self._setup(pair, guide_weights, data, resuming, total)
             cached = build_cache(self.spec, pair, data["train"], total, self.dist.enabled,
-                                 self.progress and self.dist.is_main)
+                                 self.progress and self.dist.is_main, self.verbose and self.dist.is_main)
             batches, n, t0 = iter(self._loader(loop, cached)), self.cfg.accumulate, time.time()
             with self._stepping(loop, resuming):
                 while loop.step < loop.total:
@@ -418,7 +419,7 @@ class Trainer:
             self.checkpoints.save("last", self.model, step, self._resume_state(loop))
             if loop.progress is not None:  # the bar shows the latest evaluation
                 loop.progress.update(loop.task_id, val=val_text(val, self.task.primary_metric))
-            elif self.progress:
+            elif self.verbose:
                 print(f"step {step}/{loop.total} train {loop.last['task_loss']:.4f} val {val['loss']:.4f} "
                       + " ".join(f"{k} {v:.4g}" for k, v in val.items() if k != "loss"), flush=True)
         elif cfg.checkpoint_every and step % cfg.checkpoint_every == 0:
