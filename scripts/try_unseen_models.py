@@ -8,7 +8,8 @@ declares blocks (no tap inside one). As the **target** (a small zoo guide): trai
 first (a checkpoint), then resumed from it to the end. A model pairgraph does not support must be refused at
 compile in one line; anything else — a traceback, a wrong tap — is what this script looks for.
 
-    nice -n 10 python scripts/try_unseen_models.py [NAME ...]  →  results/unseen_models.json (all models when no NAME)
+    nice -n 10 python scripts/try_unseen_models.py [NAME ...]  →  results/unseen_models.json (all models when no NAME;
+    with NAMEs, their rows of the committed file are replaced and its summary recounted)
 
 No weights are downloaded; random images in a folder dataset stand in for image data (offline).
 """
@@ -97,10 +98,14 @@ def main() -> None:
         records.append({"model": ref, "args": args, "task": task["kind"], "guide": as_guide(ref, args, task),
                         "target": as_target(ref, args, task)})
         print(json.dumps(records[-1]), flush=True)
-    if not only:
-        out = {"machine": f"{platform.machine()} CPU, torch {torch.__version__}", "models": len(records),
-               "summary": summary(records), "records": records}
-        (ROOT / "results" / "unseen_models.json").write_text(json.dumps(out, indent=1) + "\n")
+    path = ROOT / "results" / "unseen_models.json"
+    if only and path.exists():
+        rerun = {(r["model"], r["task"]): r for r in records}
+        records = [rerun.pop((r["model"], r["task"]), r) for r in json.loads(path.read_text())["records"]]
+        records += rerun.values()
+    out = {"machine": f"{platform.machine()} CPU, torch {torch.__version__}", "models": len(records),
+           "summary": summary(records), "records": records}
+    path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 def _images() -> None:

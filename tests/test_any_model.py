@@ -271,6 +271,28 @@ def test_timm_transformer_blocks_are_tapped_whole(tmp_path):
     assert not any("qkv" in n or n.startswith("head") for n in names), names
 
 
+def small_swin(num_classes: int = 10, **kwargs) -> nn.Module:
+    from torchvision.models.swin_transformer import SwinTransformer
+
+    return SwinTransformer([4, 4], 16, [2, 2], [1, 2], [2, 2], num_classes=num_classes)
+
+
+def small_maxvit(num_classes: int = 10, **kwargs) -> nn.Module:
+    from torchvision.models.maxvit import MaxVit
+
+    return MaxVit((32, 32), 8, 2, [8, 16], [2, 1], 4, 0.1, num_classes=num_classes)
+
+
+@pytest.mark.parametrize(("ref", "blocks"), [
+    ("test_any_model:small_swin", ["features.1.0", "features.1.1", "features.3.0", "features.3.1"]),
+    ("test_any_model:small_maxvit", ["blocks.0.layers.0", "blocks.0.layers.1", "blocks.1.layers.0"])])
+def test_torchvision_and_user_transformer_blocks_are_tapped_whole(ref, blocks, tmp_path):
+    """Blocks of no known block list (torchvision's Swin and MaxViT classes, built as a user's model) are found as
+    the repeated children with attention, and tapped whole, not at their norms, MLPs and attentions."""
+    names = _compile(tmp_path, {"model": ref}).guide.names
+    assert [n for n in names if any(n.startswith(b.rsplit(".", 1)[0]) for b in blocks)] == blocks, names
+
+
 def test_transformers_poolers_and_embedding_norms_are_not_taps(tmp_path):
     pytest.importorskip("transformers")
     albert = {"model": "hf:albert", "args": {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2,

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import socket
 import textwrap
+import time
 
 import pytest
 import yaml
 from tiny_specs import run_cli
 
 import pairgraph
+from pairgraph.compiler.build import build_root
 from pairgraph.config import load_spec
+from pairgraph.tasks import get_task
 
 
 def _init(args: list[str], capsys, monkeypatch) -> tuple[int, str, str]:
@@ -103,6 +106,25 @@ def test_timm_guide(tmp_path, monkeypatch, capsys, no_network):
     assert code == 0
     spec, _ = _written_and_compiled(path, tmp_path, out, err)
     assert spec.guide.model == "timm:resnet18"
+
+
+@pytest.mark.parametrize(("model", "args"), [
+    ("timm:vit_base_patch16_224", {"depth": 2, "embed_dim": 64, "num_heads": 2}),
+    ("timm:convnext_tiny", {"depths": [1, 1, 1, 1], "dims": [32, 64, 128, 256]})])
+def test_timm_target_is_cpu_sized(model, args, tmp_path, monkeypatch, capsys, no_network):
+    """A full-size timm architecture (86M, 28M parameters) is written with its class's own size arguments, shrunk:
+    the spec compiles in seconds and the model has under 1.5M parameters."""
+    pytest.importorskip("timm")
+    path = tmp_path / "timm.yaml"
+    code, out, err = _init(["--guide", "deep_fcn", "--target", model, "--task", "image_classification",
+                            "-o", str(path)], capsys, monkeypatch)
+    assert code == 0
+    started = time.perf_counter()
+    spec, _ = _written_and_compiled(path, tmp_path, out, err)
+    assert time.perf_counter() - started < 60
+    assert spec.target.args == args
+    task = get_task(spec.task)
+    assert sum(p.numel() for p in build_root(spec.resolved(), "target", task).parameters()) < 1_500_000
 
 
 def test_transformers_guide_is_cpu_sized(tmp_path, monkeypatch, capsys, no_network):

@@ -39,7 +39,8 @@ class ModelEntry:
     #: the arguments that make the factory load its source's pretrained weights (None: it has none)
     pretrained: Callable[[dict[str, Any]], dict[str, Any]] | None = None
     #: the ``args`` a starter spec (``pairgraph init``) gives the model: a CPU-sized one where the source knows how
-    starter_args: dict[str, Any] = field(default_factory=dict)
+    #: (called only by ``init``: a source may build models to find them)
+    starter_args: Callable[[], dict[str, Any]] = dict
 
     def accepts(self) -> set[str] | None:
         """Keyword arguments the factory takes (None when it takes ``**kwargs``)."""
@@ -67,7 +68,7 @@ def register_model(
         doc = description or (inspect.getdoc(factory) or "").split("\n")[0]
         presets_ = dict(presets or {})
         starter = {"preset": "cpu"} if "cpu" in presets_ else {}
-        MODELS.register(name)(ModelEntry(name, factory, input, presets_, doc, starter_args=starter))
+        MODELS.register(name)(ModelEntry(name, factory, input, presets_, doc, starter_args=lambda: dict(starter)))
         return factory
 
     return deco

@@ -120,7 +120,7 @@ def hf_source(ref: str) -> ModelEntry:
 
     return ModelEntry(ref, hf_factory, "tokens", {}, f"transformers {model_type}",
                       default_keys={"vocab_size", "num_classes", "pad_id", "max_len", "image_size", "in_channels"},
-                      pretrained=_pretrained_args, starter_args=_small_args(default_config))
+                      pretrained=_pretrained_args, starter_args=lambda: _small_args(default_config))
 
 
 #: a CPU-sized transformer, in transformers' standard config names (each config maps them to its own)

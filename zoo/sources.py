@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 import pickle
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from pairgraph.config.names import IMPORT_ROOTS, MODEL_SOURCES
@@ -142,4 +145,45 @@ def timm_source(ref: str) -> ModelEntry:
 
     return ModelEntry(ref, timm_factory, "image", {}, f"timm {name}",
                       default_keys={"num_classes", "in_channels", "image_size"},
-                      pretrained=lambda args: {**args, "pretrained": True})
+                      pretrained=lambda args: {**args, "pretrained": True},
+                      starter_args=lambda: _small_timm_args(lambda **kw: timm.create_model(name, **kw)))
+
+
+def _small_timm_args(create: Callable[..., nn.Module]) -> dict[str, Any]:
+    """A CPU-sized model of a timm architecture, in the size arguments its class takes: 2 blocks of width 64 for a
+    ViT-like (``depth``, ``embed_dim``, ``num_heads``), one block a stage and narrow stages for a staged one
+    (``depths``, ``dims``, ``embed_dims``, ``num_heads`` per stage). Kept only when it builds and is smaller (tried
+    on the meta device, no memory); else the depths alone; else none (``{}``: the architecture's own size)."""
+    def built(**kwargs: Any) -> nn.Module:
+        with torch.device("meta"):
+            return create(**kwargs)
+
+    def params(model: nn.Module) -> int:
+        return sum(p.numel() for p in model.parameters())
+
+    try:
+        model = built()
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta keeps its own size
+        return {}
+    small: dict[str, Any] = {}
+    for key, p in inspect.signature(type(model).__init__).parameters.items():
+        default = p.default
+        if key in _VIT_SIZE and isinstance(default, int) and not isinstance(default, bool):
+            small[key] = _VIT_SIZE[key]
+        elif isinstance(default, tuple | list) and default and (key == "layers" or key.endswith("depths")):
+            small[key] = [1] * len(default)
+        elif isinstance(default, tuple | list) and default and key in ("dims", "embed_dims", "num_heads"):
+            small[key] = [(1 if key == "num_heads" else 32) * 2**i for i in range(len(default))]
+    depths = {k: v for k, v in small.items() if k in ("depth", "layers") or k.endswith("depths")}
+    for args in (small, depths):
+        try:
+            smaller = bool(args) and params(built(**args)) < params(model)
+        except Exception:  # noqa: BLE001 - the class's own checks refuse this size: try a smaller change
+            smaller = False
+        if smaller:
+            return args
+    return {}
+
+
+#: the size of a CPU ViT-like (as the unseen-model script shrinks timm's ViT, DeiT, BEiT, EVA)
+_VIT_SIZE = {"depth": 2, "embed_dim": 64, "num_heads": 2}

@@ -103,7 +103,7 @@ def write_starter(guide: str, target: str, task: str, output: str | Path | None 
     for side, ref in (("guide", guide), ("target", target)):
         _check_input(side, ref, entries[side], task, task_cls.input_kind)
     _check_writable(path, force)
-    text = starter_text(name, task, guide, target, {side: e.starter_args for side, e in entries.items()})
+    text = starter_text(name, task, guide, target, {side: e.starter_args() for side, e in entries.items()})
     data, root = parse_yaml(text, str(path))
     spec = parse_spec(data, str(path), root_node=root)
     atomic_write(path, text)

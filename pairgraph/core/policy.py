@@ -124,15 +124,13 @@ def in_head(name: str, heads: tuple[str, ...]) -> bool:
 
 
 def block_types(model: nn.Module) -> frozenset[str]:
-    """The classes a library declares as its model's blocks, tapped whole: a transformers model's
-    ``_no_split_modules`` (what it never splits across devices, e.g. ``LlamaDecoderLayer``) or else the classes
-    of the layers with attention in its ModuleLists (``RobertaLayer``, ``AlbertLayer``); for a timm model, the repeated classes of its
-    Sequential/ModuleList stages that hold an attention (CoaT's ``SerialBlock``, MaxViT's ``MaxxVitBlock``).
-    Empty for other models."""
-    if isinstance(getattr(model, "pretrained_cfg", None), dict):  # timm
-        return frozenset(qualname(type(m)) for m in _innermost(_repeated(model, (nn.ModuleList, nn.Sequential))))
+    """The classes a model's blocks are, tapped whole: a transformers model's ``_no_split_modules`` (what it never
+    splits across devices, e.g. ``LlamaDecoderLayer``) or else the classes of the layers with attention in its
+    ModuleLists (``RobertaLayer``, ``AlbertLayer``); for any other model (timm, torchvision, a user's), the repeated
+    classes of its Sequential/ModuleList stages that hold an attention (CoaT's ``SerialBlock``, MaxViT's
+    ``MaxxVitBlock``, torchvision's ``SwinTransformerBlock``). Empty for a model without such blocks."""
     if not isinstance(getattr(model, "base_model_prefix", None), str) or not hasattr(model, "_no_split_modules"):
-        return frozenset()
+        return frozenset(qualname(type(m)) for m in _innermost(_repeated(model, (nn.ModuleList, nn.Sequential))))
     declared = getattr(model, "_no_split_modules", None)
     if declared:
         return frozenset(str(c) for c in declared)
@@ -141,11 +139,19 @@ def block_types(model: nn.Module) -> frozenset[str]:
 
 def _repeated(model: nn.Module, containers: tuple[type, ...], times: int = 2) -> list[nn.Module]:
     """One module of each class (not torch.nn's own) that occurs at least ``times`` as items of ``containers``
-    (once is enough for a transformers ModuleList: ALBERT calls its one shared layer again and again)."""
-    items = [m for c in model.modules() if isinstance(c, containers) for m in c.children()
+    (once is enough for a transformers ModuleList: ALBERT calls its one shared layer again and again). A container
+    of named parts of several classes is a block's inside, not a list of blocks (torchvision MaxViT's
+    ``MBconv``, ``window_attention``, ``grid_attention``: the block is the layer holding them)."""
+    items = [m for c in model.modules() if isinstance(c, containers) and _is_list(c) for m in c.children()
              if not type(m).__module__.startswith("torch.")]
     counts = Counter(type(m) for m in items)
     return list({type(m): m for m in items if counts[type(m)] >= times}.values())
+
+
+def _is_list(container: nn.Module) -> bool:
+    """Items indexed by number, or all of one class (torchvision ViT's ``encoder_layer_0``, …)."""
+    named = dict(container.named_children())
+    return all(n.isdigit() for n in named) or len({type(m) for m in named.values()}) <= 1
 
 
 _ATTENTION = re.compile(r"attn|attention", re.IGNORECASE)
