@@ -340,3 +340,13 @@ def test_bench_and_report_outputs_never_replace_their_input(tmp_path, capsys, mo
         code, _, err = run_cli(args, capsys, monkeypatch)
         assert "would replace the input file" in _one_line_error(code, err)
     assert (spec.read_bytes(), study.read_bytes()) == before
+
+
+def test_no_progress_hides_only_the_bar(tmp_path, capsys, monkeypatch):
+    """`--no-progress` drops the progress bar, not the per-evaluation lines or the run's notices."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "tiny.yaml"
+    spec.write_text(yaml.safe_dump(tiny(steps=4, eval_every=2, batch_size=8)))
+    code, out, err = run_cli(["train", str(spec), "--runs-dir", "runs", "--no-progress"], capsys, monkeypatch)
+    assert code == 0, err
+    assert "step 2/4 train" in out and "step 4/4 train" in out
