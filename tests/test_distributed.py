@@ -63,6 +63,7 @@ def _worker(rank: int, world: int, port: int, pair_dir: str, out: str) -> None:
             grads.update({f"projectors.{k}": p.grad for k, p in pair.projectors.named_parameters()})
         torch.save({"guidance": res.guidance_loss.detach(), "terms": {k: v.detach() for k, v in res.terms.items()},
                     "grads": grads}, out)
+    dist.barrier()  # neither rank tears the group down while the other still uses it
     dist.destroy_process_group()
 
 

@@ -547,7 +547,7 @@ def test_a_verdict_that_changes_with_the_close_seeds_says_so(tmp_path, monkeypat
     study = load_study(write(tmp_path / "s.yaml", tiny_study(close_seeds=[2, 3])))
     view = CellView(study.cells[0], {}, {}, "accuracy", True, (0, 1))
     runs = {"baseline": {0: 14.0, 1: 16.0}, "untrained": {0: 40.0, 1: 44.0}}
-    monkeypatch.setattr(CellView, "values", lambda self, arm, seeds=None: [
+    monkeypatch.setattr(CellView, "values", lambda self, arm, seeds=None, metric=None: [
         v for s, v in runs.get(arm, {}).items() if seeds is None or s in seeds])
     assert view.agreement("untrained").startswith("same direction: Δ +27.00")  # 27 / 2.2 pooled s.d.: not close
     # close on seeds 0–1 (Δ 3, Welch df 2); with seeds 2–3 added to both resolved (Δ 3, df 6)

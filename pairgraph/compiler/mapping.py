@@ -53,6 +53,11 @@ class Correspondence:
             **({"info": self.info} if self.info else {}),
         }
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Correspondence:
+        """The correspondence :meth:`to_json` wrote (``pairgraph inspect`` reads a run's build/mapping.json)."""
+        pairs = [(p["guide"], p["target"], float(p["weight"])) for p in data["pairs"]]
+        return cls(pairs, data["kind"], list(data["guide_taps"]), list(data["target_taps"]), data.get("info", {}))
 
 
 class MappingContext(Protocol):
