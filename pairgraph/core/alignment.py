@@ -28,6 +28,13 @@ from torch import Tensor
 from pairgraph.core.measure import Measure, State, matmul_precision, no_autocast
 
 
+#: on a CPU, taps of at least this many elements are prepared alone, not stacked: a CPU step is compute-bound, and
+#: stacking large taps cost more than the ops it saves (on this 2-core CPU the stacked gram floor of ResNet-18's
+#: 40 taps at batch 256 took about twice the per-tap one; docs/performance.md). On a GPU every tap is stacked:
+#: there a step is launch-bound.
+STACK_LIMIT = 2**18
+
+
 @dataclass
 class TapGroup:
     """Taps prepared together: tap ``names[i]`` owns groups ``i·G … (i+1)·G − 1`` of ``state``."""
@@ -57,7 +64,8 @@ def prepare_taps(m: Measure, taps: Mapping[Hashable, Tensor], names: Iterable[Ha
     shapes: dict[tuple, list[Hashable]] = {}
     for name in dict.fromkeys(names):
         a = taps[name]
-        shapes.setdefault((tuple(a.shape), a.dtype, a.device, a.requires_grad), []).append(name)
+        alone = name if a.device.type == "cpu" and a.numel() >= STACK_LIMIT else None  # see STACK_LIMIT
+        shapes.setdefault((tuple(a.shape), a.dtype, a.device, a.requires_grad, alone), []).append(name)
     calls: dict[int, list[list[Hashable]]] = {}  # by the time steps of a tap in position mode (its groups), else 0
     for (shape, *_), group in shapes.items():
         calls.setdefault(shape[1] if sequence == "position" and len(shape) >= 3 else 0, []).append(group)
