@@ -28,8 +28,8 @@ from torch import Tensor
 from pairgraph.core.measure import Measure, State, matmul_precision, no_autocast
 
 #: on a CPU, taps of at least this many elements are prepared alone, not stacked: a CPU step is compute-bound, and
-#: stacking large taps cost more than the ops it saves (on this 2-core CPU the stacked gram floor of ResNet-18's
-#: 40 taps at batch 256 took about twice the per-tap one; docs/performance.md). On a GPU every tap is stacked:
+#: stacking large taps cost more than the ops it saves (docs/performance.md, "The CPU cost of the batched
+#: alignment"). On a GPU every tap is stacked:
 #: there a step is launch-bound.
 STACK_LIMIT = 2**18
 
