@@ -249,3 +249,19 @@ def test_a_sigterm_on_a_step_not_yet_logged_writes_its_rows_with_its_checkpoint(
     monkeypatch.undo()
     resume_run(run, progress=False)
     assert _steps(run) == list(range(1, 9))
+
+
+def test_resume_of_a_live_run_is_refused_before_its_build_folder_is_rewritten(tmp_path):
+    _train(tmp_path, tiny(), stop_after=4)
+    run = tmp_path / "runs" / "tiny" / "r"
+    module = run / "build" / "guided_pair.py"  # as a resumed live run has it
+    module.parent.mkdir()
+    module.write_text("# the live run's module\n")
+    lock = lock_run(run)  # another process is training this run
+    with pytest.raises(PairgraphError, match="being written by a live run"):
+        resume_run(run, progress=False)
+    assert module.read_text() == "# the live run's module\n"
+    lock.release()
+    resume_run(run, progress=False)  # once it has ended, the resume goes ahead and holds the run itself
+    assert _steps(run) == list(range(1, 9)) and module.read_text() != "# the live run's module\n"
+    lock_run(run).release()  # and lets go when done

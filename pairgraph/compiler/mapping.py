@@ -150,52 +150,29 @@ def relative_depths(graph: LayerGraph) -> list[float]:
     return [t.depth / deepest for t in graph.taps]
 
 
-def preferences(matrix: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """``S`` with its column effect shrunk by how much the rows disagree; also the share ``ρ`` kept.
-
-    ``S[i, j] = m + r_i + c_j + e_ij`` (grand mean, row effect, column effect, interaction). Only
-    ``e`` says *which* guide tap goes with which target tap; ``c_j`` says target tap j resembles every
-    guide tap (a layer near the input, in a flat matrix) and, counted in full, pulls every guide tap
-    onto it. It is kept with weight ``ρ = rms(e) / (rms(e) + rms(c))``: all of it when the rows
-    disagree much, none when they agree (a guide with nothing to tell). ``r_i`` is dropped (it
-    cannot change a row's choice). NaN cells stay NaN.
-    """
-    finite = torch.isfinite(matrix)
-    safe = torch.where(finite, matrix, torch.zeros_like(matrix))
-
-    def mean(dim: int) -> torch.Tensor:
-        return safe.sum(dim, keepdim=True) / finite.sum(dim, keepdim=True).clamp(min=1)
-
-    grand = safe.sum() / finite.sum().clamp(min=1)
-    col = mean(0) - grand
-    inter = torch.where(finite, matrix - mean(1) - col, torch.zeros_like(matrix))
-    e, c = float(inter.pow(2).mean().sqrt()), float(col.pow(2).mean().sqrt())
-    rho = e / (e + c) if e + c > 1e-9 else 0.0
-    pref = torch.where(finite, inter + rho * col, torch.full_like(matrix, math.nan))
-    return (pref * 1e9).round() / 1e9, rho  # float dust in the means is a tie, not a preference
-
-
 def order_preserving(matrix: torch.Tensor, guide: LayerGraph, target: LayerGraph,
-                     depth_prior: float) -> tuple[list[int], torch.Tensor, float]:
-    """Target tap per guide tap: the depth-monotone path of highest total preference; the preferences; ρ.
+                     depth_prior: float) -> tuple[list[int], torch.Tensor]:
+    """Target tap per guide tap: the depth-monotone path of highest total preference; the preferences.
 
-    Preference = :func:`preferences` of the similarity matrix, less ``depth_prior`` × the gap in
-    relative depth (as :func:`depth` measures it), so ties and a flat matrix give the ``depth``
-    mapping. Taps are ordered by (depth, index) on both sides, so a deeper guide tap never lands on
-    a shallower target tap; several guide taps may share a target tap. A NaN cell never wins.
+    Preference = similarity less ``depth_prior`` × the gap in relative depth (as :func:`depth`
+    measures it): a similarity contrast smaller than the prior's, as in a flat matrix, gives the
+    ``depth`` mapping; a larger one is followed. Taps are ordered by (depth, index) on both sides, so
+    a deeper guide tap never lands on a shallower target tap; several guide taps may share a target
+    tap. A NaN cell never wins.
     """
-    pref, rho = preferences(matrix.double())
     rg = torch.tensor(relative_depths(guide), dtype=torch.float64)
     rt = torch.tensor(relative_depths(target), dtype=torch.float64)
-    pref = pref - depth_prior * (rg[:, None] - rt[None, :]).abs()
-    pref = torch.nan_to_num(pref, nan=-math.inf)
+    s = matrix.double()
+    s = s - s.nan_to_num(0.0).sum(1, keepdim=True) / torch.isfinite(s).sum(1, keepdim=True).clamp(min=1)
+    similarity = (s * 1e9).round() / 1e9  # row means dropped (they move every path alike); float dust is a tie
+    pref = torch.nan_to_num(similarity - depth_prior * (rg[:, None] - rt[None, :]).abs(), nan=-math.inf)
     rows = sorted(range(len(guide)), key=lambda i: (guide.taps[i].depth, i))
     cols = sorted(range(len(target)), key=lambda j: (target.taps[j].depth, j))
     picked = monotone_assignment(pref[rows][:, cols].tolist())
     idx = [0] * len(rows)
     for i, k in zip(rows, picked):
         idx[i] = cols[k]
-    return idx, pref, rho
+    return idx, pref
 
 
 def _check_options(spec: PairSpec, batches: Any, batch_size: Any, warmup_steps: Any, monotone: Any,
@@ -257,9 +234,9 @@ def learned(
     matrix = total / used
     finite = torch.nan_to_num(matrix, nan=-math.inf)  # a NaN similarity never wins a tap
     if monotone:
-        idx, _, rho = order_preserving(matrix, guide, target, float(depth_prior))
+        idx = order_preserving(matrix, guide, target, float(depth_prior))[0]
     else:
-        idx, rho = [int(j) for j in finite.argmax(dim=1)], 1.0
+        idx = [int(j) for j in finite.argmax(dim=1)]
     pairs = [(g.name, target.taps[j].name, 1.0) for g, j in zip(guide.taps, idx)]
     by_depth = [target.names.index(t) for _, t, _ in depth(guide, target).pairs]
     info = {
@@ -271,7 +248,6 @@ def learned(
         "warmup_steps": warmup_steps,
         "monotone": monotone,
         "depth_prior": float(depth_prior),
-        "column_share": _num(rho),
         "guide_weights": spec.guide.weights,
         "chosen": idx,
         "depth_chosen": by_depth,

@@ -149,8 +149,8 @@ def learned_table(guide: LayerGraph, target: LayerGraph, corr: Correspondence, l
     info = corr.info
     m, chosen, by_depth = info["matrix"], info["chosen"], info["depth_chosen"]
     measure = info.get("measure", "similarity")
-    table = Table(title=f"why each pair: {measure} against the most similar target tap (column effect kept "
-                  f"{info.get('column_share', 1.0):.2f}, depth prior {info.get('depth_prior', 0):g}; docs/mapping.md)")
+    table = Table(title=f"why each pair: {measure} against the most similar target tap (depth prior "
+                  f"{info.get('depth_prior', 0):g}; docs/mapping.md)")
     for name in ("#", "guide tap", f"chosen ({measure})", f"most similar ({measure})", "why"):
         table.add_column(name, justify="right" if name == "#" else "left")
 

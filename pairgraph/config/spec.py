@@ -177,7 +177,8 @@ class MappingSpec(BaseModel):
     kind: str = Field(
         default="uniform",
         description="uniform (paper Algorithm 1) | depth (nearest relative depth) | learned (order-preserving assignment "
-        "maximising measured similarity; options batches, batch_size, warmup_steps, monotone, measure) | explicit "
+        "maximising measured similarity less depth_prior × relative-depth gap; options batches, batch_size, "
+        "warmup_steps, monotone, measure, depth_prior) | explicit "
         "(by hand: pairs: [[guide_glob, target_glob, weight], ...]); docs/mapping.md",
     )
 

@@ -11,8 +11,9 @@ from pairgraph.compiler import pipeline
 from pairgraph.compiler.pipeline import CompiledPair
 from pairgraph.config import PairSpec, load_spec, parse_spec
 from pairgraph.config.diff import RUNTIME_FIELDS, changed_fields, extendable_fields
+from pairgraph.core import distributed
 from pairgraph.errors import PairgraphError
-from pairgraph.training.runs import stored_spec
+from pairgraph.training.runs import resume_claim, stored_spec
 from pairgraph.training.trainer import Trainer, train
 
 
@@ -62,5 +63,13 @@ def resume_run(run_dir: str | Path, progress: bool = True, overrides: list[str] 
                              "new run instead")
     if changes and notify is not None:
         notify("resuming with " + ", ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changes.items()))
-    compiled = pipeline.compile(new, out_dir=run / "build", render=False, notify=None)
-    return Trainer(compiled, resume=run, progress=progress, verbose=verbose).run()
+    # held before <run>/build is rewritten, so a live run's folder is never touched; the trainer keeps it
+    lock = resume_claim(run) if distributed.from_env().is_main else None
+    try:
+        compiled = pipeline.compile(new, out_dir=run / "build", render=False, notify=None)
+        trainer = Trainer(compiled, resume=run, progress=progress, verbose=verbose, lock=lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return trainer.run()

@@ -109,7 +109,7 @@ class Trainer:
 
     def __init__(self, compiled: CompiledPair, runs_dir: str | Path = "runs", run_id: str | None = None,
                  resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None,
-                 verbose: bool | None = None):
+                 verbose: bool | None = None, lock: RunLock | None = None):
         self.compiled = compiled
         self.spec: PairSpec = compiled.spec
         self.cfg = self.spec.train
@@ -127,7 +127,7 @@ class Trainer:
         distributed.init(self.dist, self.device)
         self.resume, self.run_id = resume is not None, run_id
         self.run_dir = Path(resume) if resume is not None else Path(runs_dir) / self.spec.name  # until claimed
-        self.lock: RunLock | None = None
+        self.lock = lock  # a resume's caller may hold the run already (resume_run: locked before compiling)
         self.sigterm = SigtermStop()  # replaced by the installed handler's in run()
         self.created = False  # this run made its folder (removed again if it fails before logging a step)
         self.checkpoints = Checkpoints(self.run_dir)
@@ -167,7 +167,7 @@ class Trainer:
         """Rank 0 claims the run folder (made exclusively, locked); every rank learns which folder it is."""
         if self.dist.is_main:
             if self.resume:
-                self.lock = resume_claim(self.run_dir)
+                self.lock = self.lock or resume_claim(self.run_dir)
             else:
                 self.run_dir, self.lock, self.created = claim_run(self.run_dir, self.run_id, new_run_id(self.spec))
         self.run_dir = Path(str(distributed.broadcast_object(str(self.run_dir))))
