@@ -335,7 +335,9 @@ def study_cmd(
         return
     outcome = run_study(st, jobs=jobs, only=only, echo=lambda m: console.print(m, highlight=False, soft_wrap=True))
     console.print(f"[green]study {st.name}[/green]: {outcome.trained} runs finished, {outcome.diverged} diverged, "
-                  f"{len(outcome.failed)} failed; results in {st.results_path()}", soft_wrap=True)
+                  f"{len(outcome.failed)} failed"
+                  + (f", {outcome.busy} left to the other process training them" if outcome.busy else "")
+                  + f"; results in {st.results_path()}", soft_wrap=True)
     if outcome.failed:
         for line in outcome.failed:
             err_console.print(f"[red]failed:[/red] {line}", highlight=False, soft_wrap=True)

@@ -22,6 +22,7 @@ from pairgraph.cli.main import app
 from pairgraph.errors import PairgraphError
 from pairgraph.study import format_plan, load_study, plan_study, report, run_study
 from pairgraph.training import Trainer
+from pairgraph.training.runs import lock_run
 
 LRS = [1.0e-3, 3.0e-3]
 
@@ -140,6 +141,26 @@ def test_second_invocation_trains_nothing_and_crashed_runs_are_retried(in_study,
     (run_dir / "summary.json").unlink()
     again = run_study(sfile, echo=lambda m: None)
     assert len(calls) == 1 and again.trained == 1 and (seed_run / "summary.json").exists()
+
+
+def test_a_run_another_process_is_training_is_left_to_it_not_deleted(in_study, monkeypatch):
+    # the same study started twice: the second finds a run folder with no checkpoint yet, held by the first
+    root, sfile = in_study
+    res = root / "results" / "tiny_study" / "cp" / "baseline"
+    seed_run = next(p for p in res.iterdir() if p.name.endswith("-s1"))
+    shutil.rmtree(seed_run)
+    run_dir = root / "runs" / "study" / "tiny_study" / "cp" / "baseline" / "tiny" / seed_run.name
+    shutil.rmtree(run_dir / "checkpoints")
+    (run_dir / "summary.json").unlink()
+    lock = lock_run(run_dir)
+    calls, lines = count_training(monkeypatch), []
+    busy = run_study(sfile, echo=lines.append)
+    assert busy.busy == 1 and busy.trained == 0 and not busy.failed and calls == []
+    assert (run_dir / "metrics.jsonl").exists()  # the live run's folder is untouched
+    assert any("skipped, another process is training it" in ln for ln in lines)
+    lock.release()
+    again = run_study(sfile, echo=lambda m: None)  # once its holder has gone, the run is trained again
+    assert again.trained == 1 and again.busy == 0 and (seed_run / "summary.json").exists()
 
 
 def test_report_is_byte_identical_with_mean_and_standard_error(in_study):

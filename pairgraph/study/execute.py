@@ -32,6 +32,7 @@ from pairgraph.study.plan import ArmPlan, Job, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import Study, lr_tag, run_folder
 from pairgraph.training import train
+from pairgraph.training.runs import RunInUse, lock_run
 
 #: how often a job waiting for a guide that another process trains looks for it in the cache
 GUIDE_POLL_SECONDS = 5.0
@@ -103,13 +104,17 @@ def train_job(job: Job) -> tuple[Path, PairSpec, bool]:
     run_id = run_folder(job.lr, job.seed)
     run_dir = runs_dir / spec.name / run_id
     if run_dir.exists():
-        stored = read_spec_yaml(run_dir / "spec.yaml")
-        if stored is not None and spec_diff(with_defaults(stored), spec.resolved()):
-            shutil.rmtree(run_dir)  # an old run of another configuration
-        elif (run_dir / "summary.json").is_file():
-            return run_dir, spec, False  # finished, but was not copied into the results
-        elif not (run_dir / "checkpoints" / "last_state.pt").is_file():
-            shutil.rmtree(run_dir)  # crashed before its first checkpoint: start again
+        probe = lock_run(run_dir)  # RunInUse: another process trains it (the study started twice): leave it be
+        try:
+            stored = read_spec_yaml(run_dir / "spec.yaml")
+            if stored is not None and spec_diff(with_defaults(stored), spec.resolved()):
+                shutil.rmtree(run_dir)  # an old run of another configuration
+            elif (run_dir / "summary.json").is_file():
+                return run_dir, spec, False  # finished, but was not copied into the results
+            elif not (run_dir / "checkpoints" / "last_state.pt").is_file():
+                shutil.rmtree(run_dir)  # crashed before its first checkpoint: start again
+        finally:
+            probe.release()
     resume = run_dir if (run_dir / "checkpoints" / "last_state.pt").is_file() else None
     compiled = compile_pair(spec, run_dir / "build", render=False, notify=None)
     train(compiled, runs_dir=runs_dir, run_id=run_id, resume=resume, progress=False)
@@ -126,6 +131,8 @@ def execute_job(job: Job) -> dict[str, Any]:
     try:
         with _threads(job.threads):
             run_dir, spec, resumed = train_job(job)
+    except RunInUse as e:
+        return {"status": "busy", "error": str(e).split(" — ")[0]}
     except PairgraphError as e:
         if _diverged(e):
             spec = load_spec(job.spec, list(job.overrides))
@@ -171,6 +178,7 @@ class StudyOutcome:
     trained: int = 0
     diverged: int = 0
     failed: list[str] = field(default_factory=list)
+    busy: int = 0  # runs another live process was training (the same study started twice): left to it
     chosen: dict[str, float | None] = field(default_factory=dict)  # "cell/arm" → lr
 
 
@@ -237,6 +245,9 @@ class _Scheduler:
             test = (s.get("test") or {}).get(metric)
             self.echo(f"{at}: best val {best_val(s):.4f} at step {s.get('best_step')}, "
                       f"test {metric} {test if test is None else f'{test:.4g}'} ({res.get('wall', 0):.0f} s)")
+        elif status == "busy":
+            self.outcome.busy += 1
+            self.echo(f"{at}: skipped, another process is training it ({res['error']})")
         elif status == "diverged":
             self.outcome.diverged += 1
             self.echo(f"{at}: diverged ({res['error'].split(' — ')[0]})")

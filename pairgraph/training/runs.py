@@ -151,6 +151,10 @@ def truncate_metrics(run_dir: Path, step: int) -> None:
     atomic_write(path, ("\n".join(keep) + "\n").encode() if keep else b"")
 
 
+class RunInUse(PairgraphError):
+    """A live process holds the run folder (its ``.lock``)."""
+
+
 @dataclass
 class RunLock:
     """The advisory lock a live run holds on ``<run>/.lock`` (released when closed or when its process ends)."""
@@ -173,7 +177,7 @@ def lock_run(run_dir: Path) -> RunLock:
     except OSError:
         holder = os.pread(fd, 4096, 0).decode("utf-8", errors="replace").strip() or "another process"
         os.close(fd)
-        raise PairgraphError(f"run {run_dir} is being written by a live run ({holder})",
+        raise RunInUse(f"run {run_dir} is being written by a live run ({holder})",
                              "wait for it to end or stop it; start a new run with another --run-id") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"pid {os.getpid()} on host {socket.gethostname()}, since {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
