@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 import pairgraph.config
 import pairgraph.study.execute as execute_mod
 from pairgraph.cli.main import app
-from pairgraph.errors import PairgraphError
+from pairgraph.errors import Interrupted, PairgraphError
 from pairgraph.study import format_plan, load_study, plan_study, report, run_study
 from pairgraph.training import Trainer
 from pairgraph.training.runs import lock_run
@@ -161,6 +161,25 @@ def test_a_run_another_process_is_training_is_left_to_it_not_deleted(in_study, m
     lock.release()
     again = run_study(sfile, echo=lambda m: None)  # once its holder has gone, the run is trained again
     assert again.trained == 1 and again.busy == 0 and (seed_run / "summary.json").exists()
+
+
+def test_a_stopped_run_stops_the_study_instead_of_counting_as_failed(in_study, monkeypatch):
+    # SIGTERM or Ctrl-C reach the run training in-process: it keeps its checkpoint and the study stops there
+    root, sfile = in_study
+    for arm in ("baseline", "untrained"):  # two runs left to do
+        res = root / "results" / "tiny_study" / "cp" / arm
+        shutil.rmtree(next(p for p in res.iterdir() if p.name.endswith("-s1")))
+    started: list[str] = []
+
+    def stopped(job):
+        started.append(job.title())
+        raise Interrupted("terminated (SIGTERM) at step 2; the last good checkpoint is kept")
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(Interrupted, match="terminated"):
+        mp.setattr(execute_mod, "train_job", stopped)
+        run_study(sfile, echo=lambda m: None)
+    assert len(started) == 1  # not carried on to the next job
+    assert run_study(sfile, echo=lambda m: None).trained == 2  # restore the shared study for later tests
 
 
 def test_report_is_byte_identical_with_mean_and_standard_error(in_study):

@@ -27,7 +27,7 @@ import yaml
 from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.config import TRAIN, PairSpec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
-from pairgraph.errors import PairgraphError, one_line
+from pairgraph.errors import Interrupted, PairgraphError, one_line
 from pairgraph.study.plan import ArmPlan, Job, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import Study, lr_tag, run_folder
@@ -133,6 +133,8 @@ def execute_job(job: Job) -> dict[str, Any]:
             run_dir, spec, resumed = train_job(job)
     except RunInUse as e:
         return {"status": "busy", "error": str(e).split(" — ")[0]}
+    except Interrupted:
+        raise  # Ctrl-C or SIGTERM stops the study (the run kept its checkpoint), not just this run
     except PairgraphError as e:
         if _diverged(e):
             spec = load_spec(job.spec, list(job.overrides))
@@ -317,10 +319,12 @@ def run_parallel(ready: deque[Job], jobs: int, finished: Callable[[Job, dict[str
                     busy.discard(job.guide_key)
                 try:
                     res = fut.result()
+                except Interrupted:
+                    raise  # the worker's run was stopped (Ctrl-C, SIGTERM): stop the study
                 except Exception as e:  # noqa: BLE001 - a worker that died (killed, out of memory)
                     res = {"status": "failed", "error": f"worker process failed: {one_line(e)}"}
                 finished(job, res)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown(wait=True)
