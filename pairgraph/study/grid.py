@@ -67,7 +67,7 @@ def _read(study: Study, views: list[CellView], guided: str) -> list[str]:
         untrainable += [v.label] if flag else []
         primary += [(_word(d), flag)]
         lines.append(f"- {v.label}: baseline {num(base[0], 1)} % at its best lr ({'untrainable' if flag else 'trains'}"
-                     f" by the rule: below {below:g} %); best-vs-best Δ {signed(d.d)}: {_word(d)}.")
+                     f" by the rule, whose bar is {below:g} %); best-vs-best Δ {signed(d.d)}: {_word(d)}.")
     if not lines:
         return ["No cell has both arms' seeds at a chosen lr yet."]
     words = [w for w, flag in primary if flag]
