@@ -311,4 +311,4 @@ def test_ops_only_counts_ops_and_syncs_without_timing_and_the_report_shows_them(
     assert f"| {ops['alignment']['ops']:,} (0) |" in doc.read_text() and "| mapped pairs | (c) guided step" in doc.read_text()
     code, _, err = run_cli(["bench", "s.yaml", "--ops-only", "--compile"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "--ops-only counts the eager step at one batch size" in " ".join(err.split())
+    assert "--ops-only and --profile each look at the eager step at one batch size" in " ".join(err.split())

@@ -75,6 +75,23 @@ def test_profiling_a_real_cpu_step_counts_its_ops():
     assert 0 <= p["idle_fraction"] <= 1
 
 
+def test_bench_profile_flag_records_every_variant_and_what_the_alignment_adds(tmp_path, monkeypatch, capsys):
+    from tiny_specs import run_cli
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(copy_paste_pair({"batch_size": 16})))
+    code, out, err = run_cli(["bench", "s.yaml", "--profile", "--batch-size", "16", "--warmup", "1", "--cache-pool", "32",
+                              "-o", "p.json"], capsys, monkeypatch)
+    assert code == 0, err
+    rec = json.loads((tmp_path / "p.json").read_text())
+    v = rec["variants"]
+    assert rec["kind"] == "profile" and set(v) == {"target", "guide", "guided", "cached", "alignment", "alignment_cached"}
+    assert v["alignment"]["kernels"] == v["guided"]["kernels"] - v["target"]["kernels"] - v["guide"]["kernels"]
+    assert v["guided"]["aten"]["syncs"] == v["target"]["aten"]["syncs"] and "guided:" in out and "ATen ops" in out
+    code, _, err = run_cli(["bench", "s.yaml", "--profile", "--pairs", "1"], capsys, monkeypatch)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+
+
 def test_compile_modes_times_each_mode_and_its_first_step_apart(tmp_path, monkeypatch):
     """torch.compile stubbed by the identity (compiling is slow here; `make gpu-check` compiles for real)."""
     monkeypatch.chdir(tmp_path)
