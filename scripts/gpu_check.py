@@ -26,7 +26,8 @@ The parts run in this order, each only while the budget lasts, so item 5's targe
 
 Then scripts/gpu_targets.py reads the records and prints each of item 5's targets, met or missed by how
 much (also kept in the summary as `targets`). A part starts only while less than --budget seconds (default
-420) have passed; a part left out is recorded as skipped. The summary, results/gpu/gpu_check.json, is
+420) have passed; a part left out is recorded as skipped, a part that fails is recorded in one line (its
+traceback printed) and the next one runs. The summary, results/gpu/gpu_check.json, is
 rewritten after every part, so a run stopped from outside keeps what it measured.
 
     python scripts/gpu_check.py [--out results/gpu] [--bench-out DIR] [--quick] [--device cuda|cpu]
@@ -49,6 +50,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -212,12 +214,15 @@ def tests(staged: str | None, quick: bool) -> dict:
 
 
 class Parts:
-    """Runs the check's parts in order, each only while the budget lasts; records times and what was skipped."""
+    """Runs the check's parts in order, each only while the budget lasts; records times, what was skipped and
+    what failed (a part that raises is recorded in one line, its traceback printed, and the next part runs:
+    the check runs once, on borrowed time)."""
 
     def __init__(self, budget: float, on_done: Callable[[], None] = lambda: None):
         self.start, self.budget, self.on_done = time.perf_counter(), budget, on_done
         self.seconds: dict[str, float] = {}
         self.skipped: list[str] = []
+        self.failed: dict[str, str] = {}
 
     def run(self, name: str, fn: Callable[[], Any], keep: Callable[[Any], Any] = lambda out: None,
             expect: float = 0.0) -> Any:
@@ -230,7 +235,14 @@ class Parts:
                   "budget", flush=True)
             return None
         t0 = time.perf_counter()
-        out = fn()
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - any part's failure (an OOM, a failed compile) is recorded, not fatal
+            from pairgraph.errors import one_line
+
+            traceback.print_exc()
+            self.failed[name], out = one_line(e), None
+            print(f"failed {name}: {self.failed[name]}", flush=True)
         self.seconds[name] = time.perf_counter() - t0
         print(f"{name}: {self.seconds[name]:.1f} s ({time.perf_counter() - self.start:.0f} s in)", flush=True)
         if out is not None:
@@ -254,9 +266,9 @@ def run_parts(args: argparse.Namespace, staged: str | None, env: dict, bench_out
 
     dev = args.device
     record: dict = {"environment": env, "device": dev, "quick": args.quick, "agreement": [], "records": [],
-                    "training": None, "tests": None, "seconds": {}, "skipped": []}
+                    "training": None, "tests": None}
     parts = Parts(args.budget, lambda: _write(out / "gpu_check.json", record))
-    record["seconds"], record["skipped"] = parts.seconds, parts.skipped
+    record["seconds"], record["skipped"], record["failed"] = parts.seconds, parts.skipped, parts.failed
     recs = record["records"]
     for precision in ("fp32", "bf16"):  # item 5's targets first
         suffix = "" if precision == "fp32" else f"-{precision}"
@@ -329,8 +341,9 @@ def main() -> int:
     _write(out / "gpu_check.json", record)
     print(gpu_targets.render(record["targets"]), flush=True)
     print(f"wrote {out / 'gpu_check.json'} and {len(record['records'])} records under {bench_out}"
-          + (f"; skipped (budget): {', '.join(record['skipped'])}" if record["skipped"] else ""), flush=True)
-    return 1 if record["tests"] is not None and record["tests"]["returncode"] != 0 else 0
+          + (f"; skipped (budget): {', '.join(record['skipped'])}" if record["skipped"] else "")
+          + (f"; failed: {', '.join(record['failed'])}" if record["failed"] else ""), flush=True)
+    return 1 if record["failed"] or (record["tests"] is not None and record["tests"]["returncode"] != 0) else 0
 
 
 if __name__ == "__main__":

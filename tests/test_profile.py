@@ -156,3 +156,20 @@ def test_gpu_targets_says_met_or_missed_by_how_much_and_what_was_not_measured(tm
     _script("bench_report").main(str(tmp_path), str(doc))
     md = doc.read_text()
     assert "### Profile of one step" in md and "| 75% |" in md and "1 graphs not run as CUDA graphs" in md
+
+
+def test_gpu_check_records_a_failed_part_in_one_line_and_runs_the_next(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # gpu_check imports gpu_targets from beside it
+    parts = _script("gpu_check").Parts(budget=60.0)
+
+    def oom() -> None:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+
+    kept: list = []
+    assert parts.run("paper size", oom, kept.append) is None
+    assert parts.run("profile", lambda: {"kind": "profile"}, kept.append) == {"kind": "profile"}
+    assert parts.run("compile modes", lambda: 1, kept.append, expect=120.0) is None  # would not fit the budget
+    assert parts.failed == {"paper size": "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"}
+    assert kept == [{"kind": "profile"}] and parts.skipped == ["compile modes"] and set(parts.seconds) == {
+        "paper size", "profile"}
+    assert "Traceback" in capsys.readouterr().err
