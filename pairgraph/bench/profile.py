@@ -121,7 +121,7 @@ def profile_step(step: Callable[[], None], device: torch.device, steps: int = 3,
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with tempfile.TemporaryDirectory() as tmp:
         trace = Path(tmp) / "trace.json"
-        with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps),
+        with profile(activities=activities, schedule=schedule(wait=0, warmup=1, active=steps), acc_events=True,
                      on_trace_ready=lambda p: p.export_chrome_trace(str(trace))) as prof:
             for i in range(steps + 1):
                 with record_function(f"{STEP}{i}"):
