@@ -111,7 +111,9 @@ def _records(folder: Path) -> None:
     profile; the other pair and bf16 are missing."""
     sec = {"target": 0.008, "guide": 0.003, "gram": 0.002, "guided": 0.016, "cached": 0.0105}
     (folder / "rnn_from_transformer-cuda.json").write_text(json.dumps({
-        "batch_size": 256, "seconds": sec, "overhead_gram": 16 / 13, "cache": {"overhead": 10.5 / 11}}))
+        "batch_size": 256, "seconds": sec, "overhead_gram": 16 / 13, "cache": {"overhead": 10.5 / 11},
+        "by_batch_size": [{"batch_size": 64, "overhead_gram": 2.0}, {"batch_size": 256, "overhead_gram": 1.2,
+                                                                     "overhead_cached": 0.9}]}))
     machine = {"torch": "2.x", "gpu": "H200", "processor": "x", "threads": 1, "cpu_count": 1}
     (folder / "fcn_deep_50x2048_from_resnet18-cuda-throughput.json").write_text(json.dumps({
         "kind": "throughput", "precision": "fp32", "batch_size": 256, "target": {"args": {"preset": "paper"}},
@@ -140,6 +142,7 @@ def test_gpu_targets_says_met_or_missed_by_how_much_and_what_was_not_measured(tm
     rows = {r["target"]: r for r in gt.check(tmp_path, "cuda")}
     over = rows["rnn_from_transformer fp32: c/(a+b+g)"]
     assert over["status"] == "missed" and over["by"] == pytest.approx(16 / 13 - 1.15)
+    assert over["note"] == "batch 256, guided step 16.00 ms; the batch-size table's row: 1.200"
     assert rows["rnn_from_transformer fp32: cached e/(a+b)"]["status"] == "met"
     assert rows["rnn_from_transformer bf16: c/(a+b+g)"]["status"] == "not measured"
     assert rows["fcn_deep_1024_from_resnet18 fp32: c/(a+b+g)"]["status"] == "not measured"
