@@ -226,6 +226,8 @@ def bench(
                                                 "--set similarity.precision=…")] = "fp32",
     ops_only: Annotated[bool, typer.Option("--ops-only", help="Only count each variant's ATen ops and host syncs "
                                            "per step (no timing: fine on a busy machine); --pairs adds rows.")] = False,
+    profile: Annotated[bool, typer.Option("--profile", help="Only profile one step of each variant under "
+                                          "torch.profiler: kernels, launches, device idle time, ATen ops.")] = False,
     output: Annotated[Optional[Path], typer.Option("-o", "--output", help="Write the record as JSON.")] = None,  # noqa: UP045
 ) -> None:
     """Time the guided step against its floors (target step + guide forward, and + the gram work alone) and a
@@ -239,14 +241,20 @@ def bench(
         except ValueError:
             raise PairgraphError(f"not a comma-separated list of integers: {text!r}", "write e.g. 64,256,1024") from None
 
-    if ops_only and (compile_ or channels_last or batch_sizes):
-        raise PairgraphError("--ops-only counts the eager step at one batch size",
-                             "drop --compile, --channels-last and --batch-sizes (or --ops-only)")
+    if (ops_only or profile) and (compile_ or channels_last or batch_sizes or (profile and (pairs or ops_only))):
+        raise PairgraphError("--ops-only and --profile each look at the eager step at one batch size",
+                             "drop --compile, --channels-last and --batch-sizes (--profile: and --pairs), and use "
+                             "one of the two")
     if output:
         from pairgraph.paths import refuse_replacing
 
         refuse_replacing(output, b"", [spec], "-o")  # the record is never the spec it measured
-    if ops_only:
+    if profile:
+        from pairgraph.bench import profile_record
+
+        rec = profile_record(str(spec), batch_size, device, set_, precision, cache_pool, warmup=warmup)
+        _print_profile(rec, spec)
+    elif ops_only:
         rec = ops_record(str(spec), batch_size, device, set_, ints(pairs), cache_pool, precision)
         _print_ops(rec, spec)
     else:
@@ -314,6 +322,18 @@ def _print_ops(rec: dict[str, Any], spec: Path) -> None:
     console.print("  " + _ops_line(rec["ops"]))
     for r in rec["by_pairs"]:
         console.print(f"  {r['pairs']:>3} pairs: alignment {r['alignment']['ops']:,} ops ({r['alignment']['syncs']} syncs)")
+
+
+def _print_profile(rec: dict[str, Any], spec: Path) -> None:
+    console.print(f"{spec} · {rec['device']} · batch {rec['batch_size']} · {rec['pairs']} pairs · median of "
+                  f"{rec['steps']} profiled steps · kernels: {rec['kernels_are']}")
+    for v, r in rec["variants"].items():
+        if "wall_seconds" in r:
+            console.print(f"  {v}: {r['kernels']:,.0f} kernels, {r['launches']:,.0f} launch calls, kernels "
+                          f"{r['kernel_seconds'] * 1e3:.2f} ms, wall {r['wall_seconds'] * 1e3:.2f} ms, idle "
+                          f"{r['idle_seconds'] * 1e3:.2f} ms ({r['idle_fraction']:.0%}); {r['aten']['ops']:,} ATen ops")
+        else:
+            console.print(f"  {v}: {r['kernels']:,.0f} kernels, {r['kernel_seconds'] * 1e3:.2f} ms")
 
 
 @app.command("study")

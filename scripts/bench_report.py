@@ -1,6 +1,6 @@
 """Render the benchmark records (``pairgraph bench -o …json`` and the ``kind: gram_precision`` /
-``kind: throughput`` records of scripts/gram_precision.py and scripts/gpu_check.py) as the tables of
-docs/performance.md.
+``kind: throughput`` / ``kind: profile`` / ``kind: compile_modes`` records of scripts/gram_precision.py and
+scripts/gpu_check.py) as the tables of docs/performance.md.
 
     python scripts/bench_report.py results/bench docs/performance.md
 
@@ -189,8 +189,51 @@ def _throughput_section(rec: dict, source: str) -> list[str]:
     return md + [""]
 
 
+def _profile_section(rec: dict, source: str) -> list[str]:
+    """A ``kind: profile`` record (pairgraph.bench.profile): one step of each variant under torch.profiler."""
+    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    md = [f"### Profile of one step: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+          (f"{rec['device']} ({_where(rec)}), torch {rec['machine']['torch']}, batch {rec['batch_size']}, "
+           f"{rec['pairs']} mapped pairs, networks {rec['precision']}, similarity {rec['similarity_precision']}; "
+           f"median of {rec['steps']} profiled steps after {rec['warmup']} warm-up; kernels: {rec['kernels_are']}; "
+           f"idle: the step's wall time (under the profiler) outside every kernel and copy; record `{source}`."), "",
+          ("| step | kernels | launch calls | kernel time | busy | wall (profiled) | idle | idle share "
+           "| wall (unprofiled) | ATen ops (host syncs) |"), "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for v, r in rec["variants"].items():
+        if "wall_seconds" not in r:  # a difference of two steps: kernels and kernel time only
+            md.append(f"| {OPS_NAMES.get(v, v)} | {r['kernels']:,.0f} | | {_ms(r['kernel_seconds'])} | | | | | | |")
+            continue
+        md.append(f"| {OPS_NAMES.get(v, v)} | {r['kernels']:,.0f} | {r['launches']:,.0f} | {_ms(r['kernel_seconds'])} "
+                  f"| {_ms(r['busy_seconds'])} | {_ms(r['wall_seconds'])} | {_ms(r['idle_seconds'])} "
+                  f"| {r['idle_fraction']:.0%} | {_ms(r['unprofiled_seconds'])} "
+                  f"| {r['aten']['ops']:,} ({r['aten']['syncs']}) |")
+    return md + [""]
+
+
+def _compile_modes_section(rec: dict, source: str) -> list[str]:
+    """A ``kind: compile_modes`` record (pairgraph.bench.compile_modes): (c) eager and per torch.compile mode."""
+    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    sec = rec["seconds"]
+    md = [f"### `train.compile` modes: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+          (f"{rec['device']} ({_where(rec)}), torch {rec['machine']['torch']}, batch {rec['batch_size']}, "
+           f"{rec['pairs']} mapped pairs, networks {rec['precision']} and eager, median of {rec['steps']} interleaved "
+           f"steps after {rec['warmup']} warm-up; floor (eager): (a) {_ms(sec['target'])}, (b) {_ms(sec['guide'])}, "
+           f"(g) {_ms(sec.get('gram'))}; fastest: {rec['fastest']}; train.compile uses {rec['train_compile_mode']}; "
+           f"record `{source}`."), "",
+          "| alignment | (c) guided step | × eager | c/(a+b+g) | first step (compile included) | compile | note |",
+          "|---|---:|---:|---:|---:|---:|---|"]
+    for m, r in rec["modes"].items():
+        first = f"{r['first_step_seconds']:.1f} s" if "first_step_seconds" in r else DASH
+        comp = f"{r['compile_seconds']:.1f} s" if r.get("compile_seconds") is not None else DASH
+        note = (f"fell back to eager: {r['fallback']}" if r.get("fallback")
+                else f"{r['cudagraph_skips']} graphs not run as CUDA graphs" if r.get("cudagraph_skips") else "")
+        md.append(f"| {m} | {_ms(r['seconds'])} | {r['vs_eager']:.2f} | {r['overhead_gram']:.2f} | {first} | {comp} "
+                  f"| {note} |")
+    return md + [""]
+
+
 RENDER = {None: _section, "gram_precision": _precision_section, "throughput": _throughput_section,
-          "ops": _ops_section}
+          "ops": _ops_section, "profile": _profile_section, "compile_modes": _compile_modes_section}
 
 
 def main(folder: str, doc: str) -> None:

@@ -1,30 +1,43 @@
-"""`make gpu-check`: what only a CUDA machine can tell, sized for under 8 minutes on one GPU.
+"""`make gpu-check`: what only a CUDA machine can tell (issue #28 item 5 first), sized for about 9 minutes on an H200.
 
-1. Agreement (CUDA only): the guided loss, each of its terms and the target's gradients of the two
-   benchmark pairs, computed on the CPU and on the GPU from the same weights and batch (fp32, TF32 off).
-2. Tests: the test files that exercise devices (`train.device: auto` picks the GPU there) and every test
-   marked `gpu` (they skip without CUDA).
-3. Speed: `pairgraph bench --device cuda` for both benchmark pairs, the networks in fp32 and under bf16
+The parts run in this order, each only while the budget lasts, so item 5's targets are measured first:
+
+1. Speed: `pairgraph bench --device cuda` for both benchmark pairs, the networks in fp32 and under bf16
    autocast (`--precision bf16`), with the gram floor (g), the cached guide and peak memory from the CUDA
-   allocator: results/bench/<pair>-cuda.json and <pair>-cuda-bf16.json.
-4. Similarity precision: fp32 | tf32 | bf16 products (scripts/gram_precision.py) on both pairs:
+   allocator: results/bench/<pair>-cuda.json (with the batch-size and pairs tables) and <pair>-cuda-bf16.json.
+2. Paper size: ResNet-18 → a Deep FCN at 224 px (synthetic data), 30 back-to-back steps of the target alone
+   and guided, fp32 and bf16: images/s and peak memory. First the paper's text, 50 × 2,048 (zoo `deep_fcn`
+   preset `paper`: fcn_deep_50x2048_from_resnet18-cuda[-bf16]-throughput.json), then the authors' code
+   (preset `authors` of specs/paper/fcn_deep_from_resnet18.yaml: 2,048 then 47 × 1,024, dropout 0.1:
+   fcn_deep_paper_from_resnet18-cuda[-bf16]-throughput.json); each record's `target` names the layout.
+3. Profile: one step of (a), (b), (c) and (e) of each benchmark pair at batch 256 under torch.profiler
+   (pairgraph.bench.profile): kernels per step, kernel time, wall time, device idle time, ATen ops:
+   <pair>-cuda-profile.json.
+4. Compile modes: (c) eager and with `train.compile`'s alignment compiled in modes default and
+   reduce-overhead (CUDA graphs), each mode's first step timed apart (pairgraph.bench.compile_modes):
+   <pair>-cuda-compile-modes.json. Four compiles in all.
+5. Agreement (CUDA only): the guided loss, each of its terms and the target's gradients of the two
+   benchmark pairs, computed on the CPU and on the GPU from the same weights and batch (fp32, TF32 off).
+6. Similarity precision: fp32 | tf32 | bf16 products (scripts/gram_precision.py) on both pairs:
    results/bench/gram_precision-cuda.json.
-5. Paper size: ResNet-18 → the Deep FCN of specs/paper/fcn_deep_from_resnet18.yaml, the authors' layout (zoo
-   `deep_fcn` preset `authors`: 2,048 then 47 × 1,024, dropout 0.1; the paper's text says 50 × 2,048, preset
-   `paper`) at 224 px (synthetic data), 30 back-to-back steps of the target alone and guided, fp32 and bf16:
-   images/s and peak memory, results/bench/fcn_deep_paper_from_resnet18-cuda[-bf16]-throughput.json (its
-   `target` field records the layout measured).
-6. Training: the default spec trained briefly, baseline and guided, fp32 and bf16.
+7. Tests: the test files that exercise devices (`train.device: auto` picks the GPU there) and every test
+   marked `gpu` (they skip without CUDA).
+8. Training: the default spec trained briefly, baseline and guided, fp32 and bf16.
 
-A part starts only while less than --budget seconds (default 420) have passed, so the whole check ends
-within about 8 minutes; a part left out is recorded as skipped. The summary is results/gpu/gpu_check.json.
+Then scripts/gpu_targets.py reads the records and prints each of item 5's targets, met or missed by how
+much (also kept in the summary as `targets`). A part starts only while less than --budget seconds (default
+420) have passed; a part left out is recorded as skipped, a part that fails is recorded in one line (its
+traceback printed) and the next one runs. The summary, results/gpu/gpu_check.json, is
+rewritten after every part, so a run stopped from outside keeps what it measured.
 
     python scripts/gpu_check.py [--out results/gpu] [--bench-out DIR] [--quick] [--device cuda|cpu]
+                                [--compile-modes auto|eager]
 
---device cpu runs every part but 1 on the CPU (its bench records go under --out, never over `make bench`'s);
+--device cpu runs every part but 5 on the CPU (its bench records go under --out, never over `make bench`'s);
 with --quick, at a tiny size: `python scripts/gpu_check.py --quick --device cpu --out /tmp/gc` smoke-tests
-the script. Run where pairgraph is installed, or from a checkout (the package is then staged as it
-installs). With --device cuda it exits 2 with one line when no CUDA device is present.
+the script (--compile-modes eager leaves out its compiles). Run where pairgraph is installed, or from a
+checkout (the package is then staged as it installs). With --device cuda it exits 2 with one line when no
+CUDA device is present.
 """
 
 from __future__ import annotations
@@ -37,18 +50,27 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import gpu_targets  # scripts/, beside this file
+
 ROOT = Path(__file__).resolve().parents[1]
-PAPER = ("specs/paper/fcn_deep_from_resnet18.yaml", [])
+PAPER = "specs/paper/fcn_deep_from_resnet18.yaml"
+#: the paper-size layouts measured, in order: record name → overrides of PAPER
+PAPER_LAYOUTS = {"fcn_deep_50x2048_from_resnet18": ["target.args.preset=paper"],
+                 "fcn_deep_paper_from_resnet18": []}
 #: --quick --device cpu: the same specs, shrunk until a 2-core CPU runs each part in seconds
 TINY = {"fcn": ["target.args.width=64", "target.args.num_blocks=2"],
         "paper": ["task.image_size=[32,32]", "target.args.num_blocks=2", "target.args.width=32",
                   "target.args.first_width=32"]}
+#: seconds a compile-modes part is expected to take (two cold compiles on an H200's host); it starts only if that fits
+COMPILE_EXPECT = 90.0
 TEST_FILES = ["tests/test_golden.py", "tests/test_runtime.py", "tests/test_cache.py", "tests/test_train.py",
-              "tests/test_similarity.py", "tests/test_compile.py", "tests/test_precision.py", "tests/test_bench.py"]
+              "tests/test_similarity.py", "tests/test_compile.py", "tests/test_precision.py", "tests/test_bench.py",
+              "tests/test_step_syncs.py", "tests/test_compiled_step.py", "tests/test_profile.py"]
 
 
 def _importable() -> str | None:
@@ -131,14 +153,32 @@ def precision_check(pairs: dict, device: str, quick: bool) -> dict:
     return gram_precision(named, 16 if tiny else 256, 1 if tiny else 10, 0 if tiny else 2, device)
 
 
-def paper_throughput(device: str, precision: str, quick: bool) -> dict:
+def paper_throughput(layout: list[str], device: str, precision: str, quick: bool) -> dict:
     from pairgraph.bench import throughput
     from pairgraph.config import load_spec
 
     tiny = quick and device == "cpu"
-    overrides = PAPER[1] + (TINY["paper"] if tiny else [])
-    rec = throughput(PAPER[0], 8 if tiny else 256, 2 if tiny else 30, 1 if tiny else 3, device, overrides, precision)
-    return {**rec, "target": load_spec(PAPER[0], overrides).resolved()["target"]}  # the layout measured
+    overrides = layout + (TINY["paper"] if tiny else [])
+    rec = throughput(PAPER, 8 if tiny else 256, 2 if tiny else 30, 1 if tiny else 3, device, overrides, precision)
+    return {**rec, "target": load_spec(PAPER, overrides).resolved()["target"]}  # the layout measured
+
+
+def step_profile(name: str, spec: str, overrides: list[str], device: str, quick: bool) -> dict:
+    """One step of (a), (b), (c) and (e) under torch.profiler, batch 256, networks fp32."""
+    from pairgraph.bench.profile import profile_record
+
+    tiny = quick and device == "cpu"
+    return profile_record(spec, 16 if tiny else 256, device, _tiny(name, overrides, tiny), cache_pool=32 if tiny else 1024,
+                          steps=2 if quick else 3, warmup=1 if tiny else 3)
+
+
+def compile_modes(name: str, spec: str, overrides: list[str], device: str, quick: bool, modes: str) -> dict:
+    """(c) eager and compiled in each mode (`--compile-modes eager`: eager only, no compile)."""
+    from pairgraph.bench.compile_modes import compile_modes as measure
+
+    tiny = quick and device == "cpu"
+    return measure(spec, 16 if tiny else 256, device, _tiny(name, overrides, tiny), steps=2 if tiny else 5 if quick else 10,
+                   warmup=1 if tiny else 3, modes=() if modes == "eager" else None)
 
 
 def training(device: str, quick: bool) -> list[dict]:
@@ -174,24 +214,46 @@ def tests(staged: str | None, quick: bool) -> dict:
 
 
 class Parts:
-    """Runs the check's parts in order, each only while the budget lasts; records times and what was skipped."""
+    """Runs the check's parts in order, each only while the budget lasts; records times, what was skipped and
+    what failed (a part that raises is recorded in one line, its traceback printed, and the next part runs:
+    the check runs once, on borrowed time)."""
 
-    def __init__(self, budget: float):
-        self.start, self.budget = time.perf_counter(), budget
+    def __init__(self, budget: float, on_done: Callable[[], None] = lambda: None):
+        self.start, self.budget, self.on_done = time.perf_counter(), budget, on_done
         self.seconds: dict[str, float] = {}
         self.skipped: list[str] = []
+        self.failed: dict[str, str] = {}
 
-    def run(self, name: str, fn: Callable[[], Any]) -> Any:
+    def run(self, name: str, fn: Callable[[], Any], keep: Callable[[Any], Any] = lambda out: None,
+            expect: float = 0.0) -> Any:
+        """Run ``fn`` unless the budget would be spent before its ``expect``ed seconds are over; ``keep`` its
+        result, then ``on_done`` (the summary is saved)."""
         elapsed = time.perf_counter() - self.start
-        if elapsed > self.budget:
+        if elapsed + expect > self.budget:
             self.skipped.append(name)
-            print(f"skipped {name}: {elapsed:.0f} s passed, over the {self.budget:.0f} s budget", flush=True)
+            print(f"skipped {name}: {elapsed:.0f} s passed (+ {expect:.0f} s expected), over the {self.budget:.0f} s "
+                  "budget", flush=True)
             return None
         t0 = time.perf_counter()
-        out = fn()
+        try:
+            out = fn()
+        except Exception as e:  # noqa: BLE001 - any part's failure (an OOM, a failed compile) is recorded, not fatal
+            from pairgraph.errors import one_line
+
+            traceback.print_exc()
+            self.failed[name], out = one_line(e), None
+            print(f"failed {name}: {self.failed[name]}", flush=True)
         self.seconds[name] = time.perf_counter() - t0
-        print(f"{name}: {self.seconds[name]:.1f} s", flush=True)
+        print(f"{name}: {self.seconds[name]:.1f} s ({time.perf_counter() - self.start:.0f} s in)", flush=True)
+        if out is not None:
+            keep(out)
+        self.on_done()
         return out
+
+    def record(self, name: str, fn: Callable[[], Any], path: Path, records: list[str], env: dict,
+               expect: float = 0.0) -> None:
+        """Run a part whose result is a record, written to ``path`` and listed in ``records``."""
+        self.run(name, fn, lambda rec: records.append(_write(path, {**rec, "environment": env})), expect)
 
 
 def _write(path: Path, rec: dict) -> str:
@@ -199,39 +261,44 @@ def _write(path: Path, rec: dict) -> str:
     return str(path)
 
 
-def run_parts(args: argparse.Namespace, staged: str | None, env: dict, bench_out: Path) -> dict:
+def run_parts(args: argparse.Namespace, staged: str | None, env: dict, bench_out: Path, out: Path) -> dict:
     from pairgraph.bench import BENCH_PAIRS
 
-    parts, dev = Parts(args.budget), args.device
+    dev = args.device
     record: dict = {"environment": env, "device": dev, "quick": args.quick, "agreement": [], "records": [],
                     "training": None, "tests": None}
+    parts = Parts(args.budget, lambda: _write(out / "gpu_check.json", record))
+    record["seconds"], record["skipped"], record["failed"] = parts.seconds, parts.skipped, parts.failed
+    recs = record["records"]
+    for precision in ("fp32", "bf16"):  # item 5's targets first
+        suffix = "" if precision == "fp32" else f"-{precision}"
+        for name, (spec, overrides) in BENCH_PAIRS.items():
+            parts.record(f"bench {name} {precision}",
+                         lambda n=name, s=spec, o=overrides, p=precision: speed(n, s, o, dev, p, args.quick),
+                         bench_out / f"{name}-{dev}{suffix}.json", recs, env)
+    for layout, sets in PAPER_LAYOUTS.items():
+        for precision in ("fp32", "bf16"):
+            suffix = "" if precision == "fp32" else f"-{precision}"
+            parts.record(f"paper size {layout} {precision}",
+                         lambda o=sets, p=precision: paper_throughput(o, dev, p, args.quick),
+                         bench_out / f"{layout}-{dev}{suffix}-throughput.json", recs, env)
+    for name, (spec, overrides) in BENCH_PAIRS.items():
+        parts.record(f"profile {name}", lambda n=name, s=spec, o=overrides: step_profile(n, s, o, dev, args.quick),
+                     bench_out / f"{name}-{dev}-profile.json", recs, env)
+    for name, (spec, overrides) in BENCH_PAIRS.items():
+        parts.record(f"compile modes {name}",
+                     lambda n=name, s=spec, o=overrides: compile_modes(n, s, o, dev, args.quick, args.compile_modes),
+                     bench_out / f"{name}-{dev}-compile-modes.json", recs, env, COMPILE_EXPECT)
     if dev == "cuda":
         for name, (spec, overrides) in BENCH_PAIRS.items():
-            res = parts.run(f"agreement {name}", lambda s=spec, o=overrides, n=name: agreement(n, s, o))
-            if res is not None:
-                record["agreement"].append(res)
-                print(json.dumps(res), flush=True)
+            parts.run(f"agreement {name}", lambda s=spec, o=overrides, n=name: agreement(n, s, o),
+                      lambda res: (record["agreement"].append(res), print(json.dumps(res), flush=True)))
+    parts.record("similarity precision", lambda: precision_check(BENCH_PAIRS, dev, args.quick),
+                 bench_out / f"gram_precision-{dev}.json", recs, env)
     if not args.skip_tests:
-        record["tests"] = parts.run("tests", lambda: tests(staged, args.quick))
-    for precision in ("fp32", "bf16"):
-        for name, (spec, overrides) in BENCH_PAIRS.items():
-            rec = parts.run(f"bench {name} {precision}",
-                            lambda n=name, s=spec, o=overrides, p=precision: speed(n, s, o, dev, p, args.quick))
-            if rec is not None:
-                rec["environment"] = env
-                suffix = "" if precision == "fp32" else f"-{precision}"
-                record["records"].append(_write(bench_out / f"{name}-{dev}{suffix}.json", rec))
-    rec = parts.run("similarity precision", lambda: precision_check(BENCH_PAIRS, dev, args.quick))
-    if rec is not None:
-        record["records"].append(_write(bench_out / f"gram_precision-{dev}.json", rec))
-    for precision in ("fp32", "bf16"):
-        rec = parts.run(f"paper size {precision}", lambda p=precision: paper_throughput(dev, p, args.quick))
-        if rec is not None:
-            suffix = "" if precision == "fp32" else f"-{precision}"
-            record["records"].append(_write(bench_out / f"fcn_deep_paper_from_resnet18-{dev}{suffix}-throughput.json",
-                                            rec))
-    record["training"] = parts.run("training", lambda: training(dev, args.quick))
-    record["seconds"], record["skipped"] = parts.seconds, parts.skipped
+        parts.run("tests", lambda: tests(staged, args.quick), lambda res: record.update(tests=res))
+    parts.run("training", lambda: training(dev, args.quick), lambda res: record.update(training=res))
+    record["targets"] = gpu_targets.check(bench_out, dev)
     return record
 
 
@@ -244,6 +311,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="fewer sizes and steps (tiny ones with --device cpu)")
     ap.add_argument("--budget", type=float, default=420.0, help="start no part after this many seconds")
     ap.add_argument("--skip-tests", action="store_true")
+    ap.add_argument("--compile-modes", default="auto", choices=["auto", "eager"],
+                    help="auto: each mode of the device compiled; eager: (c) eager only, no compile (a fast smoke test)")
     ap.add_argument("--tests-only", action="store_true", help="only the tests, recorded in gpu_check_tests.json")
     args = ap.parse_args()
     import torch
@@ -266,13 +335,15 @@ def main() -> int:
         print("\n".join(record["tests"]["tail"]), flush=True)
         _write(out / "gpu_check_tests.json", record)
         return 1 if record["tests"]["returncode"] else 0
-    record = run_parts(args, staged, env, bench_out)
+    record = run_parts(args, staged, env, bench_out, out)
     if record["tests"] is not None:
         print("\n".join(record["tests"]["tail"]), flush=True)
     _write(out / "gpu_check.json", record)
+    print(gpu_targets.render(record["targets"]), flush=True)
     print(f"wrote {out / 'gpu_check.json'} and {len(record['records'])} records under {bench_out}"
-          + (f"; skipped (budget): {', '.join(record['skipped'])}" if record["skipped"] else ""), flush=True)
-    return 1 if record["tests"] is not None and record["tests"]["returncode"] != 0 else 0
+          + (f"; skipped (budget): {', '.join(record['skipped'])}" if record["skipped"] else "")
+          + (f"; failed: {', '.join(record['failed'])}" if record["failed"] else ""), flush=True)
+    return 1 if record["failed"] or (record["tests"] is not None and record["tests"]["returncode"] != 0) else 0
 
 
 if __name__ == "__main__":

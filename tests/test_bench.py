@@ -256,7 +256,8 @@ def test_bench_on_cuda_reads_the_allocators_peak_in_process(tmp_path, monkeypatc
 
 def test_gpu_check_runs_every_cpu_part_at_a_tiny_size(tmp_path):
     """`make gpu-check`'s script with --quick --device cpu: every part but the CPU/GPU agreement, tiny, on the
-    CPU; the records it writes render; a part past the budget is skipped and recorded so."""
+    CPU (the compile modes eager only); the records it writes render, and the item-5 targets are read back from
+    them; a part past the budget is skipped and recorded so."""
     import json
     import subprocess
     import sys
@@ -264,16 +265,25 @@ def test_gpu_check_runs_every_cpu_part_at_a_tiny_size(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, str(root / "scripts" / "gpu_check.py"), "--quick", "--device", "cpu", "--skip-tests",
-           "--out", str(tmp_path / "gc")]
+           "--compile-modes", "eager", "--out", str(tmp_path / "gc")]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rec = json.loads((tmp_path / "gc" / "gpu_check.json").read_text())
     names = sorted(Path(p).name for p in rec["records"])
-    assert names == sorted(["fcn_deep_1024_from_resnet18-cpu.json", "fcn_deep_1024_from_resnet18-cpu-bf16.json",
-                            "rnn_from_transformer-cpu.json", "rnn_from_transformer-cpu-bf16.json",
-                            "gram_precision-cpu.json", "fcn_deep_paper_from_resnet18-cpu-throughput.json",
-                            "fcn_deep_paper_from_resnet18-cpu-bf16-throughput.json"])
+    pairs = ("fcn_deep_1024_from_resnet18", "rnn_from_transformer")
+    paper = ("fcn_deep_50x2048_from_resnet18", "fcn_deep_paper_from_resnet18")
+    assert names == sorted([f"{p}-cpu{s}.json" for p in pairs for s in ("", "-bf16", "-profile", "-compile-modes")]
+                           + [f"{p}-cpu{s}-throughput.json" for p in paper for s in ("", "-bf16")]
+                           + ["gram_precision-cpu.json"])
     assert len(rec["training"]) == 4 and rec["skipped"] == [] and rec["agreement"] == []
+    targets = {r["target"]: r for r in rec["targets"]}
+    unmeasured = [t for t, r in targets.items() if r["status"] == "not measured"]
+    assert len(targets) == len(rec["targets"]) and len(unmeasured) == 2  # the compile-mode rows: eager only here
+    assert all("train.compile's mode 'default'" in t for t in unmeasured)
+    layouts = {r["target"] for r in rec["targets"] if r["target"].startswith("paper size")}
+    assert any("preset paper" in t for t in layouts) and any("preset authors" in t for t in layouts)
+    profile = json.loads((tmp_path / "gc" / "bench" / "rnn_from_transformer-cpu-profile.json").read_text())
+    assert profile["variants"]["guided"]["kernels"] > profile["variants"]["target"]["kernels"] > 0
     assert json.loads((tmp_path / "gc" / "bench" / "rnn_from_transformer-cpu-bf16.json").read_text())["precision"] == "bf16"
     _report().main(str(tmp_path / "gc" / "bench"), str(tmp_path / "perf.md"))
     proc = subprocess.run([*cmd[:-1], str(tmp_path / "late"), "--budget", "0"], capture_output=True, text=True,
@@ -303,4 +313,4 @@ def test_ops_only_counts_ops_and_syncs_without_timing_and_the_report_shows_them(
     assert f"| {ops['alignment']['ops']:,} (0) |" in doc.read_text() and "| mapped pairs | (c) guided step" in doc.read_text()
     code, _, err = run_cli(["bench", "s.yaml", "--ops-only", "--compile"], capsys, monkeypatch)
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert "--ops-only counts the eager step at one batch size" in " ".join(err.split())
+    assert "--ops-only and --profile each look at the eager step at one batch size" in " ".join(err.split())

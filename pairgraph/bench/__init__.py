@@ -10,7 +10,9 @@ by round so drift hits all alike, the median of ``steps`` rounds after ``warmup`
     (e) the guided step with the guide cached (``--cache-pool``)
 
 and report overhead = c / (a + b), overhead over the gram floor = c / (a + b + g), speedup = d / c,
-and for the cached step e / (a + b) and e / a. Beside the times, the ATen ops and host syncs each variant
+and for the cached step e / (a + b) and e / a. One step under ``torch.profiler`` (kernels, device idle time:
+:mod:`pairgraph.bench.profile`) and ``train.compile``'s modes timed against the eager step
+(:mod:`pairgraph.bench.compile_modes`) are measured apart. Beside the times, the ATen ops and host syncs each variant
 dispatches per step (:mod:`pairgraph.bench.ops`; ``--ops-only`` counts them without timing anything). (g) is exactly the similarity work exact linear CKA
 (the spec's measure) needs in a guided step, on detached copies of the batch's mapped taps: every
 distinct mapped guide tap prepared once without gradient, every distinct mapped target tap once with
@@ -23,10 +25,12 @@ above the built pair on a CPU, in a fresh subprocess per variant) and reported a
 the spec's ``similarity.precision`` (:mod:`pairgraph.bench.precision` compares them).
 """
 
+from pairgraph.bench.compile_modes import compile_modes
 from pairgraph.bench.memory import peak_memory, peak_memory_child
 from pairgraph.bench.naive import NaiveStep, naive_cka
 from pairgraph.bench.ops import OpCounter, count_step, count_variants
 from pairgraph.bench.precision import cpu_features, gram_precision, pair_precision
+from pairgraph.bench.profile import profile_record, profile_step
 from pairgraph.bench.record import bench, ops_record
 from pairgraph.bench.throughput import throughput
 from pairgraph.bench.variants import VARIANTS, build_variants, gram_floor, time_variants
@@ -44,6 +48,7 @@ __all__ = [
     "OpCounter",
     "bench",
     "build_variants",
+    "compile_modes",
     "count_step",
     "count_variants",
     "cpu_features",
@@ -54,6 +59,8 @@ __all__ = [
     "pair_precision",
     "peak_memory",
     "peak_memory_child",
+    "profile_record",
+    "profile_step",
     "throughput",
     "time_variants",
 ]
