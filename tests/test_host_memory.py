@@ -15,11 +15,11 @@ from tiny_specs import copy_paste_pair
 import pairgraph
 from pairgraph.core.host_memory import keep_freed_memory
 
-# A step that allocates 4 × 20 MiB and frees it, after one 30 MiB block has raised glibc's dynamic thresholds to
-# their largest (mmap 30 MiB, trim 60 MiB): under glibc's defaults the memory freed at the top of the heap goes
-# back to the kernel, and each later step faults it in again (15,328 pages a step here), unless a small block
-# another allocation left above it pins the top of the heap (the layout varies from process to process: about one
-# process in four here). Two steps first: where the heap settles.
+# A step that allocates 4 × 20 MiB and frees it, after one 30 MiB block has raised glibc's dynamic thresholds
+# (mmap 30 MiB, trim 60 MiB): under glibc's defaults the memory freed at the top of the heap goes back to the
+# kernel, and each later step faults it in again, unless a small block another allocation left above it pins the
+# top of the heap (the layout varies from process to process, so the default case is tried up to five times).
+# Two steps first: where the heap settles; then the median of five steps' faults (a one-off fault is not the pattern).
 STEPS = """
 import resource, sys, torch
 torch.set_num_threads(1)
@@ -33,10 +33,12 @@ def step():
     del ts
 step()
 step()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(3):
+counts = []
+for _ in range(5):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     step()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+print(sorted(counts)[2])
 """
 
 
@@ -49,7 +51,7 @@ def _faults(mode: str) -> int:
 def test_steps_reuse_the_memory_they_freed_instead_of_faulting_it_in_again():
     if not keep_freed_memory():
         pytest.skip("this C library has no mallopt")
-    assert any(_faults("default") > 3 * 10_000 for _ in range(5))  # the pattern faults under glibc's defaults
+    assert any(_faults("default") > 10_000 for _ in range(5))  # the pattern faults under glibc's defaults
     assert all(_faults("keep") < 100 for _ in range(3))
 
 

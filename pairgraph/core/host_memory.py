@@ -4,7 +4,7 @@ glibc's malloc returns the free memory at the top of its heap to the kernel once
 (by default twice the largest mmapped block freed so far, at most 64 MiB), and serves blocks above an mmap
 threshold from fresh mappings. Either way the next step writes to memory the kernel must map and zero again,
 one 4 KiB page fault at a time. A guided step frees more at once than the target's step, the guide's forward or
-the gram work alone do, so it alone paid this: on the RNN pair at batch 256, 17,760 faults a step, against none
+the gram work alone do, so it alone paid this: on the RNN pair at batch 256, 18,978 faults a step, against none
 for each part alone (docs/performance.md, "The RNN pair's guided step (session 12)"). :func:`keep_freed_memory`
 raises both thresholds, so the memory a step frees stays in the process and the next step reuses it; the
 resident set then stays at the step's peak, which every step reaches anyway.
