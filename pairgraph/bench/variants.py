@@ -28,6 +28,7 @@ from torch import Tensor
 
 from pairgraph.bench.naive import NaiveStep
 from pairgraph.compiler.pipeline import CompiledPair
+from pairgraph.core.host_memory import keep_freed_memory
 from pairgraph.core.loss import Activations, alignment_terms, tap_key
 from pairgraph.errors import PairgraphError
 from pairgraph.tasks import get_task
@@ -70,10 +71,13 @@ def build_variants(compiled: CompiledPair, batch_size: int, device: torch.device
     reproduces) would recompile the networks on every step. ``channels_last`` puts both networks
     and 4-d inputs in the channels-last memory format (every variant, the floor included).
     ``precision`` bf16 runs every variant's networks under bf16 autocast (the floor too). ``only``
-    leaves out the variants it does not name. (g), ``gram``, exists for the guidance mode only.
+    leaves out the variants it does not name. (g), ``gram``, exists for the guidance mode only. On a CPU it keeps
+    freed memory in the process, as the trainer does (:func:`pairgraph.core.host_memory.keep_freed_memory`).
     """
     task = get_task(compiled.spec.task)
     autocast = network_autocast(device, precision)
+    if device.type == "cpu":  # as the trainer does: the memory a step frees stays for the next
+        keep_freed_memory()
     pair = compiled.build(device)
     if max_pairs is not None:
         pair.pairs = pair.pairs[:max_pairs]

@@ -31,6 +31,7 @@ from pairgraph.compiler.guide_weights import guide_checkpoint_path, guide_key, r
 from pairgraph.compiler.pipeline import CompiledPair, compile
 from pairgraph.config import TRAIN, PairSpec
 from pairgraph.core import distributed
+from pairgraph.core.host_memory import keep_freed_memory
 from pairgraph.core.loss import GuidedPair, PairOutput
 from pairgraph.core.shared_taps import describe
 from pairgraph.core.step import apply_gradients
@@ -118,6 +119,8 @@ class Trainer:
         if self.dist.enabled and self.device.type == "cuda":
             self.device = torch.device("cuda", self.dist.local_rank)
             torch.cuda.set_device(self.device)
+        if self.device.type == "cpu":  # the memory a step frees stays for the next (pairgraph.core.host_memory)
+            keep_freed_memory()
         if self.dist.enabled and self.cfg.batch_size % self.dist.world:
             raise PairgraphError(f"train.batch_size {self.cfg.batch_size} does not divide over {self.dist.world} processes",
                                  "make the (global) batch size a multiple of the number of processes")
