@@ -51,7 +51,8 @@ def _faults(mode: str) -> int:
 def test_steps_reuse_the_memory_they_freed_instead_of_faulting_it_in_again():
     if not keep_freed_memory():
         pytest.skip("this C library has no mallopt")
-    assert any(_faults("default") > 10_000 for _ in range(5))  # the pattern faults under glibc's defaults
+    if not any(_faults("default") > 10_000 for _ in range(5)):  # the pattern faults under glibc's defaults
+        pytest.skip("this malloc kept the freed memory under its defaults too: nothing to compare against")
     assert all(_faults("keep") < 100 for _ in range(3))
 
 
