@@ -135,3 +135,20 @@ def test_a_grid_reports_delta_against_lr_the_baselines_trainability_and_the_rule
     assert "| cp | 0.001 | 2 | 30.50 ± 0.50 | 30.50 ± 0.50 | 1.65 | 1.00 | -0.65 |" in text
     assert "untrainable by the rule, whose bar is 50 %" in text
     assert "**Reading (the study file's rule):** rescue at CPU scale" in text
+
+
+def test_a_grid_whose_cells_have_different_arms_and_no_rule_reports_each_cells_own(grid_study, monkeypatch):
+    # paper_cpu_next: a cell without the first cell's guided arm, and no untrainable_below (no reading)
+    from pairgraph.study.grid import grid_section
+    from pairgraph.study.results import cell_views, collect
+
+    fake_runs(monkeypatch, lambda j: 1.0 + j.lr, lambda j: False)
+    data = yaml.safe_load(grid_study.read_text())
+    data["cells"][1] = {**data["cells"][0], "name": "cp_trained", "arms": ["baseline", "trained"]}
+    write(grid_study, data)
+    run_study(grid_study, echo=lambda m: None)
+    study = load_study(grid_study)
+    text = "\n".join(grid_section(study, cell_views(study, collect(study)), Path("figs"), lambda p: p.as_posix()))
+    assert "Δ = arm − baseline" in text
+    assert "| cp: untrained | 0.001 |" in text and "| cp_trained: trained | 0.001 |" in text
+    assert "Reading" not in text

@@ -87,29 +87,35 @@ def grid_section(study: Study, views: list[CellView], fig_dir: Path, link: Calla
     """The markdown (and the Δ-against-lr figure) of a grid study; nothing for other studies."""
     if not study.grid:
         return []
-    guided = next((a.name for v in views for a in v.cell.arms if a.name != "baseline" and a.swept), None)
-    if guided is None:
+    # each cell's own swept arms against its baseline (cells of one study may have different arms)
+    compared = [(v, a.name) for v in views for a in v.cell.arms
+                if a.name != "baseline" and a.swept and a.name in v.arms and "baseline" in v.arms]
+    names = list(dict.fromkeys(arm for _, arm in compared))
+    if not names:
         return []
+    guided = names[0]
     md = ["## Δ against lr (every seed at every lr)", "",
-          (f"Δ = {guided} − baseline, test metric, both arms at the same lr, with its Welch t 95% interval over the "
-           "seeds (arm/baseline seeds in brackets); best-vs-best (each arm at its own chosen lr) is the cell "
-           "tables' verdict."), ""]
+          (f"Δ = {guided if len(names) == 1 else 'arm'} − baseline, test metric, both arms at the same lr, with its "
+           "Welch t 95% interval over the seeds (arm/baseline seeds in brackets); best-vs-best (each arm at its own "
+           "chosen lr) is the cell tables' verdict."), ""]
     rows, series = [], []
-    for v in views:
-        pts = v.matched(guided)
-        series.append((v.label, pts))
-        rows += [[v.label, t, f"{signed(d.d)}" + (f" [{signed(d.lo)}, {signed(d.hi)}]" if d.lo is not None else ""),
+    for v, arm in compared:
+        pts = v.matched(arm)
+        label = v.label if len(names) == 1 else f"{v.label}: {arm}"
+        series.append((label, pts))
+        rows += [[label, t, f"{signed(d.d)}" + (f" [{signed(d.lo)}, {signed(d.hi)}]" if d.lo is not None else ""),
                   f"{na}/{nb}", _word(d)] for t, d, na, nb in pts]
     md += table(["cell", "lr", "Δ [95% CI]", "seeds", "reading"], rows, "lrrrl") if rows else ["No lr has both arms yet."]
     if any(pts for _, pts in series):
-        path = _delta_figure(series, fig_dir / f"{study.name}-delta-vs-lr.png", guided)
+        path = _delta_figure(series, fig_dir / f"{study.name}-delta-vs-lr.png", guided if len(names) == 1 else "arm")
         md += ["", f"![Δ against lr]({link(path)})"]
     trn = [r for v in views if (r := _trainability_row(v)) is not None]
     md += ["", ("**The baseline's trainability** (at its chosen lr; training CE: mean of the last 50 logged steps; "
                 "gap: best validation loss − training CE, positive when it overfits)."), ""]
     md += table(["cell", "lr", "seeds", "test (%)", "best validation (%)", "training CE", "best validation loss",
                  "gap"], trn) if trn else ["No baseline seeds yet."]
-    return md + [""] + _read(study, views, guided) + [""]
+    # the reading of a trainability rule, for a study that declares one (untrainable_below)
+    return md + [""] + (_read(study, views, guided) + [""] if study.untrainable_below is not None else [])
 
 
 def _delta_figure(series: list[tuple[str, list[tuple[str, Delta, int, int]]]], path: Path, guided: str) -> Path:
