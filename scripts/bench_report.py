@@ -36,10 +36,15 @@ def _verdict(name: str, value: float | None) -> str:
     return f"{value:.2f} ({'meets' if ok else 'misses'} {'≥' if name == 'speedup' else '≤'} {bar:.2f})"
 
 
-def _heading(rec: dict) -> str:
+def _spec_title(rec: dict, what: str = "") -> str:
+    """``### <what>`<spec>` `--set …`…``: a section's heading names the spec and its overrides."""
     over = " ".join(f"`--set {o}`" for o in rec["overrides"])
+    return f"### {what}`{rec['spec']}`" + (f" {over}" if over else "")
+
+
+def _heading(rec: dict) -> str:
     precision = rec.get("precision", "fp32")
-    return (f"### `{rec['spec']}`" + (f" {over}" if over else "") + (" — `torch.compile`" if rec.get("compiled") else "")
+    return (_spec_title(rec) + (" — `torch.compile`" if rec.get("compiled") else "")
             + (" — channels_last" if rec.get("channels_last") else "")
             + (f" — networks {precision} (autocast)" if precision != "fp32" else ""))
 
@@ -94,8 +99,7 @@ def _ops_table(ops: dict) -> list[str]:
 
 def _ops_section(rec: dict, source: str) -> list[str]:
     """A ``kind: ops`` record (``pairgraph bench --ops-only``): ops and syncs per step, no timing."""
-    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
-    md = [f"### ATen ops per step: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+    md = [_spec_title(rec, "ATen ops per step: "), "",
           (f"{rec['device']}, torch {rec['machine']['torch']}, batch {rec['batch_size']}, {rec['pairs']} mapped pairs, "
            f"networks {rec['precision']}, similarity {rec['similarity_precision']}"
            + (f", guide cached over {rec['cache_pool']:,} examples" if rec.get("cache_pool") else "")
@@ -175,8 +179,7 @@ def _precision_section(rec: dict, source: str) -> list[str]:
 
 def _throughput_section(rec: dict, source: str) -> list[str]:
     """A ``kind: throughput`` record: back-to-back steps, examples per second and peak memory."""
-    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
-    md = [f"### Throughput: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+    md = [_spec_title(rec, "Throughput: "), "",
           (f"{rec['device']} ({_where(rec)}), torch {rec['machine']['torch']}, batch {rec['batch_size']}, "
            f"{rec['pairs']} mapped pairs, {rec['target_parameters']:,} target parameters, networks {rec['precision']}, "
            f"similarity {rec['similarity_precision']}, {rec['steps']} back-to-back steps after {rec['warmup']} "
@@ -191,8 +194,7 @@ def _throughput_section(rec: dict, source: str) -> list[str]:
 
 def _profile_section(rec: dict, source: str) -> list[str]:
     """A ``kind: profile`` record (pairgraph.bench.profile): one step of each variant under torch.profiler."""
-    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
-    md = [f"### Profile of one step: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+    md = [_spec_title(rec, "Profile of one step: "), "",
           (f"{rec['device']} ({_where(rec)}), torch {rec['machine']['torch']}, batch {rec['batch_size']}, "
            f"{rec['pairs']} mapped pairs, networks {rec['precision']}, similarity {rec['similarity_precision']}; "
            f"median of {rec['steps']} profiled steps after {rec['warmup']} warm-up; kernels: {rec['kernels_are']}; "
@@ -212,9 +214,8 @@ def _profile_section(rec: dict, source: str) -> list[str]:
 
 def _compile_modes_section(rec: dict, source: str) -> list[str]:
     """A ``kind: compile_modes`` record (pairgraph.bench.compile_modes): (c) eager and per torch.compile mode."""
-    over = " ".join(f"`--set {o}`" for o in rec["overrides"])
     sec = rec["seconds"]
-    md = [f"### `train.compile` modes: `{rec['spec']}`" + (f" {over}" if over else ""), "",
+    md = [_spec_title(rec, "`train.compile` modes: "), "",
           (f"{rec['device']} ({_where(rec)}), torch {rec['machine']['torch']}, batch {rec['batch_size']}, "
            f"{rec['pairs']} mapped pairs, networks {rec['precision']} and eager, median of {rec['steps']} interleaved "
            f"steps after {rec['warmup']} warm-up; floor (eager): (a) {_ms(sec['target'])}, (b) {_ms(sec['guide'])}, "
