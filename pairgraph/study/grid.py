@@ -53,8 +53,8 @@ def _word(d: Delta) -> str:
     return "guide better" if d.d > 0 else "guide worse"
 
 
-def _read(study: Study, views: list[CellView], guided: str) -> list[str]:
-    """The reading the study's rule gives, cell by cell and overall."""
+def _read(study: Study, views: list[CellView], guided: str) -> tuple[list[str], str | None]:
+    """The rule applied cell by cell (a line each) and the reading it gives overall (None before any data)."""
     below = study.untrainable_below
     replaced = {v.cell.when_unconverged for v in views if v.cell.when_unconverged and v.values("baseline")}
     lines, untrainable, primary = [], [], []
@@ -69,31 +69,37 @@ def _read(study: Study, views: list[CellView], guided: str) -> list[str]:
         lines.append(f"- {v.label}: baseline {num(base[0], 1)} % at its best lr ({'untrainable' if flag else 'trains'}"
                      f" by the rule, whose bar is {below:g} %); best-vs-best Δ {signed(d.d)}: {_word(d)}.")
     if not lines:
-        return ["No cell has both arms' seeds at a chosen lr yet."]
+        return ["No cell has both arms' seeds at a chosen lr yet."], None
     words = [w for w, flag in primary if flag]
     if not untrainable:
-        reading = (f"no untrainable depth (baseline below {below:g} %): the question is not tested at CPU scale; "
-                   "the matched-lr Δ above are reported, not read as rescue")
+        result = (f"no untrainable depth (baseline below {below:g} %): the question is not tested at CPU scale; "
+                  "the matched-lr Δ above are reported, not read as rescue")
     elif "guide better" in words:
-        reading = "rescue at CPU scale: where the baseline is untrainable the guided arm is better"
+        result = "rescue at CPU scale: where the baseline is untrainable the guided arm is better"
     elif all(w == "guide worse" for w in words):
-        reading = "the paper's claim contradicted at CPU scale: the guided arm is worse at every untrainable depth"
+        result = "the paper's claim contradicted at CPU scale: the guided arm is worse at every untrainable depth"
     else:
-        reading = UNRESOLVED
-    return [*lines, "", f"**Reading (the study file's rule):** {reading}."]
+        result = UNRESOLVED
+    return lines, result
+
+
+def reading(study: Study, views: list[CellView]) -> str | None:
+    """The reading the study's rule (``untrainable_below``) gives; None without a rule or before any data."""
+    guided = _guided(views)
+    if study.untrainable_below is None or guided is None:
+        return None
+    return _read(study, views, guided)[1]
 
 
 def grid_section(study: Study, views: list[CellView], fig_dir: Path, link: Callable[[Path], str]) -> list[str]:
     """The markdown (and the Δ-against-lr figure) of a grid study; nothing for other studies."""
     if not study.grid:
         return []
-    # each cell's own swept arms against its baseline (cells of one study may have different arms)
-    compared = [(v, a.name) for v in views for a in v.cell.arms
-                if a.name != "baseline" and a.swept and a.name in v.arms and "baseline" in v.arms]
+    compared = _compared(views)
     names = list(dict.fromkeys(arm for _, arm in compared))
-    if not names:
+    guided = _guided(views)
+    if guided is None:
         return []
-    guided = names[0]
     md = ["## Δ against lr (every seed at every lr)", "",
           (f"Δ = {guided if len(names) == 1 else 'arm'} − baseline, test metric, both arms at the same lr, with its "
            "Welch t 95% interval over the seeds (arm/baseline seeds in brackets); best-vs-best (each arm at its own "
@@ -114,8 +120,21 @@ def grid_section(study: Study, views: list[CellView], fig_dir: Path, link: Calla
                 "gap: best validation loss − training CE, positive when it overfits)."), ""]
     md += table(["cell", "lr", "seeds", "test (%)", "best validation (%)", "training CE", "best validation loss",
                  "gap"], trn) if trn else ["No baseline seeds yet."]
-    # the reading of a trainability rule, for a study that declares one (untrainable_below)
-    return md + [""] + (_read(study, views, guided) + [""] if study.untrainable_below is not None else [])
+    if study.untrainable_below is None:  # the reading of a trainability rule, for a study that declares one
+        return md + [""]
+    lines, result = _read(study, views, guided)
+    return md + ["", *lines] + (["", f"**Reading (the study file's rule):** {result}."] if result else []) + [""]
+
+
+def _compared(views: list[CellView]) -> list[tuple[CellView, str]]:
+    """Each cell's own swept arms against its baseline (cells of one study may have different arms)."""
+    return [(v, a.name) for v in views for a in v.cell.arms
+            if a.name != "baseline" and a.swept and a.name in v.arms and "baseline" in v.arms]
+
+
+def _guided(views: list[CellView]) -> str | None:
+    """The first swept arm compared with a baseline: the arm the study's rule reads."""
+    return next((arm for _, arm in _compared(views)), None)
 
 
 def _delta_figure(series: list[tuple[str, list[tuple[str, Delta, int, int]]]], path: Path, guided: str) -> Path:

@@ -6,9 +6,11 @@ cell's baseline (``{{delta ARM-REF}}``: from arm REF); ``{{ci ARM}}`` / ``{{ci A
 95 % interval as ``95% CI [lo, hi]``; ``{{n ARM}}`` its finished seeds; ``{{lr ARM}}`` its chosen lr;
 ``{{guide ARM}}`` the mean test metric of the guides ARM trained (an arm with a trained guide);
 ``{{guideci ARM}}`` those guides' Δ from the cell's baseline with its Welch 95 % interval. ARM may be ``cell/arm`` to quote another
-cell. A last token of digits sets the decimals (default 1): ``{{mean baseline 2}}``. Study-wide:
-``{{cells}}``, ``{{arms}}``, ``{{runs}}`` (finished runs). A missing number prints as —; an unknown
-name is a one-line error.
+cell, or ``STUDY:cell/arm`` a cell of a follow-up study (:mod:`pairgraph.study.follow_ups`). A last token
+of digits sets the decimals (default 1): ``{{mean baseline 2}}``. Study-wide: ``{{cells}}``, ``{{arms}}``,
+``{{runs}}`` (finished runs); of a follow-up: ``{{runs STUDY}}``, ``{{cells STUDY}}``, ``{{arms STUDY}}``
+and ``{{reading STUDY}}`` (the reading its trainability rule gives). A missing number prints as —; an
+unknown name is a one-line error.
 """
 
 from __future__ import annotations
@@ -27,13 +29,26 @@ KINDS = ("mean", "delta", "ci", "n", "lr", "guide", "guideci")
 HINT = "see the placeholders in the docstring of pairgraph/study/prose.py"
 
 
+FACTS = ("runs", "cells", "arms", "reading")
+
+
 def fill(text: str, views: list[CellView], where: str, cell: CellView | None = None,
-         totals: dict[str, int] | None = None) -> str:
-    """``text`` with every placeholder replaced; ``where`` names the text in errors (e.g. "cell fcn_deep notes")."""
-    by_name = {v.cell.name: v for v in views}
+         totals: dict[str, int] | None = None, quoted: dict[str, CellView] | None = None,
+         facts: dict[str, dict[str, str]] | None = None) -> str:
+    """``text`` with every placeholder replaced; ``where`` names the text in errors (e.g. "cell fcn_deep notes").
+
+    ``quoted``: other studies' cells by ``STUDY:cell``; ``facts``: per other study, what ``{{runs STUDY}}`` …
+    print (:meth:`pairgraph.study.follow_ups.Followed.facts`)."""
+    by_name = {v.cell.name: v for v in views} | (quoted or {})
 
     def one(m: re.Match[str]) -> str:
-        return _value(m.group(1).split(), by_name, cell, totals or {}, f"{where}: {{{{{m.group(1)}}}}}")
+        tokens, at = m.group(1).split(), f"{where}: {{{{{m.group(1)}}}}}"
+        if len(tokens) == 2 and tokens[0] in FACTS:
+            if tokens[1] not in (facts or {}):
+                raise PairgraphError(f"{at}: no follow-up study {tokens[1]!r}",
+                                     "use one of " + (", ".join(facts or {}) or "(none: add it to follow_ups)"))
+            return (facts or {})[tokens[1]][tokens[0]]
+        return _value(tokens, by_name, cell, totals or {}, at)
 
     return PLACEHOLDER.sub(one, text)
 

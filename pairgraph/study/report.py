@@ -9,11 +9,12 @@ from pathlib import Path
 
 from pairgraph.errors import PairgraphError
 from pairgraph.study.figures import FIG_KINDS, FigureIndex, cell_figures
+from pairgraph.study.follow_ups import follow_up_sections, load_follow_ups, quoted_views
 from pairgraph.study.formatting import num
 from pairgraph.study.grid import grid_section
 from pairgraph.study.noise import noise_section
 from pairgraph.study.prose import fill
-from pairgraph.study.results import UNRESOLVED, ArmResult, CellView, cell_views, collect, word
+from pairgraph.study.results import UNRESOLVED, ArmResult, CellView, cell_views, collect, coverage, word
 from pairgraph.study.schema import Study, load_study, lr_tag
 from pairgraph.study.stats import LEVEL, PAPER_SEEDS
 from pairgraph.study.tables import (
@@ -42,6 +43,8 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
     fig_dir = Path(figures) if figures is not None else output.parent / "figures" / study.name
     results = collect(study)
     views = cell_views(study, results)
+    follows = load_follow_ups(study)
+    quoted, facts = quoted_views(follows), {f.study.name: f.facts() for f in follows}
     figs = FigureIndex()
 
     def link(path: Path) -> str:
@@ -57,9 +60,11 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
     md += sequence_table([v for v in views if v.task_kind in ("copy_paste", "parity", "language_modeling")])
     md += noise_section(views)
     md += grid_section(study, views, fig_dir, link)
+    md += follow_up_sections(follows, fig_dir.parent, link)
     md += ["## Cells", ""]
     for v in views:
-        notes = fill(v.cell.notes, views, f"cell {v.cell.name} notes", v, totals) if v.cell.notes else None
+        notes = (fill(v.cell.notes, views, f"cell {v.cell.name} notes", v, totals, quoted, facts)
+                 if v.cell.notes else None)
         md += cell_section(study, v, notes)
         md += cell_figures(study, v, fig_dir, figs, link)
     md += _figure_index(figs)
@@ -69,7 +74,8 @@ def report(study: Study | str | Path, output: str | Path = "docs/results.md", fi
     if readme is not None:
         complete = sum(1 for ar in results.values() if ar.status == "done")
         n_arms = sum(len(c.arms) for c in study.cells)
-        status = fill(study.readme_status, views, "readme_status", None, totals) if study.readme_status else None
+        status = (fill(study.readme_status, views, "readme_status", None, totals, quoted, facts)
+                  if study.readme_status else None)
         _fill_readme(Path(readme), study, output, headline, f"{complete} of {n_arms} arms complete", status)
         if echo:
             echo(f"updated the headline table in {readme}")
@@ -123,15 +129,7 @@ def _header(study: Study, results: dict[tuple[str, str], ArmResult], views: list
            ""]
     if study.overrides:
         md += ["Overrides applied to every run: " + ", ".join(f"`{o}`" for o in study.overrides) + ".", ""]
-    all_runs = [r for ar in results.values() for r in ar.all_runs]
-    n_arms = sum(len(c.arms) for c in study.cells)
-    complete = [ar for ar in results.values() if ar.status == "done"]
-    md += [(f"**Coverage:** {len(complete)} of {n_arms} arms complete; {sum(1 for r in all_runs if r.done)} "
-           f"finished runs, {sum(1 for r in all_runs if not r.done)} diverged.")]
-    not_done = [(c, a, ar.status) for (c, a), ar in results.items() if ar.status != "done"]
-    if not_done:
-        md += ["Not complete: " + "; ".join(f"{c}/{a} ({s})" for c, a, s in not_done) + "."]
-    return md + [""]
+    return md + ["**Coverage:** " + coverage(study, results), ""]
 
 
 def _figure_index(figs: FigureIndex) -> list[str]:

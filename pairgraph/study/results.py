@@ -345,3 +345,22 @@ def _default_metric(spec: dict[str, Any]) -> str:
         return TASKS.get(kind).primary_metric
     except Exception:  # noqa: BLE001 - an unknown task in an old record
         return "accuracy"
+
+
+def coverage(study: Study, results: dict[tuple[str, str], ArmResult]) -> str:
+    """How much of the study is done: arms complete, runs finished and diverged, the arms not complete and
+    why (a cell run only ``when_unconverged`` whose gate stayed shut is *not needed*, not missing)."""
+    all_runs = [r for ar in results.values() for r in ar.all_runs]
+    shut = {c.name for c in study.cells if c.when_unconverged and ArmState(study, c, c.arms[0]).gate_open() is False}
+    n_arms = sum(len(c.arms) for c in study.cells if c.name not in shut)
+    complete = [ar for ar in results.values() if ar.status == "done"]
+    text = (f"{len(complete)} of {n_arms} arms complete; {sum(1 for r in all_runs if r.done)} finished runs, "
+            f"{sum(1 for r in all_runs if not r.done)} diverged.")
+    not_done = [(c, a, ar.status) for (c, a), ar in results.items() if ar.status != "done" and c not in shut]
+    if not_done:
+        text += "\nNot complete: " + "; ".join(f"{c}/{a} ({s})" for c, a, s in not_done) + "."
+    for c in study.cells:
+        if c.name in shut:
+            text += (f"\nNot needed: cell {c.name} (it runs only if {c.when_unconverged}'s baseline was still "
+                     "improving at its last evaluation in most seeds at its chosen lr; it was not).")
+    return text

@@ -224,6 +224,16 @@ def _check_lrs(v: list[float]) -> list[float]:
     return sorted(float(x) for x in v)
 
 
+class FollowUp(_Strict):
+    """Another study whose question grew out of this one; this study's report gives it a section."""
+
+    study: str = Field(description="Its study file (relative to the current folder or to this study file).")
+    report: str | None = Field(default=None, description="Where its own full report is written, for a link "
+                               "(e.g. docs/trainability.md).")
+    notes: str | None = Field(default=None, description="Markdown under its section; placeholders as in cell "
+                              "notes, filled from the follow-up's own cells.")
+
+
 class Study(_Strict):
     """A study: cells × arms under the lr-sweep-then-seeds protocol."""
 
@@ -250,6 +260,8 @@ class Study(_Strict):
                                       "between the README's <!-- status:begin --> and <!-- status:end --> lines, its "
                                       "placeholders ({{mean cell/arm}}, …) filled from the records "
                                       "(pairgraph/study/prose.py).")
+    follow_ups: list[FollowUp] = Field(default_factory=list, description="Studies whose questions grew out of "
+                                       "this one: the report gives each a section from its own records.")
     cells: list[Cell] = Field(min_length=1)
 
     @field_validator("overrides")
@@ -306,15 +318,17 @@ class Study(_Strict):
                              "use one of " + ", ".join(c.name for c in self.cells))
 
     def spec_path(self, cell: Cell) -> Path:
-        p = Path(cell.spec).expanduser()
-        if p.is_absolute() or p.exists():
-            candidates = [p]
-        else:
-            candidates = [p, self.file.parent / p]
+        return self.file_path(cell.spec, f"cell {cell.name!r}: spec file")
+
+    def file_path(self, name: str, what: str) -> Path:
+        """A file the study names (a cell's spec, a follow-up study), relative to the current folder or to
+        the study file's folder."""
+        p = Path(name).expanduser()
+        candidates = [p] if p.is_absolute() or p.exists() else [p, self.file.parent / p]
         for c in candidates:
             if c.is_file():
                 return c
-        raise PairgraphError(f"cell {cell.name!r}: spec file {cell.spec!r} not found",
+        raise PairgraphError(f"{what} {name!r} not found",
                              f"give a path relative to the current folder or to {self.file.parent}")
 
     def sweep_lrs(self, cell: Cell, arm: Arm) -> list[float]:
