@@ -38,7 +38,7 @@ def resnet_like(blocks: int) -> LayerGraph:
 
 
 def columns(guide: LayerGraph, target: LayerGraph, matrix) -> list[int]:
-    return order_preserving(torch.tensor(matrix, dtype=torch.float64), guide, target, 0.05)[0]
+    return order_preserving(torch.tensor(matrix, dtype=torch.float64), guide, target, 0.05)
 
 
 def depth_columns(guide: LayerGraph, target: LayerGraph) -> list[int]:
@@ -105,12 +105,12 @@ def test_a_clear_signal_off_the_depth_mapping_is_found(n_guide, n_target):
 def test_a_nan_similarity_never_wins_and_a_prior_of_zero_follows_the_data():
     guide, target = chain(2, "g"), chain(3, "t")
     m = torch.tensor([[float("nan"), 0.5, 0.4], [0.1, 0.2, 0.9]], dtype=torch.float64)
-    assert order_preserving(m, guide, target, 0.05)[0] == [1, 2]
+    assert order_preserving(m, guide, target, 0.05) == [1, 2]
     weak = torch.tensor([[0.50, 0.51, 0.5], [0.50, 0.51, 0.5]], dtype=torch.float64)  # a faint column effect only
-    assert order_preserving(weak, guide, target, 0.0)[0] == [1, 1]  # no prior: the most similar column
-    assert order_preserving(weak, guide, target, 0.05)[0] == [0, 2]  # the prior outweighs 0.01: the depth mapping
+    assert order_preserving(weak, guide, target, 0.0) == [1, 1]  # no prior: the most similar column
+    assert order_preserving(weak, guide, target, 0.05) == [0, 2]  # the prior outweighs 0.01: the depth mapping
     dust = torch.tensor([[0.5, 0.5 + 1e-12, 0.5]] * 2, dtype=torch.float64)
-    assert order_preserving(dust, guide, target, 0.0)[0] == [0, 0]  # float dust is a tie: the earliest column
+    assert order_preserving(dust, guide, target, 0.0) == [0, 0]  # float dust is a tie: the earliest column
 
 
 def test_depth_prior_is_checked(tmp_path):

@@ -150,9 +150,8 @@ def relative_depths(graph: LayerGraph) -> list[float]:
     return [t.depth / deepest for t in graph.taps]
 
 
-def order_preserving(matrix: torch.Tensor, guide: LayerGraph, target: LayerGraph,
-                     depth_prior: float) -> tuple[list[int], torch.Tensor]:
-    """Target tap per guide tap: the depth-monotone path of highest total preference; the preferences.
+def order_preserving(matrix: torch.Tensor, guide: LayerGraph, target: LayerGraph, depth_prior: float) -> list[int]:
+    """Target tap per guide tap: the depth-monotone path of highest total preference.
 
     Preference = similarity less ``depth_prior`` × the gap in relative depth (as :func:`depth`
     measures it): a similarity contrast smaller than the prior's, as in a flat matrix, gives the
@@ -172,7 +171,7 @@ def order_preserving(matrix: torch.Tensor, guide: LayerGraph, target: LayerGraph
     idx = [0] * len(rows)
     for i, k in zip(rows, picked):
         idx[i] = cols[k]
-    return idx, pref
+    return idx
 
 
 def _check_options(spec: PairSpec, batches: Any, batch_size: Any, warmup_steps: Any, monotone: Any,
@@ -234,7 +233,7 @@ def learned(
     matrix = total / used
     finite = torch.nan_to_num(matrix, nan=-math.inf)  # a NaN similarity never wins a tap
     if monotone:
-        idx = order_preserving(matrix, guide, target, float(depth_prior))[0]
+        idx = order_preserving(matrix, guide, target, float(depth_prior))
     else:
         idx = [int(j) for j in finite.argmax(dim=1)]
     pairs = [(g.name, target.taps[j].name, 1.0) for g, j in zip(guide.taps, idx)]

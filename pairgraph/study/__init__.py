@@ -26,6 +26,12 @@ is what the report shows.
 lowest mean best-validation loss over the seeds; runs go (lr, seed) point by point, a cell's arms side by
 side. A cell with ``when_unconverged: <earlier cell>`` runs only if that cell's baseline, at its chosen lr,
 had its best validation loss at its last evaluation in most of its seeds (e.g. the same cell trained longer).
+``untrainable_below: 20`` (grid studies) declares a trainability rule the report reads (``grid``).
+
+``follow_ups: [{study: studies/other.yaml, report: docs/other.md, notes: ...}]`` names studies whose questions
+grew out of this one: the report gives each a section from its own records, and notes and ``readme_status``
+may quote them (``{{delta other:cell/arm}}``, ``{{runs other}}``, ``{{reading other}}``; ``prose``,
+``follow_ups``).
 
 Results land in ``results/<study>/<cell>/<arm>/lr<lr>-s<seed>/`` (summary.json, metrics.jsonl.gz,
 spec.yaml, env.json, test_predictions.json when the run wrote one, study.json, and guide/ with the
@@ -39,7 +45,8 @@ that is byte-identical on every invocation, plus figures.
 
 Modules: ``schema`` (the study file and :func:`load_study`), ``plan`` (what is done and left; the
 lr choice), ``execute`` (jobs, the scheduler, storing runs), ``results`` (reading the results
-folder), ``tables``/``formatting`` (markdown), ``figures`` and ``report``.
+folder), ``tables``/``formatting`` (markdown), ``prose`` (placeholders in notes), ``grid`` (grid studies),
+``follow_ups``, ``figures`` and ``report``.
 """
 
 from pairgraph.study.execute import StudyOutcome, run_study
