@@ -5,6 +5,7 @@ in this process or in several worker processes."""
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gzip
 import json
 import math
@@ -12,6 +13,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import signal
 import time
 import traceback
 from collections import deque
@@ -32,7 +34,7 @@ from pairgraph.study.plan import ArmPlan, Job, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import Study, lr_tag, run_folder
 from pairgraph.training import train
-from pairgraph.training.runs import RunInUse, lock_run
+from pairgraph.training.runs import RunInUse, interrupted, lock_run, sigterm_handled
 
 #: how often a job waiting for a guide that another process trains looks for it in the cache
 GUIDE_POLL_SECONDS = 5.0
@@ -164,6 +166,20 @@ def _threads(n: int | None) -> Iterator[None]:
 
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
+    _die_with_parent()
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this worker when the study process dies, even by SIGKILL, so that no worker is left
+    training, or idling forever on the job queue, without it; its run checkpoints and stops as any
+    SIGTERM'd run does. Elsewhere nothing (the study's own SIGTERM and Ctrl-C still stop the workers)."""
+    parent = multiprocessing.parent_process()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 def _cores() -> int:
@@ -285,6 +301,15 @@ def run_study(study: Study | str | Path, jobs: int = 1, only: Iterable[str] | No
     return sched.outcome
 
 
+def _stop_workers(pool: futures.ProcessPoolExecutor) -> None:
+    """SIGTERM every worker (a run checkpoints its step and stops; an idle worker exits), then wait for them:
+    a stopped study leaves no process behind."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        with contextlib.suppress(OSError, ValueError):
+            proc.terminate()
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
 def run_parallel(ready: deque[Job], jobs: int, finished: Callable[[Job, dict[str, Any]], None],
                  echo: Callable[[str], None]) -> None:
     """Run ``ready`` (which ``finished`` may extend) in ``jobs`` spawned processes; one guide trains once."""
@@ -293,38 +318,42 @@ def run_parallel(ready: deque[Job], jobs: int, finished: Callable[[Job, dict[str
                                        initializer=_init_worker, initargs=(threads,))
     running: dict[futures.Future[dict[str, Any]], Job] = {}
     busy: set[str] = set()
-    try:
-        while ready or running:
-            waiting = False  # a job waits for a guide another process is training
-            for job in list(ready):
-                if len(running) >= jobs:
+    with sigterm_handled():  # a SIGTERM to this process stops the study as Ctrl-C does
+        try:
+            while ready or running:
+                waiting = False  # a job waits for a guide another process is training
+                for job in list(ready):
+                    if len(running) >= jobs:
+                        break
+                    training = job.guide_key is not None and not Path(job.guide_key).exists()
+                    if training and job.guide_key in busy:
+                        waiting = True
+                        continue  # another process is training this guide right now; once it is cached, share it
+                    ready.remove(job)
+                    if training:
+                        busy.add(job.guide_key)
+                    echo(f"start {job.title()} ({threads} threads)")
+                    running[pool.submit(execute_job, job)] = job
+                if not running:
                     break
-                training = job.guide_key is not None and not Path(job.guide_key).exists()
-                if training and job.guide_key in busy:
-                    waiting = True
-                    continue  # another process is training this guide right now; once it is cached, share it
-                ready.remove(job)
-                if training:
-                    busy.add(job.guide_key)
-                echo(f"start {job.title()} ({threads} threads)")
-                running[pool.submit(execute_job, job)] = job
-            if not running:
-                break
-            # the guide is cached long before the run training it ends: look again every few seconds
-            done, _ = futures.wait(running, timeout=GUIDE_POLL_SECONDS if waiting else None,
-                                   return_when=futures.FIRST_COMPLETED)
-            for fut in sorted(done, key=lambda f: running[f].key):
-                job = running.pop(fut)
-                if job.guide_key is not None:
-                    busy.discard(job.guide_key)
-                try:
-                    res = fut.result()
-                except Interrupted:
-                    raise  # the worker's run was stopped (Ctrl-C, SIGTERM): stop the study
-                except Exception as e:  # noqa: BLE001 - a worker that died (killed, out of memory)
-                    res = {"status": "failed", "error": f"worker process failed: {one_line(e)}"}
-                finished(job, res)
-    except (KeyboardInterrupt, Interrupted):
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
+                # the guide is cached long before the run training it ends: look again every few seconds
+                done, _ = futures.wait(running, timeout=GUIDE_POLL_SECONDS if waiting else None,
+                                       return_when=futures.FIRST_COMPLETED)
+                for fut in sorted(done, key=lambda f: running[f].key):
+                    job = running.pop(fut)
+                    if job.guide_key is not None:
+                        busy.discard(job.guide_key)
+                    try:
+                        res = fut.result()
+                    except Interrupted:
+                        raise  # the worker's run was stopped (Ctrl-C, SIGTERM): stop the study
+                    except Exception as e:  # noqa: BLE001 - a worker that died (killed, out of memory)
+                        res = {"status": "failed", "error": f"worker process failed: {one_line(e)}"}
+                    finished(job, res)
+        except (KeyboardInterrupt, Interrupted) as e:  # Ctrl-C, a SIGTERM to this process, a worker's run stopped
+            _stop_workers(pool)
+            if isinstance(e, KeyboardInterrupt):
+                raise interrupted(e, "interrupted: the study stopped; each run it was training kept its last "
+                                  "checkpoint", "run the same `pairgraph study` command again to resume") from None
+            raise
     pool.shutdown(wait=True)
