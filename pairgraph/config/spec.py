@@ -14,7 +14,7 @@ from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model
+from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model, resolve_objective
 from pairgraph.errors import PairgraphError, SpecError
 from pairgraph.paths import NAME_PATTERN
 
@@ -215,11 +215,13 @@ class SimilaritySpec(_Strict):
 
 
 class GuidanceSpec(_Strict):
-    mode: Literal["guidance", "baseline", "distill", "fitnets", "repa"] = Field(
+    mode: str = Field(
         default="guidance", description="guidance (CKA alignment, the paper), baseline (no guide), distill (logit "
         "distillation), fitnets (a learned linear / 1×1 projector from each mapped target tap to its guide tap, "
         "MSE; FitNets' hints), repa (an MLP projector, 1 − cosine per token; REPA). The projectors train with "
-        "the target and are saved beside it, never in its weights. Example: mode: repa, projector_dim: 512.")
+        "the target and are saved beside it, never in its weights. Or your own objective: a name registered "
+        "with @OBJECTIVES.register, or 'package.module:ClassName' (an Objective subclass; imports and runs it, "
+        "found as a model factory is). Example: mode: repa, projector_dim: 512.")
     projector_dim: int = Field(default=2048, ge=1, description="Hidden width of repa's MLP projector (REPA: 2048). "
                                "Example: projector_dim: 512.")
     weight: float = Field(default=1.0, ge=0, description="Weight of the summed alignment loss (the paper uses 1).")
@@ -265,6 +267,12 @@ class GuidanceSpec(_Strict):
         "cache_guide: false.",
     )
     cache_max_gb: float = Field(default=4.0, gt=0, description="Refuse a guide cache larger than this (GiB).")
+
+    @field_validator("mode")
+    @classmethod
+    def _known_mode(cls, v: str) -> str:
+        resolve_objective(v)
+        return v
 
     @model_validator(mode="after")
     def _noise_is_fed(self) -> GuidanceSpec:

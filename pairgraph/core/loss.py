@@ -163,9 +163,10 @@ class Objective(nn.Module):
 
     @classmethod
     def describe(cls, spec: PairSpec) -> str:
-        """The loss of ``spec``'s pair under this objective, in one line (the generated module's docstring)."""
-        return cls.formula.format(weight=spec.guidance.weight, measure=spec.similarity.measure,
-                                   T=spec.guidance.temperature)
+        """The loss of ``spec``'s pair under this objective, in one line (the generated module's docstring); a
+        user's class that states no ``formula`` is named instead."""
+        formula = getattr(cls, "formula", None) or f"task + {{weight}} * {cls.__qualname__}'s alignment terms"
+        return formula.format(weight=spec.guidance.weight, measure=spec.similarity.measure, T=spec.guidance.temperature)
 
 
 @dataclass(frozen=True)
