@@ -132,7 +132,7 @@ class Objective(nn.Module):
     and its loss terms for a batch. A subclass sets ``name`` (its ``guidance.mode``), ``formula`` (the loss, as
     the generated module states it) and what the step needs of the guide, implements :meth:`terms` (and
     :meth:`from_spec` when it has settings), and is registered: ``@OBJECTIVES.register("name")``
-    (:mod:`pairgraph.core.objectives` holds the built-in ones)."""
+    (:mod:`pairgraph.core.objectives` holds the built-in ones), or named in a spec as ``package.module:ClassName``."""
 
     name: ClassVar[str]
     formula: ClassVar[str]
