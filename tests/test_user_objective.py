@@ -152,6 +152,8 @@ def test_a_registered_name_resolves_from_python(spec_dir, tmp_path, monkeypatch)
      r"function, not a subclass of pairgraph.core.loss.Objective — fix: name a class written as "
      r"class Mine\(Objective\)")),
     ("userobj.objectives:gram", r"names a function, not a subclass"),
+    ("userobj.objectives:", r"guidance.mode 'userobj.objectives:' is not a reference 'package.module:name' — fix: "),
+    (":GramMSE", r"guidance.mode ':GramMSE' is not a reference 'package.module:name'"),
     ("userobj.objectives:torch", r"names a module, not a subclass"),
     ("userobj.broken:Anything", (r"importing module 'userobj.broken' for guidance.mode 'userobj.broken:Anything' "
      r"failed: RuntimeError: half-written module — fix: fix the error in userobj.broken")),

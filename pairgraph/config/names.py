@@ -58,6 +58,9 @@ def import_reference(ref: str, what: str) -> Any:
     """The attribute ``package.module:name`` names, imported (and so run) from sys.path, then the working
     directory, then the folder of each spec file loaded (:data:`IMPORT_ROOTS`); ``what`` names it in errors."""
     mod_name, _, attr = ref.partition(":")
+    if not (all(part.isidentifier() for part in mod_name.split(".")) and attr.isidentifier()):
+        raise PairgraphError(f"{what} {ref!r} is not a reference 'package.module:name'",
+                             "write the module's dotted path, a colon, and the name it defines")
     for root in (Path.cwd(), *IMPORT_ROOTS):
         if str(root) not in sys.path:
             sys.path.append(str(root))  # after sys.path: an installed package of the same name wins
@@ -74,7 +77,7 @@ def import_reference(ref: str, what: str) -> Any:
     except Exception as e:  # noqa: BLE001 - a user module that fails while importing is one line, not a traceback
         raise PairgraphError(f"importing module {mod_name!r} for {what} {ref!r} failed: {one_line(e)}",
                              f"fix the error in {mod_name}") from None
-    if not attr or not hasattr(module, attr):
+    if not hasattr(module, attr):
         raise PairgraphError(f"module {mod_name!r} has no {attr!r} (for {what} {ref!r})",
                              f"name something {mod_name} defines, as 'package.module:name'")
     return getattr(module, attr)
