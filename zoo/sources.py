@@ -13,7 +13,6 @@ import difflib
 import importlib
 import inspect
 import pickle
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pairgraph.config.names import IMPORT_ROOTS, MODEL_SOURCES
+from pairgraph.config.names import MODEL_SOURCES, import_reference
 from pairgraph.errors import PairgraphError, first_line
 from pairgraph.zoo import ModelEntry
 
@@ -73,23 +72,11 @@ def _torchvision_input(tvm: Any, name: str) -> str | None:
 
 @MODEL_SOURCES.register("python")
 def python_source(ref: str) -> ModelEntry:
-    """``package.module:factory``: a user's factory, imported (and so run) from sys.path, then the
-    working directory, then the folder of each spec file loaded (:data:`IMPORT_ROOTS`)."""
-    mod_name, _, attr = ref.partition(":")
-    for root in (Path.cwd(), *IMPORT_ROOTS):
-        if str(root) not in sys.path:
-            sys.path.append(str(root))  # after sys.path: an installed package of the same name wins
-    try:
-        module = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise PairgraphError(
-            f"cannot import module {mod_name!r} for model {ref!r} ({e})",
-            f"put {mod_name.split('.')[0]} in the working directory or beside the spec file, install it, "
-            "or add its folder to PYTHONPATH",
-        ) from None
-    factory = getattr(module, attr, None)
+    """``package.module:factory``: a user's factory, imported (and so run) by
+    :func:`~pairgraph.config.names.import_reference` (sys.path, the working directory, the spec files' folders)."""
+    factory = import_reference(ref, "model")
     if not callable(factory):
-        raise PairgraphError(f"module {mod_name!r} has no callable {attr!r}", "name a factory as 'package.module:function'")
+        raise PairgraphError(f"{ref!r} is not callable", "name a factory as 'package.module:function'")
     return ModelEntry(ref, factory, "image", {}, f"user factory {ref}")
 
 

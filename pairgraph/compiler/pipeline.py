@@ -28,7 +28,7 @@ from pairgraph.compiler.mapping import Correspondence, build_mapping
 from pairgraph.compiler.render import render_mapping
 from pairgraph.config import PairSpec, as_spec
 from pairgraph.core.layer_graph import LayerGraph
-from pairgraph.core.loss import Balance, Feed, GuidedPair, WeightSchedule
+from pairgraph.core.loss import Balance, Feed, GuidedPair, Objective, WeightSchedule
 from pairgraph.core.objectives import objective_class
 from pairgraph.core.taps import select_logits
 from pairgraph.core.trace import trace
@@ -150,6 +150,7 @@ def build_pair(
     pairs: Sequence[tuple[str, str, float]],
     device: str | torch.device = "cpu",
     guide_weights: str | Path | None = None,
+    objective: type[Objective] | None = None,
 ) -> GuidedPair:
     """Build the :class:`~pairgraph.core.loss.GuidedPair` of a resolved spec: both networks seeded (guide
     ``train.seed``, target ``train.seed + 1``) and wrapped by the generated classes, the guide's weights loaded,
@@ -163,6 +164,8 @@ def build_pair(
         guide_weights: a checkpoint overriding ``guide.weights``, which is otherwise resolved by
             :func:`~pairgraph.compiler.guide_weights.resolve_guide_weights` (never trains: a ``weights: train``
             guide not cached yet is a one-line error; ``pairgraph.train`` trains it first).
+        objective: the objective's class; default: the one ``guidance.mode`` names (a generated module passes
+            the user's class of a ``package.module:ClassName`` mode, which it imports).
 
     Example (what ``build/<name>/guided_pair.py`` does)::
 
@@ -172,9 +175,10 @@ def build_pair(
     task = get_task(spec.task)
     weights = guide_weights or resolve_guide_weights(spec, purpose="building the pair")
     guide, target = build_networks(spec, guide_cls, target_cls, task, device, weights)
-    objective = objective_class(spec.guidance.mode).from_spec(spec, guide, target, pairs, task, device)
-    return GuidedPair(guide, target, pairs, objective, task_loss=task.loss, schedule=WeightSchedule.from_spec(spec),
-                      balance=Balance.from_spec(spec), feed=Feed.from_spec(spec, task))
+    kind = objective or objective_class(spec.guidance.mode)
+    return GuidedPair(guide, target, pairs, kind.from_spec(spec, guide, target, pairs, task, device),
+                      task_loss=task.loss, schedule=WeightSchedule.from_spec(spec), balance=Balance.from_spec(spec),
+                      feed=Feed.from_spec(spec, task))
 
 
 def trace_pair(spec: PairSpec, notify: Callable[[str], None] | None = print) -> dict[str, LayerGraph]:

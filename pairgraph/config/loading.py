@@ -11,7 +11,7 @@ import yaml
 from pydantic import ValidationError
 
 from pairgraph.config.messages import describe
-from pairgraph.config.names import MEASURES, OBJECTIVES, add_import_root
+from pairgraph.config.names import MEASURES, add_import_root, resolve_objective
 from pairgraph.config.spec import PairSpec, TrainSpec
 from pairgraph.config.yaml_io import parse_scalar, read_yaml, where
 from pairgraph.errors import PairgraphError, SpecError, check_type
@@ -84,7 +84,7 @@ def _check_consistency(spec: PairSpec, source: str, root_node: yaml.Node | None)
     bs = spec.train.batch_size
     # per-sample (flatten) and per-position rows have one row per example: the batch must hold
     # min_batch of them (per-token rows pool the batch's tokens, so a smaller batch can work)
-    if OBJECTIVES.get(spec.guidance.mode).compares_similarity and spec.similarity.sequence != "token" and bs < measure.min_batch:
+    if resolve_objective(spec.guidance.mode).compares_similarity and spec.similarity.sequence != "token" and bs < measure.min_batch:
         raise SpecError(
             f"{where(source, root_node, ('train', 'batch_size'))}: train.batch_size: {bs} is too small for "
             f"similarity.measure {measure.name!r}, which needs at least {measure.min_batch} examples per batch",

@@ -9,12 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model
+from pairgraph.config.names import MAPPERS, MEASURES, OPTIMIZERS, TASKS, resolve_model, resolve_objective
 from pairgraph.errors import PairgraphError, SpecError
 from pairgraph.paths import NAME_PATTERN
 
@@ -25,6 +26,15 @@ UNTRAINED, TRAIN, PRETRAINED = "untrained", "train", "pretrained"
 class _Strict(BaseModel):
     # allow_inf_nan=False: an lr of .inf or .nan is a typo, not a setting
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+def _checked_by(lookup: Callable[[str], Any]) -> Any:
+    """A name kept as written once ``lookup`` (a registry's, with did-you-mean; a resolver's) has found it."""
+    return Annotated[str, AfterValidator(lambda v: (lookup(v), v)[1])]
+
+
+ModelRef, MapperName, MeasureName = _checked_by(resolve_model), _checked_by(MAPPERS.get), _checked_by(MEASURES.get)
+ObjectiveRef, OptimizerName = _checked_by(resolve_objective), _checked_by(OPTIMIZERS.get)
 
 
 #: the most globs a layer selection may list (each is matched against every module: a bound on validation time)
@@ -99,7 +109,7 @@ class InputTransform(_Strict):
 
 
 class NetworkSpec(_Strict):
-    model: str = Field(description="A zoo name, 'torchvision:<name>', or 'package.module:factory' (imports and runs it).")
+    model: ModelRef = Field(description="A zoo name, 'torchvision:<name>', or 'package.module:factory' (imports and runs it).")
     args: dict[str, Any] = Field(default_factory=dict, description="Factory keyword arguments; 'preset' picks a zoo preset.")
     layers: LayerSelection = Field(default_factory=LayerSelection)
     output: str | int | None = Field(
@@ -119,15 +129,9 @@ class NetworkSpec(_Strict):
         "fed 224 px as the authors' ResNet-18 guide was). Example: input: {resize: [64, 64]}.",
     )
 
-    @field_validator("model")
-    @classmethod
-    def _known_model(cls, v: str) -> str:
-        resolve_model(v)
-        return v
-
 
 class GuideSpec(NetworkSpec):
-    model: str = "resnet18"
+    model: ModelRef = "resnet18"
     weights: str = Field(
         default="untrained",
         description="'untrained' (seeded init), 'train' (train the guide on the task first, cached), 'pretrained' "
@@ -167,14 +171,14 @@ class GuideSpec(NetworkSpec):
 
 
 class TargetSpec(NetworkSpec):
-    model: str = "deep_fcn"
+    model: ModelRef = "deep_fcn"
 
 
 class MappingSpec(BaseModel):
     """The mapper and its options (extra keys are passed to the mapper)."""
 
     model_config = ConfigDict(extra="allow")
-    kind: str = Field(
+    kind: MapperName = Field(
         default="uniform",
         description="uniform (paper Algorithm 1) | depth (nearest relative depth) | learned (order-preserving assignment "
         "maximising measured similarity less depth_prior × relative-depth gap; options batches, batch_size, "
@@ -182,18 +186,12 @@ class MappingSpec(BaseModel):
         "(by hand: pairs: [[guide_glob, target_glob, weight], ...]); docs/mapping.md",
     )
 
-    @field_validator("kind")
-    @classmethod
-    def _known_mapper(cls, v: str) -> str:
-        MAPPERS.get(v)
-        return v
-
     def options(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
 
 
 class SimilaritySpec(_Strict):
-    measure: str = Field(default="cka", description="cka | debiased_cka | rsa")
+    measure: MeasureName = Field(default="cka", description="cka | debiased_cka | rsa")
     sequence: Literal["flatten", "token", "position"] = Field(
         default="flatten", description="How sequence taps (b, T, d) become matrices: per-sample flatten (paper), per-token, per-position."
     )
@@ -207,19 +205,15 @@ class SimilaritySpec(_Strict):
         "Example: precision: bf16.",
     )
 
-    @field_validator("measure")
-    @classmethod
-    def _known_measure(cls, v: str) -> str:
-        MEASURES.get(v)
-        return v
-
 
 class GuidanceSpec(_Strict):
-    mode: Literal["guidance", "baseline", "distill", "fitnets", "repa"] = Field(
+    mode: ObjectiveRef = Field(
         default="guidance", description="guidance (CKA alignment, the paper), baseline (no guide), distill (logit "
         "distillation), fitnets (a learned linear / 1×1 projector from each mapped target tap to its guide tap, "
         "MSE; FitNets' hints), repa (an MLP projector, 1 − cosine per token; REPA). The projectors train with "
-        "the target and are saved beside it, never in its weights. Example: mode: repa, projector_dim: 512.")
+        "the target and are saved beside it, never in its weights. Or your own objective: a name registered "
+        "with @OBJECTIVES.register, or 'package.module:ClassName' (an Objective subclass; imports and runs it, "
+        "found as a model factory is). Example: mode: repa, projector_dim: 512.")
     projector_dim: int = Field(default=2048, ge=1, description="Hidden width of repa's MLP projector (REPA: 2048). "
                                "Example: projector_dim: 512.")
     weight: float = Field(default=1.0, ge=0, description="Weight of the summed alignment loss (the paper uses 1).")
@@ -321,7 +315,7 @@ class ScheduleSpec(_Strict):
 
 
 class TrainSpec(_Strict):
-    optimizer: str = Field(default="adamw", description="adamw | adam | sgd, or a name registered in OPTIMIZERS.")
+    optimizer: OptimizerName = Field(default="adamw", description="adamw | adam | sgd, or a name registered in OPTIMIZERS.")
     lr: float = Field(default=1e-4, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
     momentum: float = Field(default=0.9, ge=0, description="SGD momentum.")
@@ -375,12 +369,6 @@ class TrainSpec(_Strict):
             raise SpecError(f"schedule.min_lr ({self.schedule.min_lr}) is above train.lr ({self.lr})",
                             "a cosine schedule decays: set min_lr below lr")
         return self
-
-    @field_validator("optimizer")
-    @classmethod
-    def _known_optimizer(cls, v: str) -> str:
-        OPTIMIZERS.get(v)
-        return v
 
     @field_validator("device")
     @classmethod

@@ -23,8 +23,17 @@ from typing import Any, NamedTuple, get_args
 import yaml
 
 from pairgraph.config.loading import parse_spec
-from pairgraph.config.names import MAPPERS, MEASURES, MODELS, OPTIMIZERS, TASKS, add_import_root, resolve_model
-from pairgraph.config.spec import GuidanceSpec, LayerSelection, PairSpec
+from pairgraph.config.names import (
+    MAPPERS,
+    MEASURES,
+    MODELS,
+    OBJECTIVES,
+    OPTIMIZERS,
+    TASKS,
+    add_import_root,
+    resolve_model,
+)
+from pairgraph.config.spec import LayerSelection, PairSpec
 from pairgraph.config.yaml_io import parse_yaml
 from pairgraph.errors import PairgraphError
 from pairgraph.paths import atomic_write, check_name
@@ -236,10 +245,9 @@ def _similarity_section(sequence: bool) -> str:
 
 
 def _guidance_section() -> str:
-    modes = get_args(GuidanceSpec.model_fields["mode"].annotation)
     return "\n".join([
-        _comment(f"guidance: the loss the guide adds. mode: {_choices(modes)}; until_step: N guides the first "
-                 "N steps only."),
+        _comment(f"guidance: the loss the guide adds. mode: {_choices(OBJECTIVES.names(), 'guidance')} | "
+                 "package.module:ClassName (your Objective subclass); until_step: N guides the first N steps only."),
         "guidance:", _line("  mode", "guidance"),
         _line("  weight", 1.0, "weight of the alignment loss against the task's"),
         _line("  reduce", "sum", "sum over mapped pairs (the paper) | mean"),

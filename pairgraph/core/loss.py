@@ -132,7 +132,7 @@ class Objective(nn.Module):
     and its loss terms for a batch. A subclass sets ``name`` (its ``guidance.mode``), ``formula`` (the loss, as
     the generated module states it) and what the step needs of the guide, implements :meth:`terms` (and
     :meth:`from_spec` when it has settings), and is registered: ``@OBJECTIVES.register("name")``
-    (:mod:`pairgraph.core.objectives` holds the built-in ones)."""
+    (:mod:`pairgraph.core.objectives` holds the built-in ones), or named in a spec as ``package.module:ClassName``."""
 
     name: ClassVar[str]
     formula: ClassVar[str]
@@ -163,9 +163,10 @@ class Objective(nn.Module):
 
     @classmethod
     def describe(cls, spec: PairSpec) -> str:
-        """The loss of ``spec``'s pair under this objective, in one line (the generated module's docstring)."""
-        return cls.formula.format(weight=spec.guidance.weight, measure=spec.similarity.measure,
-                                   T=spec.guidance.temperature)
+        """The loss of ``spec``'s pair under this objective, in one line (the generated module's docstring); a
+        user's class that states no ``formula`` is named instead."""
+        formula = getattr(cls, "formula", None) or f"task + {{weight}} * {cls.__qualname__}'s alignment terms"
+        return formula.format(weight=spec.guidance.weight, measure=spec.similarity.measure, T=spec.guidance.temperature)
 
 
 @dataclass(frozen=True)

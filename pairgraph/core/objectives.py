@@ -14,9 +14,10 @@ An objective says which guide taps it reads (:meth:`Objective.guide_taps`), hold
 (``projectors``), and gives a batch's loss terms (:meth:`Objective.terms`) and their sum
 (:meth:`Objective.align`). :class:`pairgraph.core.loss.GuidedPair` composes one with the weight schedule and
 the balance rule; :class:`pairgraph.GuidanceLoss` uses the same classes. ``OBJECTIVES.get(mode)`` finds one
-(an unknown mode gets a did-you-mean); ``@OBJECTIVES.register("name")`` adds one for a ``GuidedPair`` built
-in Python (a spec's ``guidance.mode`` still accepts the five names above only). This module is the only
-place that tells the modes apart (``make lint`` refuses a mode compared as a string anywhere else).
+(an unknown mode gets a did-you-mean); ``@OBJECTIVES.register("name")`` adds one, and a spec's ``guidance.mode``
+may also name a user's class as ``package.module:ClassName`` (:func:`pairgraph.config.names.resolve_objective`).
+This module is the only place that tells the modes apart (``make lint`` refuses a mode compared as a string
+anywhere else).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from pairgraph.config import PairSpec
-from pairgraph.config.names import OBJECTIVES
+from pairgraph.config.names import OBJECTIVES, resolve_objective
 from pairgraph.core.loss import Activations, Objective, Pairs, alignment_terms, distill_loss, tap_key
 from pairgraph.core.measure import check_precision
 from pairgraph.core.projection import Projectors
@@ -36,8 +37,9 @@ from pairgraph.core.trace import preserved_state
 
 
 def objective_class(mode: str) -> type[Objective]:
-    """The objective registered as ``mode`` (a one-line error with did-you-mean when there is none)."""
-    return OBJECTIVES.get(mode)
+    """The objective ``mode`` names: registered under that name, or ``package.module:ClassName`` (a one-line
+    error with did-you-mean when there is none, or saying why the class cannot be used)."""
+    return resolve_objective(mode)
 
 
 class _Reduced(Objective):

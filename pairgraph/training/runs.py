@@ -38,8 +38,9 @@ from pairgraph.version import __version__
 
 
 def new_run_id(spec: PairSpec) -> str:
-    """``<date>-<time>-<mode>-s<seed>``: sortable, and says what the run was."""
-    return time.strftime("%Y%m%d-%H%M%S") + f"-{spec.guidance.mode}-s{spec.train.seed}"
+    """``<date>-<time>-<mode>-s<seed>``: sortable, and says what the run was (a ``package.module:ClassName``
+    mode by its class name: a folder name holds no colon)."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{spec.guidance.mode.rpartition(':')[2]}-s{spec.train.seed}"
 
 
 def environment(device: torch.device, seed: int) -> dict[str, Any]:
