@@ -45,6 +45,17 @@ class GramMSE(Objective):
                 for g, t, _ in pairs}
 
 
+class ScaledGramMSE(GramMSE):
+    """GramMSE times a learned positive scale: an objective with its own trainable state."""
+
+    def __init__(self):
+        super().__init__()
+        self.log_scale = torch.nn.Parameter(torch.zeros(()))
+
+    def terms(self, pairs, acts):
+        return {k: v * self.log_scale.exp() for k, v in super().terms(pairs, acts).items()}
+
+
 def not_a_class():
     return None
 '''
@@ -165,3 +176,21 @@ def test_a_bad_mode_is_one_line_and_exit_2(spec_dir, tmp_path, capsys, monkeypat
     lines = [line for line in err.splitlines() if line.strip()]
     assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
     assert lines[0].startswith(f"error: {spec}:") and re.search(message, lines[0]), lines[0]
+
+
+def test_a_user_objectives_own_parameters_train_and_are_restored_on_resume(spec_dir, tmp_path, capsys, monkeypatch):
+    from safetensors.torch import load_file
+
+    monkeypatch.chdir(tmp_path)
+    spec = _spec(spec_dir, "userobj.objectives:ScaledGramMSE", name="scaled")
+    base = ["--runs-dir", str(tmp_path / "runs"), "--no-progress"]
+    code, _, err = run_cli(["train", str(spec), "--run-id", "r", *base, "--set", "train.steps=4",
+                            "--set", "train.eval_every=2"], capsys, monkeypatch)
+    assert code == 0, err
+    run = tmp_path / "runs" / "scaled" / "r"
+    saved = load_file(run / "checkpoints" / "last.projectors.safetensors")
+    assert list(saved) == ["log_scale"] and saved["log_scale"].item() != 0.0  # trained, and kept beside the target
+    state = torch.load(run / "checkpoints" / "last_state.pt", weights_only=True)
+    assert torch.equal(state["projectors"]["log_scale"], saved["log_scale"])
+    code, _, err = run_cli(["train", "--resume", str(run), *base[2:], "--set", "train.steps=6"], capsys, monkeypatch)
+    assert code == 0, err  # the resume state's objective parameters load into the rebuilt objective

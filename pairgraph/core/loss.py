@@ -278,6 +278,14 @@ class GuidedPair(nn.Module):
         return getattr(self.objective, "projectors", None)
 
     @property
+    def trained_state(self) -> nn.Module | None:
+        """The objective's trainable state, checkpointed beside the target: the built-in projectors, or a user
+        objective's own parameters (the objective module itself); None when it trains nothing."""
+        if self.projectors is not None:
+            return self.projectors
+        return self.objective if any(True for _ in self.objective.parameters()) else None
+
+    @property
     def guide_aliases(self) -> dict[str, str]:
         return getattr(self.objective, "aliases", {})
 

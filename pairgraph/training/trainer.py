@@ -206,7 +206,7 @@ class Trainer:
             print(f"guide taps computed once: {describe(pair.guide_aliases)} — each a BatchNorm that rescales its "
                   "input uniformly, so its CKA is its input's", flush=True)
         self.model = pair.target
-        self.checkpoints.projectors = pair.projectors
+        self.checkpoints.projectors = pair.trained_state
         opt = make_optimizer(cfg, pair.trained_parameters())
         scaler = torch.amp.GradScaler(self.device.type) if cfg.precision == "fp16" else None
         loop = Loop(pair, opt, scaler, data, total=total, sched=make_scheduler(cfg, opt, total))
