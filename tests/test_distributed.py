@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 import pairgraph
 from pairgraph.compiler.pipeline import import_generated
+from pairgraph.core import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,7 @@ def _worker(rank: int, world: int, port: int, pair_dir: str, out: str) -> None:
             grads.update({f"projectors.{k}": p.grad for k, p in pair.projectors.named_parameters()})
         torch.save({"guidance": res.guidance_loss.detach(), "terms": {k: v.detach() for k, v in res.terms.items()},
                     "grads": grads}, out)
-    dist.barrier()  # neither rank tears the group down while the other still uses it
-    dist.destroy_process_group()
+    distributed.end_worker()  # barrier, destroy, os._exit(0): the interpreter's teardown can abort after gloo's all_gather
 
 
 @pytest.mark.parametrize("mode", ["guidance", "fitnets"])
