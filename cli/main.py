@@ -127,6 +127,7 @@ def train(
     import os
 
     from pairgraph.compiler.pipeline import compile as compile_pair
+    from pairgraph.core import distributed
     from pairgraph.training import Trainer, resume_run
 
     if nproc < 1:
@@ -148,6 +149,8 @@ def train(
                                      notify=lambda m: err_console.print(f"[yellow]{m}[/yellow]"))
         summary = Trainer(compiled, runs_dir, run_id, progress=progress, verbose=True).run()
     _print_summary(summary)
+    if distributed.from_env().enabled:  # a torchrun worker, its run finished and saved: exit 0, not gloo's abort
+        distributed.end_worker(0)
 
 
 def _check_before_launch(spec: Path | None, set_: list[str] | None, resume: Path | None, nproc: int) -> None:

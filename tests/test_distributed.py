@@ -16,6 +16,7 @@ import torch.multiprocessing as mp
 
 import pairgraph
 from pairgraph.compiler.pipeline import import_generated
+from pairgraph.core import distributed
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +64,7 @@ def _worker(rank: int, world: int, port: int, pair_dir: str, out: str) -> None:
             grads.update({f"projectors.{k}": p.grad for k, p in pair.projectors.named_parameters()})
         torch.save({"guidance": res.guidance_loss.detach(), "terms": {k: v.detach() for k, v in res.terms.items()},
                     "grads": grads}, out)
-    dist.barrier()  # neither rank tears the group down while the other still uses it
-    dist.destroy_process_group()
+    distributed.end_worker()  # barrier, destroy, os._exit(0): the interpreter's teardown can abort after gloo's all_gather
 
 
 @pytest.mark.parametrize("mode", ["guidance", "fitnets"])
@@ -126,3 +126,12 @@ def test_two_process_run_matches_one_process_run(tmp_path):
         assert a[1] == pytest.approx(b[1], abs=1e-4) and (a[2] is None or a[2] == pytest.approx(b[2], abs=1e-4))
     summary = json.loads((tmp_path / "runs" / "ddp" / "two" / "summary.json").read_text())
     assert summary["processes"] == 2 and summary["test"] == pytest.approx(one["test"], abs=1e-4)
+
+
+def test_end_worker_flushes_and_exits_with_its_code():
+    """A finished worker ends by os._exit (no interpreter teardown), so what it printed must be flushed first."""
+    code = ("import sys; from pairgraph.core.distributed import end_worker; "
+            "sys.stdout.write('summary'); sys.stderr.write('notice'); end_worker(3)")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # piped stdout is buffered, as under a launcher
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert (res.returncode, res.stdout, res.stderr) == (3, "summary", "notice")
