@@ -152,3 +152,20 @@ def test_a_grid_whose_cells_have_different_arms_and_no_rule_reports_each_cells_o
     assert "Δ = arm − baseline" in text
     assert "| cp: untrained | 0.001 |" in text and "| cp_trained: trained | 0.001 |" in text
     assert "Reading" not in text
+
+
+def test_a_gated_cell_due_but_not_run_is_named_and_its_gate_cell_read_in_its_place(grid_study, monkeypatch):
+    from pairgraph.study.grid import grid_section, reading
+    from pairgraph.study.results import cell_views, collect
+
+    fake_runs(monkeypatch, lambda j: 1.0 + j.lr, lambda j: True)  # the baseline still improving: cp_long is due
+    data = yaml.safe_load(grid_study.read_text())
+    data["untrainable_below"] = 50
+    write(grid_study, data)
+    run_study(grid_study, only=["cp"], echo=lambda m: None)
+    study = load_study(grid_study)
+    views = cell_views(study, collect(study))
+    text = "\n".join(grid_section(study, views, Path("figs"), lambda p: p.as_posix()))
+    assert "- cp_long: due by the rule (cp's baseline was still improving at its last evaluation) but not run yet; " \
+           "cp is read in its place." in text
+    assert reading(study, views).startswith("no untrainable depth (baseline below 50 %)")  # fakes score 50 %

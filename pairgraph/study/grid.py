@@ -13,6 +13,7 @@ from pathlib import Path
 
 from pairgraph.analysis import new_figure, save_figure
 from pairgraph.study.formatting import mean_se, num, pm, scale, signed, table
+from pairgraph.study.plan import ArmState
 from pairgraph.study.results import UNRESOLVED, CellView, StoredRun
 from pairgraph.study.schema import Study, lr_tag
 from pairgraph.study.stats import Delta, welch
@@ -70,6 +71,11 @@ def _read(study: Study, views: list[CellView], guided: str) -> tuple[list[str], 
                      f" by the rule, whose bar is {below:g} %); best-vs-best Δ {signed(d.d)}: {_word(d)}.")
     if not lines:
         return ["No cell has both arms' seeds at a chosen lr yet."], None
+    for v in views:  # a gated cell the rule calls for that has not run yet: say which cell stands in for it
+        gate = v.cell.when_unconverged
+        if gate and v.cell.name not in replaced and ArmState(study, v.cell, v.cell.arms[0]).gate_open():
+            lines.append(f"- {v.label}: due by the rule ({gate}'s baseline was still improving at its last "
+                         f"evaluation) but not run yet; {gate} is read in its place.")
     words = [w for w, flag in primary if flag]
     if not untrainable:
         result = (f"no untrainable depth (baseline below {below:g} %): the question is not tested at CPU scale; "
