@@ -4,33 +4,13 @@ faked (each job writes the summary the test chooses), so nothing trains."""
 
 from __future__ import annotations
 
-import gzip
-import json
-from pathlib import Path
-
 import pytest
 from test_study import tiny_spec, tiny_study, write
+from test_study_grid import scored_run
 
 import pairgraph.study.execute as execute_mod
 from pairgraph.errors import PairgraphError
 from pairgraph.study import load_study, report, run_study
-from pairgraph.study.plan import Job
-
-ACC = {"baseline": 0.30, "untrained": 0.60}
-
-
-def _fake(job: Job) -> dict:
-    """A run that stores test accuracy 30 % (baseline) or 60 % (guided), + 1 point per seed, best at step 3."""
-    out = Path(job.out)
-    out.mkdir(parents=True)
-    a = ACC[job.arm] + 0.01 * job.seed
-    summary = {"steps": 6, "best_step": 3, "best_val_loss": 1.0 + job.lr, "primary_metric": "accuracy",
-               "val": {"accuracy": a}, "test": {"accuracy": a}}
-    (out / "summary.json").write_text(json.dumps(summary))
-    (out / "spec.yaml").write_text(f"name: fake\nguide: {{weights: {job.arm}}}\ntrain: {{seed: {job.seed}, lr: {job.lr}}}\n")
-    rows = [{"step": s, "task_loss": 2.0 - 0.1 * s} for s in range(1, 7)]
-    (out / "metrics.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
-    return {"status": "done", "summary": summary}
 
 
 @pytest.fixture
@@ -40,7 +20,7 @@ def two_studies(tmp_path, monkeypatch):
     write(tmp_path / "tiny.yaml", tiny_spec())
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PAIRGRAPH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(execute_mod, "execute_job", _fake)
+    monkeypatch.setattr(execute_mod, "execute_job", scored_run)
     sub = tiny_study("rescue", grid=True, untrainable_below=50, description="Does the guide rescue it?")
     sub["cells"].append({**sub["cells"][0], "name": "cp_long", "when_unconverged": "cp"})
     write(tmp_path / "rescue.yaml", sub)

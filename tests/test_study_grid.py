@@ -36,6 +36,21 @@ def fake_runs(monkeypatch, best_val, best_at_end) -> list[str]:
     return ran
 
 
+def scored_run(job: Job) -> dict:
+    """A run that stores test accuracy 30 % (baseline) or 60 % (any other arm), + 1 point per seed, its best
+    evaluation at step 3, a falling training loss, and a spec naming its arm and seed (for the curves)."""
+    out = Path(job.out)
+    out.mkdir(parents=True)
+    a = (0.30 if job.arm == "baseline" else 0.60) + 0.01 * job.seed
+    summary = {"steps": 6, "best_step": 3, "best_val_loss": 1.0 + job.lr, "primary_metric": "accuracy",
+               "val": {"accuracy": a}, "test": {"accuracy": a}}
+    (out / "summary.json").write_text(json.dumps(summary))
+    (out / "spec.yaml").write_text(f"name: fake\nguide: {{weights: {job.arm}}}\ntrain: {{seed: {job.seed}, lr: {job.lr}}}\n")
+    rows = [{"step": s, "task_loss": 2.0 - 0.1 * s} for s in range(1, 7)]
+    (out / "metrics.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
+    return {"status": "done", "summary": summary}
+
+
 @pytest.fixture
 def grid_study(tmp_path, monkeypatch):
     write(tmp_path / "tiny.yaml", tiny_spec())
@@ -108,20 +123,7 @@ def test_a_grid_reports_delta_against_lr_the_baselines_trainability_and_the_rule
     from pairgraph.study.grid import grid_section
     from pairgraph.study.results import cell_views, collect
 
-    acc = {"baseline": 0.30, "untrained": 0.60}  # the baseline under the rule's 50 %, the guided arm far above
-
-    def fake(job: Job) -> dict:
-        out = Path(job.out)
-        out.mkdir(parents=True)
-        a = acc[job.arm] + 0.01 * job.seed
-        summary = {"steps": 6, "best_step": 3, "best_val_loss": 1.0 + job.lr, "primary_metric": "accuracy",
-                   "val": {"accuracy": a}, "test": {"accuracy": a}}
-        (out / "summary.json").write_text(json.dumps(summary))
-        rows = [{"step": s, "task_loss": 2.0 - 0.1 * s} for s in range(1, 7)]
-        (out / "metrics.jsonl.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in rows).encode()))
-        return {"status": "done", "summary": summary}
-
-    monkeypatch.setattr(execute_mod, "execute_job", fake)
+    monkeypatch.setattr(execute_mod, "execute_job", scored_run)  # baseline 30 %, under the rule's 50 %; guided 60 %
     data = yaml.safe_load(grid_study.read_text())
     data["untrainable_below"] = 50
     write(grid_study, data)
