@@ -74,5 +74,5 @@ def test_a_sigterm_to_the_study_stops_its_workers_and_their_runs_keep_their_chec
 def test_workers_stop_when_the_study_process_is_killed(tmp_path):
     proc, _ = _start(tmp_path)
     proc.kill()  # SIGKILL: no handler runs in the study's process
-    proc.communicate(timeout=60)
+    proc.communicate(timeout=180)  # the workers hold its output pipes until they end
     assert _gone(proc.pid) == []  # the workers got SIGTERM from the kernel (PR_SET_PDEATHSIG) and ended

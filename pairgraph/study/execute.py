@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import time
 import traceback
 from collections import deque
@@ -136,6 +137,7 @@ def execute_job(job: Job) -> dict[str, Any]:
     except RunInUse as e:
         return {"status": "busy", "error": str(e).split(" — ")[0]}
     except Interrupted:
+        _exit_if_orphaned()  # a worker whose study process died: its run checkpointed, nothing is left to do
         raise  # Ctrl-C or SIGTERM stops the study (the run kept its checkpoint), not just this run
     except PairgraphError as e:
         if _diverged(e):
@@ -164,6 +166,16 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
+def _exit_if_orphaned() -> None:
+    """In a study's worker process whose parent has died, exit now: no one will read this result, and the
+    worker would otherwise wait on the job queue forever."""
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(143)
+
+
 def _init_worker(threads: int) -> None:
     torch.set_num_threads(threads)
     _die_with_parent()
@@ -172,14 +184,13 @@ def _init_worker(threads: int) -> None:
 def _die_with_parent() -> None:
     """Linux: SIGTERM this worker when the study process dies, even by SIGKILL, so that no worker is left
     training, or idling forever on the job queue, without it; its run checkpoints and stops as any
-    SIGTERM'd run does. Elsewhere nothing (the study's own SIGTERM and Ctrl-C still stop the workers)."""
-    parent = multiprocessing.parent_process()
+    SIGTERM'd run does, and then exits. Elsewhere nothing (the study's own SIGTERM and Ctrl-C still stop the
+    workers)."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         return
-    if parent is not None and os.getppid() != parent.pid:  # the parent died before prctl took effect
-        os._exit(1)
+    _exit_if_orphaned()  # the parent died before prctl took effect
 
 
 def _cores() -> int:
