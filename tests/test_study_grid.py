@@ -119,17 +119,24 @@ def test_grid_and_gate_errors_are_one_line(tmp_path, change, words):
     assert words in e.value.message and "\n" not in e.value.message
 
 
-def test_a_grid_reports_delta_against_lr_the_baselines_trainability_and_the_rules_reading(grid_study, monkeypatch):
+def _grid_text(grid_study: Path, change, only=None) -> tuple[str, object, list]:
+    """Apply ``change`` to the study file, run it (faked), and return its grid section's text, the study and
+    its cell views."""
     from pairgraph.study.grid import grid_section
     from pairgraph.study.results import cell_views, collect
 
-    monkeypatch.setattr(execute_mod, "execute_job", scored_run)  # baseline 30 %, under the rule's 50 %; guided 60 %
     data = yaml.safe_load(grid_study.read_text())
-    data["untrainable_below"] = 50
+    change(data)
     write(grid_study, data)
-    run_study(grid_study, echo=lambda m: None)
+    run_study(grid_study, only=only, echo=lambda m: None)
     study = load_study(grid_study)
-    text = "\n".join(grid_section(study, cell_views(study, collect(study)), Path("figs"), lambda p: p.as_posix()))
+    views = cell_views(study, collect(study))
+    return "\n".join(grid_section(study, views, Path("figs"), lambda p: p.as_posix())), study, views
+
+
+def test_a_grid_reports_delta_against_lr_the_baselines_trainability_and_the_rules_reading(grid_study, monkeypatch):
+    monkeypatch.setattr(execute_mod, "execute_job", scored_run)  # baseline 30 %, under the rule's 50 %; guided 60 %
+    text, _, _ = _grid_text(grid_study, lambda d: d.update(untrainable_below=50))
     assert "## Δ against lr (every seed at every lr)" in text
     assert "| cp | 0.001 | +30.00 [+" in text and "| 2/2 | guide better |" in text
     assert "![Δ against lr](figs/tiny_study-delta-vs-lr.png)" in text and Path("figs/tiny_study-delta-vs-lr.png").exists()
@@ -141,33 +148,22 @@ def test_a_grid_reports_delta_against_lr_the_baselines_trainability_and_the_rule
 
 def test_a_grid_whose_cells_have_different_arms_and_no_rule_reports_each_cells_own(grid_study, monkeypatch):
     # paper_cpu_next: a cell without the first cell's guided arm, and no untrainable_below (no reading)
-    from pairgraph.study.grid import grid_section
-    from pairgraph.study.results import cell_views, collect
-
     fake_runs(monkeypatch, lambda j: 1.0 + j.lr, lambda j: False)
-    data = yaml.safe_load(grid_study.read_text())
-    data["cells"][1] = {**data["cells"][0], "name": "cp_trained", "arms": ["baseline", "trained"]}
-    write(grid_study, data)
-    run_study(grid_study, echo=lambda m: None)
-    study = load_study(grid_study)
-    text = "\n".join(grid_section(study, cell_views(study, collect(study)), Path("figs"), lambda p: p.as_posix()))
+
+    def trained_cell(d):
+        d["cells"][1] = {**d["cells"][0], "name": "cp_trained", "arms": ["baseline", "trained"]}
+
+    text, _, _ = _grid_text(grid_study, trained_cell)
     assert "Δ = arm − baseline" in text
     assert "| cp: untrained | 0.001 |" in text and "| cp_trained: trained | 0.001 |" in text
     assert "Reading" not in text
 
 
 def test_a_gated_cell_due_but_not_run_is_named_and_its_gate_cell_read_in_its_place(grid_study, monkeypatch):
-    from pairgraph.study.grid import grid_section, reading
-    from pairgraph.study.results import cell_views, collect
+    from pairgraph.study.grid import reading
 
     fake_runs(monkeypatch, lambda j: 1.0 + j.lr, lambda j: True)  # the baseline still improving: cp_long is due
-    data = yaml.safe_load(grid_study.read_text())
-    data["untrainable_below"] = 50
-    write(grid_study, data)
-    run_study(grid_study, only=["cp"], echo=lambda m: None)
-    study = load_study(grid_study)
-    views = cell_views(study, collect(study))
-    text = "\n".join(grid_section(study, views, Path("figs"), lambda p: p.as_posix()))
+    text, study, views = _grid_text(grid_study, lambda d: d.update(untrainable_below=50), only=["cp"])
     assert "- cp_long: due by the rule (cp's baseline was still improving at its last evaluation) but not run yet; " \
            "cp is read in its place." in text
     assert reading(study, views).startswith("no untrainable depth (baseline below 50 %)")  # fakes score 50 %
