@@ -26,6 +26,9 @@ is what the report shows.
 lowest mean best-validation loss over the seeds; runs go (lr, seed) point by point, a cell's arms side by
 side. A cell with ``when_unconverged: <earlier cell>`` runs only if that cell's baseline, at its chosen lr,
 had its best validation loss at its last evaluation in most of its seeds (e.g. the same cell trained longer).
+When such a cell differs from its gate only in ``train.steps`` (more of them), each of its runs continues the
+gate's finished run of the same arm, lr and seed — a copy, resumed for the remaining steps, which ends exactly
+where a fresh run would — and its results name the origin (``continued_from.json``).
 ``untrainable_below: 20`` (grid studies) declares a trainability rule the report reads (``grid``).
 
 ``follow_ups: [{study: studies/other.yaml, report: docs/other.md, notes: ...}]`` names studies whose questions

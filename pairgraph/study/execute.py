@@ -31,16 +31,16 @@ from pairgraph.compiler.pipeline import compile as compile_pair
 from pairgraph.config import TRAIN, PairSpec, load_spec, with_defaults
 from pairgraph.config.diff import spec_diff
 from pairgraph.errors import Interrupted, PairgraphError, one_line
-from pairgraph.study.plan import ArmPlan, Job, plan_study
+from pairgraph.study.plan import ArmPlan, Job, only_longer, plan_study
 from pairgraph.study.records import best_val, read_json, read_spec_yaml
 from pairgraph.study.schema import Study, lr_tag, run_folder
 from pairgraph.training import train
-from pairgraph.training.runs import RunInUse, interrupted, lock_run, sigterm_handled
+from pairgraph.training.runs import RunInUse, interrupted, lock_run, sigterm_handled, stored_spec
 
 #: how often a job waiting for a guide that another process trains looks for it in the cache
 GUIDE_POLL_SECONDS = 5.0
 #: files copied from a run folder into the results (never checkpoints/ or tb/)
-RUN_FILES = ("summary.json", "metrics.jsonl", "spec.yaml", "env.json", "test_predictions.json")
+RUN_FILES = ("summary.json", "metrics.jsonl", "spec.yaml", "env.json", "test_predictions.json", "continued_from.json")
 
 
 def _diverged(e: PairgraphError) -> bool:
@@ -118,10 +118,33 @@ def train_job(job: Job) -> tuple[Path, PairSpec, bool]:
                 shutil.rmtree(run_dir)  # crashed before its first checkpoint: start again
         finally:
             probe.release()
+    if not run_dir.exists() and job.continues:
+        continue_shorter(Path(job.continues) / spec.name / run_id, run_dir, spec)
     resume = run_dir if (run_dir / "checkpoints" / "last_state.pt").is_file() else None
     compiled = compile_pair(spec, run_dir / "build", render=False, notify=None)
     train(compiled, runs_dir=runs_dir, run_id=run_id, resume=resume, progress=False)
     return run_dir, spec, resume is not None
+
+
+def continue_shorter(src: Path, dst: Path, spec: PairSpec) -> bool:
+    """Start run folder ``dst`` as a copy of ``src`` — the same run (arm, lr, seed) of the cell a
+    ``when_unconverged`` cell is gated on — when ``src`` finished and differs from ``spec`` only in being
+    shorter. Resuming the copy for the remaining steps computes what a fresh run would (a resume is exact:
+    tests/test_study_continue.py), at the cost of those steps only. The copy names its origin in
+    ``continued_from.json`` (kept in the results). Returns whether it copied (False: the run starts fresh)."""
+    summary, stored = read_json(src / "summary.json"), stored_spec(src) if (src / "spec.yaml").is_file() else None
+    if summary is None or stored is None or not (src / "checkpoints" / "last_state.pt").is_file():
+        return False  # not a finished run
+    if not only_longer(stored, spec) or summary.get("steps") != stored["train"]["steps"]:
+        return False  # it computes something else (or stopped short of its own length)
+    tmp = dst.with_name(f".{dst.name}.continuing")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".lock", "summary.json", "test_predictions.json"))
+    origin = {"run": str(src), "step": summary["steps"], "steps": spec.train.steps}
+    (tmp / "continued_from.json").write_text(json.dumps(origin, indent=2) + "\n")
+    os.replace(tmp, dst)
+    return True
 
 
 def execute_job(job: Job) -> dict[str, Any]:

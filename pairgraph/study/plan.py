@@ -11,10 +11,11 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pairgraph.compiler.guide_weights import guide_checkpoint_path
 from pairgraph.config import TRAIN, PairSpec, as_spec, load_spec, with_defaults
-from pairgraph.config.diff import spec_diff
+from pairgraph.config.diff import RUNTIME_FIELDS, changed_fields, extendable_fields, spec_diff
 from pairgraph.core.objectives import objective_class
 from pairgraph.errors import PairgraphError
 from pairgraph.study.cost import estimate_lines
@@ -39,6 +40,7 @@ class Job:
     out: str
     guide_key: str | None = None
     threads: int | None = None  # torch threads for this run (the arm's ``threads``); None: the process's
+    continues: str | None = None  # a when_unconverged cell: its gate cell's runs folder for this arm (continue_shorter)
 
     @property
     def key(self) -> tuple[str, str, str, int]:
@@ -64,6 +66,14 @@ def chosen_lr(arm: Arm, sweep: Mapping[float, float | None], source: Callable[[]
         return None
     scored = [(v, lr) for lr, v in sweep.items() if v is not None and math.isfinite(v)]
     return min(scored)[1] if scored else None
+
+
+def only_longer(shorter: dict[str, Any], spec: PairSpec) -> bool:
+    """Does ``spec`` compute what the resolved spec ``shorter`` computes, only for more optimizer steps? Then a run
+    of it may continue a finished run of ``shorter`` (:func:`pairgraph.study.execute.continue_shorter`)."""
+    steps = (shorter.get("train") or {}).get("steps")
+    return (not changed_fields(shorter, spec.resolved(), RUNTIME_FIELDS | extendable_fields(shorter))
+            and isinstance(steps, int) and spec.train.steps is not None and steps < spec.train.steps)
 
 
 def grid_score(best_vals: Iterable[float | None]) -> float | None:
@@ -228,10 +238,13 @@ class ArmPlan(ArmState):
         guide_key = None
         if spec.guide.weights == TRAIN and objective_class(spec.guidance.mode).calls_guide:
             guide_key = str(guide_checkpoint_path(spec))
+        gate = self.cell.when_unconverged
+        continues = (str(self.study.runs_path() / gate / self.arm.name)
+                     if gate and self.arm.name in {a.name for a in self.study.cell(gate).arms} else None)
         return Job(self.study.name, self.cell.name, self.arm.name, float(lr), int(seed), phase, str(self.spec_file),
                    tuple(self.study.overrides_for(self.cell, self.arm, lr, seed)),
                    str(self.study.runs_path() / self.cell.name / self.arm.name),
-                   str(self.out_dir / run_folder(lr, seed)), guide_key, self.arm.threads)
+                   str(self.out_dir / run_folder(lr, seed)), guide_key, self.arm.threads, continues)
 
     def check_stale(self) -> None:
         """Refuse results that were run with a different spec than the study now gives."""
@@ -337,6 +350,12 @@ def _plan_row(p: ArmPlan, chosen: float | None, left: int) -> str:
             f"{f'{seeds_done}/{len(seeds)}':>6} {left:>5}")
 
 
+def _continued_from(p: ArmPlan, plans: list[ArmPlan]) -> int:
+    """The step at which the runs of a ``when_unconverged`` cell start when they continue their gate's (else 0)."""
+    gate = next((g for g in plans if g.cell.name == p.cell.when_unconverged and g.arm.name == p.arm.name), None)
+    return gate.base.train.steps if gate is not None and only_longer(gate.base.resolved(), p.base) else 0
+
+
 def format_plan(plans: list[ArmPlan]) -> str:
     """The dry-run table: per (cell, arm) the sweep, the chosen lr, the seeds, and what is left."""
     if not plans:
@@ -363,18 +382,20 @@ def format_plan(plans: list[ArmPlan]) -> str:
         if steps is None:
             unknown_steps = True
         else:
-            steps_left += steps * c["left"]
+            steps_left += (steps - _continued_from(p, plans)) * c["left"]
         chosen = p.chosen()
         guides_left |= _guides_to_train(p, chosen)
         lines.append(_plan_row(p, chosen, c["left"]))
     lines.append("")
     lines.append(f"runs: {tot['total']} in all, {tot['done']} done, {tot['diverged']} diverged, {tot['left']} left"
                  f" = {steps_left:,} optimizer steps left" + (" (+ epoch-based runs)" if unknown_steps else ""))
-    gates = {p.cell.name: (p.cell.when_unconverged, p.gate_open()) for p in plans if p.cell.when_unconverged}
-    for name, (gate, open_) in gates.items():
+    gates = {p.cell.name: (p.cell.when_unconverged, p.gate_open(), _continued_from(p, plans))
+             for p in plans if p.cell.when_unconverged}
+    for name, (gate, open_, start) in gates.items():
         verdict = {None: "undecided until its baseline seeds are done", True: "runs", False: "not needed"}[open_]
         lines.append(f"cell {name} runs only if {gate}'s baseline had not reached its best validation loss "
-                     f"(best at the last evaluation in most seeds at its chosen lr): {verdict}")
+                     f"(best at the last evaluation in most seeds at its chosen lr): {verdict}"
+                     + (f"; its runs continue {gate}'s from step {start:,}" if start else ""))
     if guides_left:
         lines.append(f"plus up to {len(guides_left)} guide trainings (guide.weights=train: one per distinct guide "
                      f"training setting, cached in $PAIRGRAPH_CACHE/guides)")

@@ -154,7 +154,7 @@ class Cell(_Strict):
     when_unconverged: str | None = Field(default=None, pattern=_NAME, description="Run this cell only if the "
                                          "named (earlier) cell's baseline had not reached its best validation loss: "
                                          "at its chosen lr, its best evaluation is its last in most of its seeds "
-                                         "(e.g. a longer copy of that cell).")
+                                         "(e.g. a longer copy of that cell, whose runs then continue that cell's).")
     arms: list[Arm] = Field(min_length=1)
 
     @field_validator("overrides")
