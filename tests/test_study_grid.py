@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -167,3 +168,15 @@ def test_a_gated_cell_due_but_not_run_is_named_and_its_gate_cell_read_in_its_pla
     assert "- cp_long: due by the rule (cp's baseline was still improving at its last evaluation) but not run yet; " \
            "cp is read in its place." in text
     assert reading(study, views).startswith("no untrainable depth (baseline below 50 %)")  # fakes score 50 %
+
+
+def test_a_grid_arm_with_a_seed_left_is_reported_as_such_not_as_diverged(grid_study, monkeypatch):
+    from pairgraph.study import collect, load_study
+    from pairgraph.study.results import coverage
+
+    fake_runs(monkeypatch, lambda j: 1.0 + j.lr, lambda j: False)
+    run_study(grid_study, echo=lambda m: None)
+    shutil.rmtree(Path("results/tiny_study/cp/untrained/lr0.003-s1"))  # the grid's last run of that arm, not run
+    study = load_study(grid_study)
+    text = coverage(study, collect(study))
+    assert "Not complete: cp/untrained (grid 3/4 runs)." in text and "diverged)" not in text

@@ -73,9 +73,12 @@ class ArmResult:
         if not self.all_runs:
             return "not run"
         if self.chosen is None:
-            if self.sweep and all(r is not None for r in self.sweep.values()):
+            ran = [r for r in self.sweep.values() if r is not None]
+            if len(ran) < len(self.sweep):
+                return f"sweep {len(ran)}/{len(self.sweep)}"
+            if not any(r.done for r in ran):
                 return "every lr diverged"
-            return f"sweep {sum(r is not None for r in self.sweep.values())}/{len(self.sweep)}"
+            return f"grid {len(self.all_runs)}/{len(self.sweep) * self.n_seeds} runs"  # grid: a seed still to run
         finished = len(self.seeds) + len(self.diverged_seeds)
         return "done" if finished >= self.n_seeds else f"seeds {finished}/{self.n_seeds}"
 
