@@ -67,6 +67,7 @@ class ArmResult:
     diverged_seeds: list[int]
     all_runs: list[StoredRun]
     n_seeds: int = 0
+    grid: bool = False  # the study's ``grid: true``: every seed runs at every lr of the sweep
 
     @property
     def status(self) -> str:
@@ -74,11 +75,11 @@ class ArmResult:
             return "not run"
         if self.chosen is None:
             ran = [r for r in self.sweep.values() if r is not None]
-            if len(ran) < len(self.sweep):
-                return f"sweep {len(ran)}/{len(self.sweep)}"
-            if not any(r.done for r in ran):
+            if len(ran) == len(self.sweep) and not any(r.done for r in ran):
                 return "every lr diverged"
-            return f"grid {len(self.all_runs)}/{len(self.sweep) * self.n_seeds} runs"  # grid: a seed still to run
+            if self.grid:
+                return f"grid {len(self.all_runs)}/{len(self.sweep) * self.n_seeds} runs"
+            return f"sweep {len(ran)}/{len(self.sweep)}"
         finished = len(self.seeds) + len(self.diverged_seeds)
         return "done" if finished >= self.n_seeds else f"seeds {finished}/{self.n_seeds}"
 
@@ -112,7 +113,7 @@ def _arm_result(study: Study, cell: Cell, arm: Arm, done: dict[tuple[str, str], 
                 seeds.append(r)
             elif r is not None:
                 div.append(s)
-    return ArmResult(cell, arm, sweep, chosen, seeds, div, runs, len(wanted))
+    return ArmResult(cell, arm, sweep, chosen, seeds, div, runs, len(wanted), study.grid)
 
 
 @dataclass
