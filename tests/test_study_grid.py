@@ -168,6 +168,9 @@ def test_a_gated_cell_due_but_not_run_is_named_and_its_gate_cell_read_in_its_pla
     assert "- cp_long: due by the rule (cp's baseline was still improving at its last evaluation) but not run yet; " \
            "cp is read in its place." in text
     assert reading(study, views).startswith("no untrainable depth (baseline below 50 %)")  # fakes score 50 %
+    text, _, _ = _grid_text(grid_study, lambda d: None)  # now it runs: it is read, and no longer named as due
+    assert "- cp_long: baseline 50.0 % at its best lr" in text and "due by the rule" not in text
+    assert "- cp: baseline" not in text  # read in cp_long's place
 
 
 def test_a_grid_arm_with_a_seed_left_is_reported_as_such_not_as_diverged(grid_study, monkeypatch):

@@ -73,7 +73,7 @@ def _read(study: Study, views: list[CellView], guided: str) -> tuple[list[str], 
         return ["No cell has both arms' seeds at a chosen lr yet."], None
     for v in views:  # a gated cell the rule calls for that has not run yet: say which cell stands in for it
         gate = v.cell.when_unconverged
-        if gate and v.cell.name not in replaced and ArmState(study, v.cell, v.cell.arms[0]).gate_open():
+        if gate and not v.values("baseline") and ArmState(study, v.cell, v.cell.arms[0]).gate_open():
             lines.append(f"- {v.label}: due by the rule ({gate}'s baseline was still improving at its last "
                          f"evaluation) but not run yet; {gate} is read in its place.")
     words = [w for w, flag in primary if flag]
