@@ -266,8 +266,9 @@ def sizes_section(study: Study, views: list[CellView]) -> list[str]:
 def wall_clock_section(results: dict[tuple[str, str], ArmResult]) -> list[str]:
     """Training time per cell and arm (summary.json) and the study's own clock around each run."""
     md = ["## Wall-clock time", "",
-          ("Per run: `wall_seconds_this_session` of summary.json (the training loop; a resumed run, or one continued from a "
-           "shorter cell's run (continued_from.json), counts its last session only), and the study's own clock around the run (compile, data, guide training included)."), ""]
+          ("Per run: `wall_seconds_this_session` of summary.json (the training loop; a resumed run, or one continued "
+           "from a shorter cell's run (continued_from.json), counts its last session only), and the study's own clock "
+           "around the run (compile, data, guide training included)."), ""]
     rows = []
     tot_train = tot_all = 0.0
     tot_n = 0
